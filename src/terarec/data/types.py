@@ -1,0 +1,163 @@
+"""The data layer's types: formats, options, the schema, columnar datasets and batches.
+
+A dataset, whether read from raw text, memory-mapped from a prepared directory or
+generated, is one :class:`ColumnarData`: a label column, a dense float matrix and, per
+sparse feature, a jagged column of 64-bit IDs. Training reads it as :class:`Batch` es.
+
+Raw categorical values become 64-bit IDs here (see :mod:`terarec.data.hashing`); tables
+map those IDs to rows, so a dynamic table can later see the raw ID space unchanged.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from terarec.sparse import JaggedTensor
+
+__all__ = [
+    "BadRowPolicy",
+    "Batch",
+    "ColumnarData",
+    "DataFormat",
+    "DenseTransform",
+    "JaggedColumn",
+    "Schema",
+]
+
+
+class DataFormat(enum.Enum):
+    """Input file formats. ``PREPARED`` is terarec's own memory-mapped layout (``terarec prepare``)."""
+
+    CRITEO = "criteo"
+    CSV = "csv"
+    PARQUET = "parquet"
+    PREPARED = "prepared"
+
+
+class BadRowPolicy(enum.Enum):
+    """What a reader does with a malformed row: stop with an error naming it, or skip and count it."""
+
+    ERROR = "error"
+    SKIP = "skip"
+
+
+class DenseTransform(enum.Enum):
+    """How raw dense values become model inputs.
+
+    ``SIGNED_LOG1P`` maps ``x`` to ``sign(x) * log(1 + |x|)`` (counts in click logs span many
+    orders of magnitude); ``NONE`` passes values through. Missing values become ``0`` either way.
+    """
+
+    SIGNED_LOG1P = "signed_log1p"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Which columns are the label, the dense features and the sparse features.
+
+    Args:
+        label (str): the label column (values 0 or 1).
+        dense_features (tuple[str, ...]): dense (float) columns, in model input order.
+        sparse_features (tuple[str, ...]): sparse (categorical ID) columns, in model input order.
+
+    Example::
+
+        >>> Schema("label", ("I1",), ("C1", "C2")).num_sparse
+        2
+    """
+
+    label: str
+    dense_features: tuple[str, ...]
+    sparse_features: tuple[str, ...]
+
+    @property
+    def num_dense(self) -> int:
+        return len(self.dense_features)
+
+    @property
+    def num_sparse(self) -> int:
+        return len(self.sparse_features)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "label": self.label,
+            "dense_features": list(self.dense_features),
+            "sparse_features": list(self.sparse_features),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, object]) -> Schema:
+        return cls(str(raw["label"]), tuple(raw["dense_features"]), tuple(raw["sparse_features"]))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class JaggedColumn:
+    """One sparse feature over a whole dataset, as NumPy arrays in CSR form.
+
+    The NumPy twin of :class:`terarec.sparse.JaggedTensor`, so that columns can be memory-mapped.
+
+    Shape:
+        - values: :math:`(N)` ``int64`` IDs
+        - offsets: :math:`(R + 1)` ``int64``, ``R`` rows
+    """
+
+    values: np.ndarray
+    offsets: np.ndarray
+
+
+@dataclass
+class ColumnarData:
+    """A dataset (or one split of it) held column by column, in RAM or memory-mapped.
+
+    Args:
+        schema (Schema): the column roles.
+        labels (np.ndarray): ``float32`` labels, 0 or 1.
+        dense (np.ndarray): ``float32`` dense features after the dense transform.
+        sparse (dict[str, JaggedColumn]): one jagged ``int64`` ID column per sparse feature.
+        skipped_rows (int, optional): malformed rows skipped while reading. Default: ``0``
+
+    Shape:
+        - labels: :math:`(R)`
+        - dense: :math:`(R, D_{dense})`
+        - sparse[f].offsets: :math:`(R + 1)`
+    """
+
+    schema: Schema
+    labels: np.ndarray
+    dense: np.ndarray
+    sparse: dict[str, JaggedColumn]
+    skipped_rows: int = 0
+    source: str = field(default="")
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training or evaluation batch, as tensors.
+
+    Args:
+        labels (Tensor): ``float32`` click labels.
+        dense (Tensor): ``float32`` dense features.
+        sparse (dict[str, JaggedTensor]): per sparse feature, its bags of 64-bit IDs.
+
+    Shape:
+        - labels: :math:`(B)`
+        - dense: :math:`(B, D_{dense})`
+        - sparse[f]: ``offsets`` :math:`(B + 1)`
+    """
+
+    labels: torch.Tensor
+    dense: torch.Tensor
+    sparse: dict[str, JaggedTensor]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.labels.shape[0])

@@ -1,0 +1,289 @@
+"""The embedding layer's types: table configs, optimizer configs, memory estimates and the
+one interface every table kind implements.
+
+Vocabulary follows TorchRec (``num_embeddings``, ``embedding_dim``, ``feature_names``,
+``pooling``). Shape symbols, library-wide: ``B`` batch, ``N`` IDs in the batch
+(``len(values)``), ``D`` embedding dim, ``R`` table rows, ``U`` distinct rows in a batch.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "EmbeddingTable",
+    "EmbeddingTableConfig",
+    "InitConfig",
+    "InitType",
+    "MemoryEstimate",
+    "OptimizerConfig",
+    "OptimizerType",
+    "PoolingType",
+    "PreparedIds",
+]
+
+
+class PoolingType(enum.Enum):
+    """How the rows of one bag combine into one vector."""
+
+    SUM = "sum"
+    MEAN = "mean"
+
+
+class OptimizerType(enum.Enum):
+    """Sparse optimizers fused into :meth:`EmbeddingTable.apply_gradients`.
+
+    State floats per row: ``SGD`` 0, ``ROWWISE_ADAGRAD`` 1, ``ADAGRAD`` ``D``, ``ADAM`` ``2 D``.
+    """
+
+    SGD = "sgd"
+    ADAGRAD = "adagrad"
+    ROWWISE_ADAGRAD = "rowwise_adagrad"
+    ADAM = "adam"
+
+
+class InitType(enum.Enum):
+    """Row initialisation. ``UNIFORM`` draws from ``[-scale, scale]``, ``NORMAL`` from ``N(0, scale^2)``."""
+
+    UNIFORM = "uniform"
+    NORMAL = "normal"
+    ZEROS = "zeros"
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """A sparse optimizer and its hyper-parameters.
+
+    Update rules, for the gradient ``g`` of a row accumulated over every occurrence of its
+    ID in the batch (``lr`` is ``learning_rate``):
+
+    - ``SGD``: ``w -= lr * g``
+    - ``ADAGRAD``: ``s += g^2; w -= lr * g / (sqrt(s) + eps)`` (as ``torch.optim.Adagrad``)
+    - ``ROWWISE_ADAGRAD``: ``s += mean(g^2); w -= lr * g / (sqrt(s) + eps)``, one ``s`` per row
+      (as FBGEMM's ``EXACT_ROWWISE_ADAGRAD``)
+    - ``ADAM``: ``torch.optim.SparseAdam``'s rule, bias-corrected with the table's step count
+
+    Args:
+        type (OptimizerType, optional): the rule. Default: ``OptimizerType.ROWWISE_ADAGRAD``
+        learning_rate (float, optional): step size. Default: ``0.05``
+        eps (float, optional): added to the denominator of the adaptive rules. Default: ``1e-8``
+        beta1 (float, optional): Adam's first-moment decay. Default: ``0.9``
+        beta2 (float, optional): Adam's second-moment decay. Default: ``0.999``
+        initial_accumulator_value (float, optional): starting value of Adagrad state. Default: ``0.0``
+
+    Example::
+
+        >>> OptimizerConfig(OptimizerType.ADAGRAD).state_width(16)
+        16
+    """
+
+    type: OptimizerType = OptimizerType.ROWWISE_ADAGRAD
+    learning_rate: float = 0.05
+    eps: float = 1e-8
+    beta1: float = 0.9
+    beta2: float = 0.999
+    initial_accumulator_value: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.learning_rate > 0 or not math.isfinite(self.learning_rate):
+            raise ValueError(f"learning_rate must be a positive finite number, got {self.learning_rate}")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be positive, got {self.eps}")
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if self.initial_accumulator_value < 0:
+            raise ValueError(f"initial_accumulator_value must be >= 0, got {self.initial_accumulator_value}")
+
+    def state_width(self, embedding_dim: int) -> int:
+        """Optimizer state floats stored per row."""
+        return {
+            OptimizerType.SGD: 0,
+            OptimizerType.ROWWISE_ADAGRAD: 1,
+            OptimizerType.ADAGRAD: embedding_dim,
+            OptimizerType.ADAM: 2 * embedding_dim,
+        }[self.type]
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """How a table's rows start.
+
+    Row ``r`` of a table is a pure function of ``(seed, table name, r)`` (a counter-based
+    generator), so a row initialises identically whether the table is whole, a shard, tiered
+    or created on demand.
+
+    Args:
+        type (InitType, optional): the distribution. Default: ``InitType.UNIFORM``
+        scale (float, optional): bound (uniform) or standard deviation (normal); ``None``
+            means ``sqrt(1 / num_embeddings)``, DLRM's choice. Default: ``None``
+    """
+
+    type: InitType = InitType.UNIFORM
+    scale: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.scale is not None and not (self.scale >= 0 and math.isfinite(self.scale)):
+            raise ValueError(f"init scale must be a non-negative finite number, got {self.scale}")
+
+    def scale_for(self, num_embeddings: int) -> float:
+        return self.scale if self.scale is not None else math.sqrt(1.0 / num_embeddings)
+
+
+@dataclass(frozen=True)
+class EmbeddingTableConfig:
+    """One embedding table: its size, the features that read it, and how it learns.
+
+    Several features may share one table (e.g. ``user_id`` and ``clicked_by_user_id``).
+
+    Args:
+        name (str): table name, unique in a collection.
+        num_embeddings (int): rows ``R``.
+        embedding_dim (int): row width ``D``.
+        feature_names (tuple[str, ...]): the sparse features looked up in this table.
+        pooling (PoolingType, optional): how a bag's rows combine. Default: ``PoolingType.SUM``
+        optimizer (OptimizerConfig, optional): the fused sparse optimizer. Default: row-wise Adagrad
+        init (InitConfig, optional): row initialisation. Default: uniform ``±sqrt(1/R)``
+
+    Example::
+
+        >>> cfg = EmbeddingTableConfig("t_user", num_embeddings=1000, embedding_dim=16, feature_names=("user",))
+        >>> cfg.memory_estimate().ram_bytes  # 1000 x 16 float32 weights + 1000 row-wise Adagrad floats
+        68000
+    """
+
+    name: str
+    num_embeddings: int
+    embedding_dim: int
+    feature_names: tuple[str, ...]
+    pooling: PoolingType = PoolingType.SUM
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("table name must be non-empty")
+        if self.num_embeddings < 1:
+            raise ValueError(f"table {self.name!r}: num_embeddings must be >= 1, got {self.num_embeddings}")
+        if self.embedding_dim < 1:
+            raise ValueError(f"table {self.name!r}: embedding_dim must be >= 1, got {self.embedding_dim}")
+        if not self.feature_names:
+            raise ValueError(f"table {self.name!r}: feature_names must name at least one feature")
+
+    def memory_estimate(self) -> MemoryEstimate:
+        """Bytes this table will hold once allocated: float32 weights and optimizer state."""
+        floats_per_row = self.embedding_dim + self.optimizer.state_width(self.embedding_dim)
+        return MemoryEstimate(ram_bytes=self.num_embeddings * floats_per_row * 4, disk_bytes=0)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a component will use, per memory tier.
+
+    Example::
+
+        >>> (MemoryEstimate(10, 0) + MemoryEstimate(5, 100)).total_bytes
+        115
+    """
+
+    ram_bytes: int
+    disk_bytes: int = 0
+
+    def __add__(self, other: MemoryEstimate) -> MemoryEstimate:
+        return MemoryEstimate(self.ram_bytes + other.ram_bytes, self.disk_bytes + other.disk_bytes)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.ram_bytes + self.disk_bytes
+
+
+@dataclass(frozen=True)
+class PreparedIds:
+    """One table's IDs of one batch, mapped to rows and de-duplicated.
+
+    Computed once by :meth:`EmbeddingTable.prepare` (possibly ahead, on a background thread)
+    and used by both the lookup and the gradient update of that batch.
+
+    Shape:
+        - rows: :math:`(N)` row of each ID (``int64``)
+        - offsets: :math:`(B + 1)` bag boundaries
+        - unique_rows: :math:`(U)` distinct rows, ascending
+        - occurrence_offsets: :math:`(U + 1)` CSR boundaries into ``occurrences``
+        - occurrences: :math:`(N)` positions ``i`` in ``rows`` grouped by row, ascending in ``i``
+          within each group
+        - bag_of: :math:`(N)` the bag (example) each position belongs to
+    """
+
+    rows: np.ndarray
+    offsets: np.ndarray
+    unique_rows: np.ndarray
+    occurrence_offsets: np.ndarray
+    occurrences: np.ndarray
+    bag_of: np.ndarray
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.offsets.shape[0]) - 1
+
+
+class EmbeddingTable(abc.ABC):
+    """The contract of every table kind: fixed, dynamic, tiered, or a shard of any of them.
+
+    A table owns its rows *and* their optimizer state, and updates itself outside autograd.
+    Models, the trainer, checkpoints and serving see only this interface.
+
+    Shape:
+        - values: :math:`(N)` ``int64`` raw IDs
+        - offsets: :math:`(B + 1)` ``int64``
+        - lookup output and ``grad_pooled``: :math:`(B, D)` ``float32``
+    """
+
+    config: EmbeddingTableConfig
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.config.num_embeddings
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.config.embedding_dim
+
+    @abc.abstractmethod
+    def prepare(self, values: torch.Tensor, offsets: torch.Tensor) -> PreparedIds:
+        """Maps IDs to rows and de-duplicates them; reads no weights, so it may run ahead."""
+
+    @abc.abstractmethod
+    def lookup_prepared(self, prepared: PreparedIds) -> torch.Tensor:
+        """Pooled rows of each bag, :math:`(B, D)`."""
+
+    @abc.abstractmethod
+    def apply_gradients_prepared(self, prepared: PreparedIds, grad_pooled: torch.Tensor) -> None:
+        """Accumulates ``grad_pooled`` into each touched row once and applies the optimizer in place."""
+
+    def lookup(self, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Pooled rows of each bag, :math:`(B, D)`: :meth:`prepare` then :meth:`lookup_prepared`."""
+        return self.lookup_prepared(self.prepare(values, offsets))
+
+    def apply_gradients(self, values: torch.Tensor, offsets: torch.Tensor, grad_pooled: torch.Tensor) -> None:
+        """Fused sparse update: de-duplicate, accumulate, update touched rows and their state."""
+        self.apply_gradients_prepared(self.prepare(values, offsets), grad_pooled)
+
+    @abc.abstractmethod
+    def memory_estimate(self) -> MemoryEstimate:
+        """Bytes used per tier (RAM, disk) for weights and optimizer state."""
+
+    @abc.abstractmethod
+    def save(self, directory: Path) -> None:
+        """Writes rows, optimizer state and ID map into ``directory`` (which exists and is empty)."""
+
+    @abc.abstractmethod
+    def load(self, directory: Path) -> None:
+        """Restores what :meth:`save` wrote; refuses files of the wrong shape or dtype."""

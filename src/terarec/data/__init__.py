@@ -1,0 +1,65 @@
+"""The data layer: schemas, readers of real formats, prepared columnar data, synthetic data
+with a known click model, dataset statistics and a sharded, prefetching batch loader.
+
+Typical use::
+
+    splits = load_splits(config.data)                  # train / eval ColumnarData + stats
+    loader = BatchLoader(splits.train, batch_size=2048, rank=rank, world_size=world_size)
+    for batch in loader.iterate(epoch):                # Batch: labels, dense, sparse JaggedTensors
+        ...
+"""
+
+from terarec.data.config import CRITEO_1TB_CARDINALITIES, DataConfig, SyntheticConfig
+from terarec.data.hashing import MISSING_ID, hash_string, hash_strings
+from terarec.data.loader import BatchLoader, gather_jagged
+from terarec.data.prepared import FORMAT_VERSION, open_prepared, prepare, read_prepared_stats
+from terarec.data.readers import CRITEO_COLUMNS, iter_blocks, read_files, resolve_schema
+from terarec.data.sources import DataSplits, load_dataset, load_splits, prepare_path, resolve_path
+from terarec.data.stats import DatasetStats, StatsAccumulator, compute_stats, estimate_distinct
+from terarec.data.synthetic import SyntheticDataset, generate_synthetic
+from terarec.data.types import (
+    BadRowPolicy,
+    Batch,
+    ColumnarData,
+    DataFormat,
+    DenseTransform,
+    JaggedColumn,
+    Schema,
+)
+
+__all__ = [
+    "CRITEO_1TB_CARDINALITIES",
+    "CRITEO_COLUMNS",
+    "FORMAT_VERSION",
+    "MISSING_ID",
+    "BadRowPolicy",
+    "Batch",
+    "BatchLoader",
+    "ColumnarData",
+    "DataConfig",
+    "DataFormat",
+    "DataSplits",
+    "DatasetStats",
+    "DenseTransform",
+    "JaggedColumn",
+    "Schema",
+    "StatsAccumulator",
+    "SyntheticConfig",
+    "SyntheticDataset",
+    "compute_stats",
+    "estimate_distinct",
+    "gather_jagged",
+    "generate_synthetic",
+    "hash_string",
+    "hash_strings",
+    "iter_blocks",
+    "load_dataset",
+    "load_splits",
+    "open_prepared",
+    "prepare",
+    "prepare_path",
+    "read_files",
+    "read_prepared_stats",
+    "resolve_path",
+    "resolve_schema",
+]

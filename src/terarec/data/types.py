@@ -138,6 +138,44 @@ class ColumnarData:
     def num_rows(self) -> int:
         return int(self.labels.shape[0])
 
+    def slice_rows(self, start: int, stop: int) -> ColumnarData:
+        """Rows ``start:stop`` (clipped like a Python slice); labels, dense and IDs are views, offsets rebased copies."""
+        start, stop, _ = slice(start, stop).indices(self.num_rows)
+        stop = max(start, stop)
+        sparse = {}
+        for name, col in self.sparse.items():
+            offsets = np.asarray(col.offsets[start:stop + 1], dtype=np.int64)
+            sparse[name] = JaggedColumn(col.values[int(offsets[0]):int(offsets[-1])], offsets - offsets[0])
+        return ColumnarData(self.schema, self.labels[start:stop], self.dense[start:stop], sparse,
+                            skipped_rows=0, source=self.source)
+
+    @classmethod
+    def concat(cls, parts: list[ColumnarData]) -> ColumnarData:
+        """Concatenates datasets with one schema, row after row, into RAM; ``skipped_rows`` add up."""
+        if not parts:
+            raise ValueError("ColumnarData.concat: parts must not be empty")
+        if len(parts) == 1:
+            return parts[0]
+        schema = parts[0].schema
+        for part in parts[1:]:
+            if part.schema != schema:
+                raise ValueError(f"ColumnarData.concat: schemas differ: {schema} vs {part.schema}")
+        sparse = {}
+        for name in schema.sparse_features:
+            cols = [p.sparse[name] for p in parts]
+            lengths = np.concatenate([np.diff(np.asarray(c.offsets)) for c in cols])
+            offsets = np.zeros(lengths.shape[0] + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            sparse[name] = JaggedColumn(np.concatenate([np.asarray(c.values) for c in cols]), offsets)
+        return cls(
+            schema,
+            np.concatenate([p.labels for p in parts]),
+            np.concatenate([p.dense for p in parts]),
+            sparse,
+            skipped_rows=sum(p.skipped_rows for p in parts),
+            source=",".join(dict.fromkeys(p.source for p in parts if p.source)),
+        )
+
 
 @dataclass(frozen=True)
 class Batch:

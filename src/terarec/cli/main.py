@@ -1,0 +1,188 @@
+"""The ``terarec`` command: ``train``, ``eval`` and ``prepare``.
+
+Only this module reads ``argv``. Each flag is a shortcut for one dotted config key (shown in
+its help); ``--set KEY=VALUE`` reaches any other key, and ``--config FILE`` loads a YAML file
+underneath them. Errors the user can fix print as one line, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from terarec import __version__
+from terarec.errors import TerarecError
+
+__all__ = ["main"]
+
+# flag destination -> dotted config key; every shortcut flag is listed here once.
+_TRAIN_SHORTCUTS = {
+    "data": "data.path",
+    "eval_data": "data.eval_path",
+    "format": "data.format",
+    "label": "data.label",
+    "dense": "data.dense_features",
+    "ignore": "data.ignore",
+    "delimiter": "data.delimiter",
+    "on_bad_row": "data.on_bad_row",
+    "model": "model.type",
+    "out": "train.out",
+    "seed": "train.seed",
+    "epochs": "train.epochs",
+    "steps": "train.steps",
+    "batch_size": "train.batch_size",
+    "checkpoint_every": "train.checkpoint_every",
+    "threads": "train.num_threads",
+}
+_DATA_FLAGS = ("data", "format", "label", "dense", "ignore", "delimiter", "on_bad_row")
+
+
+def _add_data_flags(parser: argparse.ArgumentParser, data_help: str) -> None:
+    parser.add_argument("--data", metavar="PATH", help=data_help)
+    parser.add_argument("--format", choices=["criteo", "csv", "parquet", "prepared"], help="input format (data.format); default: from the file name")
+    parser.add_argument("--label", metavar="COL", help="label column of CSV/Parquet input (data.label)")
+    parser.add_argument("--dense", metavar="COLS", help="comma-separated dense columns (data.dense_features); every other column is sparse")
+    parser.add_argument("--ignore", metavar="COLS", help="comma-separated columns to leave out (data.ignore)")
+    parser.add_argument("--delimiter", metavar="CHAR", help="CSV field delimiter (data.delimiter)")
+    parser.add_argument("--on-bad-row", choices=["error", "skip"], help="stop at a malformed row or skip and count it (data.on_bad_row)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="terarec", description="Train and serve recommendation models with huge embedding tables.")
+    parser.add_argument("--version", action="version", version=f"terarec {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model (synthetic Criteo-shaped data by default)")
+    train.add_argument("--config", type=Path, metavar="FILE", help="YAML config; flags override it")
+    _add_data_flags(train, "training data: file, comma-separated files, glob or directory (data.path); default: synthetic")
+    train.add_argument("--eval-data", metavar="PATH", help="evaluation data (data.eval_path); default: the last 10%% of --data")
+    train.add_argument("--model", choices=["dlrm"], help="dense model (model.type)")
+    train.add_argument("--out", metavar="DIR", help="run directory for metrics and checkpoints (train.out)")
+    train.add_argument("--seed", type=int, help="seed of tables, dense weights and data order (train.seed)")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, help="passes over the training data (train.epochs)")
+    length.add_argument("--steps", type=int, help="train for this many steps instead (train.steps)")
+    train.add_argument("--batch-size", type=int, help="examples per step (train.batch_size)")
+    train.add_argument("--checkpoint-every", type=int, metavar="N", help="checkpoint every N steps (train.checkpoint_every)")
+    train.add_argument("--threads", type=int, help="torch and numba threads (train.num_threads); default: all cores")
+    train.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --out")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set any config key, e.g. --set embedding.embedding_dim=32")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+
+    evaluate = commands.add_parser("eval", help="evaluate a saved model")
+    evaluate.add_argument("--checkpoint", required=True, type=Path, metavar="PATH", help="checkpoint directory, or a run directory (newest checkpoint)")
+    _add_data_flags(evaluate, "data to score; default: the run's own evaluation data")
+    evaluate.add_argument("--json", type=Path, metavar="FILE", help="also write the metrics as JSON")
+
+    prepare = commands.add_parser("prepare", help="convert raw files once into terarec's fast memory-mapped format")
+    _add_data_flags(prepare, "raw input: file, comma-separated files, glob or directory")
+    prepare.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory to create")
+    return parser
+
+
+def _overrides(args: argparse.Namespace, shortcuts: dict[str, str]) -> list[tuple[str, object]]:
+    pairs: list[tuple[str, object]] = [
+        (key, getattr(args, flag)) for flag, key in shortcuts.items() if getattr(args, flag, None) is not None
+    ]
+    if getattr(args, "resume", False):
+        pairs.append(("train.resume", True))
+    if getattr(args, "no_progress", False):
+        pairs.append(("train.progress", False))
+    for assignment in getattr(args, "set", []):
+        key, sep, value = assignment.partition("=")
+        if not sep or not key:
+            raise TerarecError(f"--set expects KEY=VALUE, got {assignment!r}")
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def _train(args: argparse.Namespace) -> int:
+    from terarec.train import fit, load_config
+
+    config = load_config(args.config, _overrides(args, _TRAIN_SHORTCUTS))
+    if args.print_config:
+        print(config.to_yaml(), end="")
+        return 0
+    source = config.data.path or "synthetic Criteo-shaped data"
+    print(f"terarec {__version__}: training {config.model.type.value} on {source} -> {config.train.out}", flush=True)
+    started = time.perf_counter()
+    result = fit(config)
+    metrics = result.metrics
+    if "ground_truth_auc" in metrics:
+        print(f"ground-truth model (the ceiling): AUC {metrics['ground_truth_auc']:.4f}")
+    if metrics["skipped_rows"]:
+        print(f"skipped {metrics['skipped_rows']:,} malformed rows (data.on_bad_row=skip)")
+    print(
+        f"eval: AUC {metrics['auc']:.4f} | log loss {metrics['logloss']:.4f} | NE {metrics['ne']:.4f} | "
+        f"calibration {metrics['calibration']:.3f} | {metrics['eval_examples']:,} examples"
+    )
+    print(
+        f"train: {metrics['train_examples']:,} examples in {metrics['steps']:,} steps, "
+        f"{metrics['examples_per_second']:,.0f} examples/s; total {time.perf_counter() - started:.1f}s"
+    )
+    print(f"wrote {result.run_dir / 'metrics.json'} and {result.checkpoint}")
+    return 0
+
+
+def _data_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The ``data.*`` keys given as flags, without their ``data.`` prefix."""
+    return {
+        key.removeprefix("data."): getattr(args, flag)
+        for flag, key in _TRAIN_SHORTCUTS.items()
+        if flag in _DATA_FLAGS and getattr(args, flag) is not None
+    }
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from terarec._dataclass_codec import from_mapping
+    from terarec.data import DataConfig
+    from terarec.train import evaluate_checkpoint
+
+    settings = _data_settings(args)
+    path = settings.pop("path", None)
+    typed = from_mapping(DataConfig, settings, "data")
+    metrics, data = evaluate_checkpoint(args.checkpoint, path, {key: getattr(typed, key) for key in settings})
+    print(metrics.summary())
+    if data.skipped_rows:
+        print(f"skipped {data.skipped_rows:,} malformed rows")
+    if args.json is not None:
+        args.json.write_text(json.dumps(metrics.to_dict(), indent=2))
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from terarec._dataclass_codec import from_mapping
+    from terarec.data import DataConfig, prepare_path
+
+    config = from_mapping(DataConfig, _data_settings(args), "data")
+    if config.path is None:
+        raise TerarecError("terarec prepare needs --data PATH")
+    started = time.perf_counter()
+    stats = prepare_path(config, args.out)
+    print(
+        f"prepared {stats.rows:,} rows into {args.out} in {time.perf_counter() - started:.1f}s "
+        f"(label mean {stats.label_mean:.4f})"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``terarec`` command line; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    handlers = {"train": _train, "eval": _eval, "prepare": _prepare}
+    try:
+        return handlers[args.command](args)
+    except TerarecError as error:
+        print(f"terarec: error: {error}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as error:
+        print(f"terarec: error: {error.strerror or error}: {error.filename}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("terarec: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,158 @@
+"""Configuration of the data layer: where examples come from and how they are read.
+
+:class:`DataConfig` is the ``data`` section of terarec's root configuration; its
+``synthetic`` field (:class:`SyntheticConfig`) sets the generator used when no path is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from terarec.data.types import BadRowPolicy, DataFormat, DenseTransform
+from terarec.errors import ConfigError
+
+__all__ = ["CRITEO_1TB_CARDINALITIES", "DataConfig", "SyntheticConfig"]
+
+CRITEO_1TB_CARDINALITIES: tuple[int, ...] = (
+    40000000, 39060, 17295, 7424, 20265, 3, 7122, 1543, 63, 40000000, 3067956, 405282, 10,
+    2209, 11938, 155, 4, 976, 14, 40000000, 40000000, 40000000, 590152, 12973, 108, 36,
+)
+"""Per sparse feature cardinalities of Criteo 1TB as used by the MLPerf DLRM benchmark."""
+
+
+def _check_enum(key: str, value: object, enum_type: type) -> None:
+    if not isinstance(value, enum_type):
+        allowed = ", ".join(repr(m.value) for m in enum_type)  # type: ignore[attr-defined]
+        raise ConfigError(f"{key} must be one of {allowed}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """A Criteo-shaped synthetic dataset with power-law ID skew and a known click model.
+
+    See :func:`terarec.data.generate_synthetic`. The defaults give a dataset on which a DLRM
+    trains in minutes on one CPU and whose best possible AUC is known.
+
+    Args:
+        num_examples (int, optional): training examples. Default: ``600_000``
+        num_eval_examples (int, optional): evaluation examples. Default: ``100_000``
+        num_dense (int, optional): dense features ``I1..``. Default: ``13``
+        num_sparse (int, optional): sparse features ``C1..``; their cardinalities cycle through
+            :data:`CRITEO_1TB_CARDINALITIES`. Default: ``26``
+        max_cardinality (int, optional): cap on every feature's cardinality. Default: ``40_000``
+        zipf_exponent (float, optional): exponent of the bounded Zipf law of IDs. Default: ``1.05``
+        bag_sizes (tuple[int, ...], optional): ``None`` for one ID per feature, else one bag size
+            per sparse feature (multi-hot). Default: ``None``
+        seed (int, optional): determines the data completely. Default: ``0``
+
+    Example::
+
+        >>> SyntheticConfig(num_examples=1000).num_sparse
+        26
+    """
+
+    num_examples: int = 600_000
+    num_eval_examples: int = 100_000
+    num_dense: int = 13
+    num_sparse: int = 26
+    max_cardinality: int = 40_000
+    zipf_exponent: float = 1.05
+    bag_sizes: tuple[int, ...] | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        p = "data.synthetic."
+        for name, low in (("num_examples", 1), ("num_eval_examples", 1), ("num_dense", 0),
+                          ("num_sparse", 1), ("max_cardinality", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{p}{name} must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.zipf_exponent, (int, float)) or not 0.0 <= self.zipf_exponent <= 5.0:
+            raise ConfigError(f"{p}zipf_exponent must be a number in [0, 5], got {self.zipf_exponent!r}")
+        if self.bag_sizes is not None:
+            if isinstance(self.bag_sizes, list):
+                object.__setattr__(self, "bag_sizes", tuple(self.bag_sizes))
+            sizes = self.bag_sizes
+            if not isinstance(sizes, tuple) or len(sizes) != self.num_sparse:
+                raise ConfigError(f"{p}bag_sizes must hold one size per sparse feature "
+                                  f"({self.num_sparse}), got {sizes!r}")
+            if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
+                raise ConfigError(f"{p}bag_sizes must be integers >= 1, got {sizes!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training and evaluation examples come from, and how raw files are read.
+
+    Args:
+        path (str, optional): ``None`` for synthetic data; else a file, a comma-separated list
+            of files, a glob, or a directory (a prepared directory if it holds ``meta.json``,
+            else all data files inside, sorted). Default: ``None``
+        eval_path (str, optional): evaluation data in the same forms; ``None`` holds out the last
+            ``eval_fraction`` of the rows of ``path``. Default: ``None``
+        format (DataFormat, optional): ``None`` infers it: a prepared directory, ``.parquet``
+            is Parquet, ``.csv`` CSV, ``.tsv``/``.txt`` Criteo. Default: ``None``
+        label (str, optional): label column of CSV/Parquet files (required there). Default: ``None``
+        dense_features (tuple[str, ...], optional): CSV/Parquet dense columns; every other
+            column not in ``ignore`` is sparse. Default: ``()``
+        ignore (tuple[str, ...], optional): CSV/Parquet columns to leave out. Default: ``()``
+        delimiter (str, optional): CSV field delimiter, one character. Default: ``","``
+        on_bad_row (BadRowPolicy, optional): stop at a malformed row or skip and count it.
+            Default: ``BadRowPolicy.ERROR``
+        dense_transform (DenseTransform, optional): Default: ``DenseTransform.SIGNED_LOG1P``
+        eval_fraction (float, optional): held-out tail when ``eval_path`` is ``None``, in
+            :math:`(0, 1)`. Default: ``0.1``
+        synthetic (SyntheticConfig, optional): the generator used when ``path`` is ``None``.
+
+    Example::
+
+        >>> DataConfig(path="train.csv", label="click").format is None
+        True
+        >>> DataConfig(eval_fraction=1.5)
+        Traceback (most recent call last):
+        ...
+        terarec.errors.ConfigError: data.eval_fraction must be in (0, 1), got 1.5
+    """
+
+    path: str | None = None
+    eval_path: str | None = None
+    format: DataFormat | None = None
+    label: str | None = None
+    dense_features: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    delimiter: str = ","
+    on_bad_row: BadRowPolicy = BadRowPolicy.ERROR
+    dense_transform: DenseTransform = DenseTransform.SIGNED_LOG1P
+    eval_fraction: float = 0.1
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("path", "eval_path", "label"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"data.{name} must be a non-empty string or null, got {value!r}")
+        if self.format is not None:
+            _check_enum("data.format", self.format, DataFormat)
+        _check_enum("data.on_bad_row", self.on_bad_row, BadRowPolicy)
+        _check_enum("data.dense_transform", self.dense_transform, DenseTransform)
+        for name in ("dense_features", "ignore"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                value = tuple(value)
+                object.__setattr__(self, name, value)
+            if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(f"data.{name} must be a list of column names, got {value!r}")
+            if len(set(value)) != len(value):
+                raise ConfigError(f"data.{name} names a column twice: {list(value)}")
+        both = set(self.dense_features) & set(self.ignore)
+        if both:
+            raise ConfigError(f"data.dense_features and data.ignore both name {sorted(both)}")
+        if self.label is not None and self.label in set(self.dense_features) | set(self.ignore):
+            raise ConfigError(f"data.label {self.label!r} is also in data.dense_features or data.ignore")
+        if not isinstance(self.delimiter, str) or len(self.delimiter) != 1 or self.delimiter in "\r\n\"":
+            raise ConfigError(f"data.delimiter must be one character (not a quote or newline), got {self.delimiter!r}")
+        frac = self.eval_fraction
+        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 < frac < 1.0:
+            raise ConfigError(f"data.eval_fraction must be in (0, 1), got {frac!r}")
+        if not isinstance(self.synthetic, SyntheticConfig):
+            raise ConfigError(f"data.synthetic must be a SyntheticConfig, got {type(self.synthetic).__name__}")

@@ -1,0 +1,185 @@
+"""Where a run's examples come from: path forms, format inference and the train/eval split.
+
+A data path is a file, a comma-separated list of files, a glob, or a directory: a prepared
+directory (it holds ``meta.json``) or else every data file inside it, sorted by name
+(``.tsv``, ``.csv`` and ``.parquet`` files; ``.txt`` files only when there are none of those).
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from terarec.data.config import DataConfig
+from terarec.data.prepared import open_prepared, prepare
+from terarec.data.readers import read_files
+from terarec.data.stats import DatasetStats, compute_stats
+from terarec.data.synthetic import generate_synthetic
+from terarec.data.types import ColumnarData, DataFormat
+from terarec.errors import ConfigError, DataError
+
+__all__ = ["DataSplits", "load_dataset", "load_splits", "prepare_path", "resolve_path"]
+
+_SUFFIX_FORMATS = {".parquet": DataFormat.PARQUET, ".csv": DataFormat.CSV,
+                   ".tsv": DataFormat.CRITEO, ".txt": DataFormat.CRITEO}
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """The training and evaluation data of a run.
+
+    Args:
+        train (ColumnarData): training examples.
+        eval (ColumnarData): evaluation examples.
+        stats (DatasetStats): statistics of ``train``.
+        eval_probabilities (np.ndarray, optional): true click probabilities of ``eval``
+            (synthetic data only), else ``None``.
+        cardinalities (dict[str, int], optional): distinct possible IDs per feature (synthetic
+            data only), else ``None``.
+    """
+
+    train: ColumnarData
+    eval: ColumnarData
+    stats: DatasetStats
+    eval_probabilities: np.ndarray | None = None
+    cardinalities: dict[str, int] | None = None
+
+
+def _expand(path: str) -> list[Path]:
+    found: list[Path] = []
+    for part in (p.strip() for p in path.split(",")):
+        if not part:
+            continue
+        if any(ch in part for ch in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(part, recursive=True) if Path(m).is_file())
+            if not matches:
+                raise DataError(f"{part}: the glob matches no files")
+            found.extend(matches)
+            continue
+        candidate = Path(part)
+        if not candidate.exists():
+            raise DataError(f"{part}: no such file or directory")
+        if candidate.is_dir() and not (candidate / "meta.json").is_file():
+            files = sorted(p for p in candidate.iterdir() if p.is_file() and not p.name.startswith("."))
+            inside = [p for p in files if p.suffix.lower() in (".tsv", ".csv", ".parquet")]
+            if not inside:  # .txt (Criteo's day_N.txt) only when nothing else: READMEs are .txt too
+                inside = [p for p in files if p.suffix.lower() == ".txt"]
+            if not inside:
+                raise DataError(f"{part}: directory holds no data files ({', '.join(_SUFFIX_FORMATS)}) "
+                                f"and no meta.json of a prepared dataset")
+            found.extend(inside)
+        else:
+            found.append(candidate)
+    if not found:
+        raise DataError(f"{path!r}: no data path given")
+    return found
+
+
+def resolve_path(path: str, fmt: DataFormat | None = None) -> tuple[list[Path], DataFormat]:
+    """The files (or prepared directories) a data path names, and their format.
+
+    Args:
+        path (str): a file, comma-separated files, a glob or a directory.
+        fmt (DataFormat, optional): the format; ``None`` infers it from the directory or the
+            file suffixes. Default: ``None``
+
+    Raises:
+        DataError: if a named path does not exist or a glob or directory holds no data files.
+        ConfigError: if the format cannot be inferred (unknown or mixed suffixes).
+    """
+    paths = _expand(path)
+    prepared = [p.is_dir() for p in paths]
+    if all(prepared):
+        inferred: DataFormat | None = DataFormat.PREPARED
+    elif any(prepared):
+        raise ConfigError(f"data.path {path!r} mixes prepared directories and raw files")
+    else:
+        kinds = {_SUFFIX_FORMATS.get(p.suffix.lower()) for p in paths}
+        inferred = kinds.pop() if len(kinds) == 1 else None
+    if fmt is None:
+        if inferred is None:
+            suffixes = sorted({p.suffix or "(none)" for p in paths})
+            raise ConfigError(f"data.format cannot be inferred from {path!r} (suffixes {suffixes}); "
+                              f"pass --format criteo|csv|parquet|prepared")
+        fmt = inferred
+    elif (fmt is DataFormat.PREPARED) != (inferred is DataFormat.PREPARED):
+        raise ConfigError(f"data.format is {fmt.value!r} but {path!r} is "
+                          f"{'a prepared directory' if inferred is DataFormat.PREPARED else 'raw files'}")
+    return paths, fmt
+
+
+def load_dataset(path: str, config: DataConfig) -> ColumnarData:
+    """Loads the examples a data path names (prepared directories are memory-mapped).
+
+    Args:
+        path (str): see :func:`resolve_path`.
+        config (DataConfig): format and reading options.
+    """
+    paths, fmt = resolve_path(path, config.format)
+    if fmt is DataFormat.PREPARED:
+        parts = [open_prepared(p) for p in paths]
+        if len(parts) > 1:
+            return ColumnarData.concat(parts)  # several prepared directories: copied into RAM
+        return parts[0]
+    return read_files(paths, fmt, config)
+
+
+def prepare_path(config: DataConfig, out_dir: Path, *, overwrite: bool = False) -> DatasetStats:
+    """Prepares the raw files ``config.path`` names into ``out_dir`` (see :func:`terarec.data.prepare`).
+
+    Args:
+        config (DataConfig): ``path`` (required) and the reading options.
+        out_dir (Path): the prepared directory to create.
+        overwrite (bool, optional): replace an existing ``out_dir``. Default: ``False``
+
+    Raises:
+        ConfigError: if ``config.path`` is unset or already a prepared directory.
+    """
+    if config.path is None:
+        raise ConfigError("data.path is required to prepare data")
+    paths, fmt = resolve_path(config.path, config.format)
+    if fmt is DataFormat.PREPARED:
+        raise ConfigError(f"data.path {config.path!r} is already prepared")
+    return prepare(paths, fmt, config, Path(out_dir), overwrite=overwrite)
+
+
+def load_splits(config: DataConfig) -> DataSplits:
+    """The training and evaluation data ``config`` describes.
+
+    Synthetic data when ``config.path`` is ``None`` (:func:`generate_synthetic`); else the
+    examples of ``config.path``, evaluated on ``config.eval_path`` or, without one, on the last
+    ``config.eval_fraction`` of the rows (logs are in time order, so this evaluates on the future).
+
+    Args:
+        config (DataConfig): the ``data`` section of the run's configuration.
+
+    Example::
+
+        >>> from terarec.data import SyntheticConfig
+        >>> splits = load_splits(DataConfig(synthetic=SyntheticConfig(num_examples=100, num_eval_examples=20)))
+        >>> splits.train.num_rows, splits.eval.num_rows, splits.stats.num_rows, splits.cardinalities["C6"]
+        (100, 20, 100, 3)
+    """
+    if config.path is None:
+        if config.eval_path is not None:
+            raise ConfigError("data.eval_path is set but data.path is not: give both, or neither for synthetic data")
+        ds = generate_synthetic(config.synthetic, config.dense_transform)
+        return DataSplits(ds.train, ds.eval, compute_stats(ds.train), ds.eval_probabilities, ds.cardinalities)
+    data = load_dataset(config.path, config)
+    if config.eval_path is not None:
+        train, evaluation = data, load_dataset(config.eval_path, config)
+        if evaluation.schema != train.schema:
+            raise DataError(f"{config.eval_path}: columns differ from {config.path}: "
+                            f"{evaluation.schema.to_dict()} vs {train.schema.to_dict()}")
+    else:
+        num_eval = int(round(data.num_rows * config.eval_fraction))
+        if num_eval < 1 or num_eval >= data.num_rows:
+            raise DataError(f"{config.path}: {data.num_rows} rows are too few to hold out "
+                            f"data.eval_fraction={config.eval_fraction} for evaluation")
+        cut = data.num_rows - num_eval
+        train, evaluation = data.slice_rows(0, cut), data.slice_rows(cut, data.num_rows)
+        train.skipped_rows = data.skipped_rows
+    return DataSplits(train, evaluation, compute_stats(train))

@@ -1,0 +1,303 @@
+"""Numba kernels of the embedding layer: hashing, row initialisation, de-duplication, pooling
+and the fused sparse optimizers.
+
+Every kernel sees NumPy arrays and scalars only, trusts its input (the public classes validate
+it once) and writes into caller-allocated ``out`` arrays. ``prange`` is used only where each
+iteration owns its output rows, so results are bit-identical for any thread count.
+
+Symbols: ``N`` IDs, ``B`` bags, ``U`` distinct rows, ``D`` embedding dim, ``R`` storage rows,
+``S`` optimizer state floats per row. ``slots`` index the storage arrays (``weights``,
+``state``); for a RAM table a slot is the row itself, a tiered table maps rows to cache slots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numba
+import numpy as np
+
+__all__ = [
+    "adagrad_update",
+    "adam_update",
+    "bags_of",
+    "dedupe",
+    "derive_table_seed",
+    "group_sorted",
+    "hash_to_rows",
+    "init_rows_normal",
+    "init_rows_uniform",
+    "pool_mean",
+    "pool_sum",
+    "rowwise_adagrad_update",
+    "sgd_update",
+    "splitmix64",
+]
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_TWO_POW_M53 = 1.0 / 9007199254740992.0  # 2 ** -53
+_UPDATE_CHUNK = 64  # unique rows per parallel work item in the optimizer kernels
+
+
+@numba.njit(cache=True, nogil=True)
+def splitmix64(x: np.uint64) -> np.uint64:
+    """SplitMix64's finaliser of ``x + golden``: a bijective, well-mixed 64-bit hash."""
+    z = x + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+def derive_table_seed(seed: int, name: str) -> np.uint64:
+    """Stable 64-bit seed of table ``name`` under global ``seed`` (BLAKE2b, not Python's ``hash``)."""
+    digest = hashlib.blake2b(f"{int(seed)}\x00{name}".encode(), digest_size=8).digest()
+    return np.uint64(int.from_bytes(digest, "little"))
+
+
+# The kernels of ``prepare`` (hash, group, bags) are serial on purpose: ``prepare`` runs on a
+# background thread beside the parallel lookup/update kernels, and numba's fallback
+# ``workqueue`` threading layer aborts when two threads launch parallel kernels at once.
+# ``nogil`` still lets them overlap with the training thread.
+
+
+@numba.njit(cache=True, nogil=True)
+def hash_to_rows(ids, num_embeddings, out):
+    """``out[i] = splitmix64(uint64(ids[i])) % num_embeddings``: a stable, seedless row per ID."""
+    n = np.uint64(num_embeddings)
+    for i in range(ids.shape[0]):
+        out[i] = np.int64(splitmix64(np.uint64(ids[i])) % n)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _unit_uniform(row_key, counter):
+    """Uniform float64 in ``[0, 1)`` from the 53 high bits of ``splitmix64(row_key + counter)``."""
+    bits = splitmix64(row_key + np.uint64(counter))
+    return np.float64(bits >> np.uint64(11)) * _TWO_POW_M53
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _row_key(seed, row):
+    return splitmix64(np.uint64(seed) ^ splitmix64(np.uint64(row)))
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def init_rows_uniform(out, rows, seed, scale):
+    """``out[i, j] = scale * (2 u - 1)``, ``u = U(seed, rows[i], 2 j)``: uniform in ``[-scale, scale)``.
+
+    ``U(seed, r, c)`` is the 53 high bits of ``splitmix64(splitmix64(seed ^ splitmix64(r)) + c)``
+    over ``2^53``, so element ``(r, j)`` depends only on ``(seed, r, j)``.
+    """
+    dim = out.shape[1]
+    for i in numba.prange(rows.shape[0]):
+        key = _row_key(seed, rows[i])
+        for j in range(dim):
+            out[i, j] = np.float32(scale * (2.0 * _unit_uniform(key, 2 * j) - 1.0))
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def init_rows_normal(out, rows, seed, scale):
+    """``out[i, j] = scale * sqrt(-2 ln(1 - u1)) * cos(2 pi u2)`` (Box–Muller), with
+    ``u1 = U(seed, rows[i], 2 j)`` and ``u2 = U(seed, rows[i], 2 j + 1)`` as in :func:`init_rows_uniform`.
+    """
+    dim = out.shape[1]
+    for i in numba.prange(rows.shape[0]):
+        key = _row_key(seed, rows[i])
+        for j in range(dim):
+            u1 = 1.0 - _unit_uniform(key, 2 * j)  # in (0, 1]: log is finite
+            u2 = _unit_uniform(key, 2 * j + 1)
+            out[i, j] = np.float32(scale * np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2))
+
+
+@numba.njit(cache=True, nogil=True)
+def group_sorted(rows, order, unique_out, group_offsets_out):
+    """Groups ``rows`` visited in ``order`` (a stable ascending argsort of ``rows``).
+
+    Writes the distinct rows into ``unique_out[:U]`` and their CSR boundaries into
+    ``group_offsets_out[:U + 1]``; returns ``U``.
+    """
+    n = order.shape[0]
+    u = 0
+    group_offsets_out[0] = 0
+    for k in range(n):
+        row = rows[order[k]]
+        if k == 0 or row != unique_out[u - 1]:
+            if u > 0:
+                group_offsets_out[u] = k
+            unique_out[u] = row
+            u += 1
+    group_offsets_out[u] = n
+    return u
+
+
+@numba.njit(cache=True, nogil=True)
+def bags_of(offsets, out):
+    """``out[i] = b`` for every position ``offsets[b] <= i < offsets[b + 1]``."""
+    for b in range(offsets.shape[0] - 1):
+        for i in range(offsets[b], offsets[b + 1]):
+            out[i] = b
+
+
+def dedupe(rows: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """De-duplicates ``rows`` into ``(unique_rows, occurrence_offsets, occurrences, bag_of)``.
+
+    ``occurrences`` is NumPy's stable argsort of ``rows``, so positions stay ascending within
+    each group (measured on 10^6 Zipf IDs: 73 ms, against 204 ms for numba's merge sort). The
+    unique outputs are views of ``N``-sized buffers.
+    """
+    n = rows.shape[0]
+    occurrences = np.argsort(rows, kind="stable")
+    unique_rows = np.empty(n, dtype=np.int64)
+    occurrence_offsets = np.empty(n + 1, dtype=np.int64)
+    u = group_sorted(rows, occurrences, unique_rows, occurrence_offsets)
+    bag_of = np.empty(n, dtype=np.int64)
+    bags_of(offsets, bag_of)
+    return unique_rows[:u], occurrence_offsets[: u + 1], occurrences, bag_of
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def pool_sum(weights, slots, offsets, out):
+    """``out[b] = sum(weights[slots[i]] for i in bag b)``; an empty bag gives zeros."""
+    dim = weights.shape[1]
+    for b in numba.prange(offsets.shape[0] - 1):
+        for j in range(dim):
+            out[b, j] = np.float32(0.0)
+        for i in range(offsets[b], offsets[b + 1]):
+            s = slots[i]
+            for j in range(dim):
+                out[b, j] += weights[s, j]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def pool_mean(weights, slots, offsets, out):
+    """Like :func:`pool_sum`, then divided by the bag length; an empty bag gives zeros."""
+    dim = weights.shape[1]
+    for b in numba.prange(offsets.shape[0] - 1):
+        for j in range(dim):
+            out[b, j] = np.float32(0.0)
+        start, stop = offsets[b], offsets[b + 1]
+        for i in range(start, stop):
+            s = slots[i]
+            for j in range(dim):
+                out[b, j] += weights[s, j]
+        if stop > start:
+            inv = np.float32(stop - start)
+            for j in range(dim):
+                out[b, j] /= inv
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean):
+    """``g = sum(grad_pooled[bag_of[i]] * scale)`` over the occurrences of unique row ``k``,
+    in ascending position order; ``scale`` is 1 (sum) or ``1 / len(bag)`` (mean)."""
+    dim = g.shape[0]
+    for j in range(dim):
+        g[j] = np.float32(0.0)
+    for p in range(occurrence_offsets[k], occurrence_offsets[k + 1]):
+        b = bag_of[occurrences[p]]
+        if is_mean:
+            scale = np.float32(1.0) / np.float32(offsets[b + 1] - offsets[b])
+            for j in range(dim):
+                g[j] += grad_pooled[b, j] * scale
+        else:
+            for j in range(dim):
+                g[j] += grad_pooled[b, j]
+
+
+# The four fused updates share one signature prefix:
+#   weights (R, D), state (R, S), slots (U), occurrence_offsets (U + 1), occurrences (N),
+#   bag_of (N), grad_pooled (B, D), offsets (B + 1), is_mean (bool), then hyper-parameters.
+# Each parallel item owns a chunk of unique rows (distinct slots), accumulates each row's
+# gradient into its own buffer and updates that row and its state in place.
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def sgd_update(weights, state, slots, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, lr):
+    """``w -= lr * g``."""
+    dim = weights.shape[1]
+    lr32 = np.float32(lr)
+    u = slots.shape[0]
+    for c in numba.prange((u + _UPDATE_CHUNK - 1) // _UPDATE_CHUNK):
+        g = np.empty(dim, dtype=np.float32)
+        for k in range(c * _UPDATE_CHUNK, min(u, (c + 1) * _UPDATE_CHUNK)):
+            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean)
+            s = slots[k]
+            for j in range(dim):
+                weights[s, j] -= lr32 * g[j]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def adagrad_update(
+    weights, state, slots, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, lr, eps
+):
+    """``s += g^2; w -= lr * g / (sqrt(s) + eps)`` elementwise, ``state`` is ``(R, D)``."""
+    dim = weights.shape[1]
+    lr32, eps32 = np.float32(lr), np.float32(eps)
+    u = slots.shape[0]
+    for c in numba.prange((u + _UPDATE_CHUNK - 1) // _UPDATE_CHUNK):
+        g = np.empty(dim, dtype=np.float32)
+        for k in range(c * _UPDATE_CHUNK, min(u, (c + 1) * _UPDATE_CHUNK)):
+            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean)
+            s = slots[k]
+            for j in range(dim):
+                state[s, j] += g[j] * g[j]
+                weights[s, j] -= lr32 * (g[j] / (np.sqrt(state[s, j]) + eps32))
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def rowwise_adagrad_update(
+    weights, state, slots, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, lr, eps
+):
+    """``s += mean_j(g_j^2); w -= (lr / (sqrt(s) + eps)) * g``, ``state`` is ``(R, 1)`` (FBGEMM)."""
+    dim = weights.shape[1]
+    lr32, eps32 = np.float32(lr), np.float32(eps)
+    u = slots.shape[0]
+    for c in numba.prange((u + _UPDATE_CHUNK - 1) // _UPDATE_CHUNK):
+        g = np.empty(dim, dtype=np.float32)
+        for k in range(c * _UPDATE_CHUNK, min(u, (c + 1) * _UPDATE_CHUNK)):
+            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean)
+            s = slots[k]
+            sq = np.float32(0.0)
+            for j in range(dim):
+                sq += g[j] * g[j]
+            state[s, 0] += sq / np.float32(dim)
+            multiplier = lr32 / (np.sqrt(state[s, 0]) + eps32)
+            for j in range(dim):
+                weights[s, j] -= multiplier * g[j]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def adam_update(
+    weights,
+    state,
+    slots,
+    occurrence_offsets,
+    occurrences,
+    bag_of,
+    grad_pooled,
+    offsets,
+    is_mean,
+    step_size,
+    beta1,
+    beta2,
+    eps,
+):
+    """``torch.optim.SparseAdam``: ``m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2);
+    w -= step_size * m / (sqrt(v) + eps)``, ``step_size = lr sqrt(1 - b2^t) / (1 - b1^t)``;
+    ``state`` is ``(R, 2 D)``, ``m`` then ``v``."""
+    dim = weights.shape[1]
+    step32, eps32 = np.float32(step_size), np.float32(eps)
+    one_m_b1, one_m_b2 = np.float32(1.0 - beta1), np.float32(1.0 - beta2)
+    u = slots.shape[0]
+    for c in numba.prange((u + _UPDATE_CHUNK - 1) // _UPDATE_CHUNK):
+        g = np.empty(dim, dtype=np.float32)
+        for k in range(c * _UPDATE_CHUNK, min(u, (c + 1) * _UPDATE_CHUNK)):
+            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean)
+            s = slots[k]
+            for j in range(dim):
+                m = state[s, j] + (g[j] - state[s, j]) * one_m_b1
+                v = state[s, dim + j] + (g[j] * g[j] - state[s, dim + j]) * one_m_b2
+                state[s, j] = m
+                state[s, dim + j] = v
+                weights[s, j] -= step32 * (m / (np.sqrt(v) + eps32))

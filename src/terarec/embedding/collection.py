@@ -1,0 +1,288 @@
+"""Many tables behind one call, and the thin autograd bridge to the dense model.
+
+:class:`EmbeddingCollection` is terarec's ``EmbeddingBagCollection``: it maps sparse features
+to tables, prepares a batch (hash and de-duplicate; no weights read, so it may run ahead on a
+background thread), looks it up into one :class:`PooledEmbeddings` leaf tensor that the dense
+model consumes, and applies that tensor's ``.grad`` with each table's fused optimizer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from terarec.embedding.memory import format_bytes
+from terarec.embedding.table import FixedTable
+from terarec.embedding.types import EmbeddingTable, EmbeddingTableConfig, MemoryEstimate, PreparedIds
+from terarec.sparse import JaggedTensor
+
+__all__ = ["EmbeddingCollection", "PooledEmbeddings", "PreparedBatch"]
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch's IDs, mapped and de-duplicated per table by :meth:`EmbeddingCollection.prepare`.
+
+    A table read by ``k`` features holds their bags one feature after another, ``k B`` bags,
+    so each of its rows is updated once per step with the gradients of all its features.
+
+    Attributes:
+        batch_size (int): ``B``.
+        tables (dict[str, PreparedIds]): per table name, its :math:`(k B)` bags.
+    """
+
+    batch_size: int
+    tables: dict[str, PreparedIds]
+
+
+@dataclass(frozen=True)
+class PooledEmbeddings:
+    """Pooled embeddings of all features, as one autograd leaf.
+
+    ``values`` is created with ``requires_grad=True``: the dense model consumes it (or the
+    views :meth:`to_dict` and :meth:`stacked` give) and ``loss.backward()`` fills
+    ``values.grad``, which :meth:`EmbeddingCollection.apply_gradients` takes.
+
+    Attributes:
+        values (Tensor): :math:`(B, \\sum_f D_f)` ``float32``, features side by side.
+        feature_names (tuple[str, ...]): column blocks of ``values``, in order.
+        embedding_dims (tuple[int, ...]): width ``D_f`` of each block.
+    """
+
+    values: torch.Tensor
+    feature_names: tuple[str, ...]
+    embedding_dims: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        """Per feature its :math:`(B, D_f)` view of ``values``."""
+        out, start = {}, 0
+        for name, dim in zip(self.feature_names, self.embedding_dims):
+            out[name] = self.values[:, start : start + dim]
+            start += dim
+        return out
+
+    def stacked(self) -> torch.Tensor:
+        """``values`` viewed as :math:`(B, F, D)`; all features must share ``D``."""
+        if len(set(self.embedding_dims)) > 1:
+            raise ValueError(f"stacked() needs one embedding_dim for all features, got {self.embedding_dims}")
+        dim = self.embedding_dims[0] if self.embedding_dims else 0
+        return self.values.view(self.values.shape[0], len(self.feature_names), dim)
+
+
+class EmbeddingCollection:
+    """A set of embedding tables, each read by one or more sparse features.
+
+    Symbols: ``F`` features, ``B`` batch, ``D_f`` the embedding dim of feature ``f``'s table,
+    ``k`` the features of one table. Features are ordered table by table (in the given
+    order), then in each table's ``feature_names`` order.
+
+    Args:
+        tables (Sequence[EmbeddingTableConfig]): one config per table; names unique and
+            every feature read by one table only.
+        seed (int, optional): global seed of row initialisation. Default: ``0``
+
+    Attributes:
+        tables (dict[str, EmbeddingTable]): per table name, its table.
+        feature_names (tuple[str, ...]): the ``F`` features, in output order.
+        embedding_dims (tuple[int, ...]): ``D_f`` per feature.
+
+    Shape:
+        - input: per feature a :class:`~terarec.sparse.JaggedTensor` of ``B`` bags
+        - :meth:`lookup` values and the gradient of :meth:`apply_gradients`:
+          :math:`(B, \\sum_f D_f)`
+
+    Example::
+
+        >>> # feature "user":  bag 0: [1]       bag 1: [2]
+        >>> # feature "item":  bag 0: [7, 8]    bag 1: []
+        >>> # feature "seen":  bag 0: [7]       bag 1: [8, 9]   (shares the item table)
+        >>> ec = EmbeddingCollection([
+        ...     EmbeddingTableConfig("t_user", 100, 4, ("user",)),
+        ...     EmbeddingTableConfig("t_item", 1000, 4, ("item", "seen")),
+        ... ])
+        >>> batch = ec.prepare({
+        ...     "user": JaggedTensor(torch.tensor([1, 2]), torch.tensor([0, 1, 2])),
+        ...     "item": JaggedTensor(torch.tensor([7, 8]), torch.tensor([0, 2, 2])),
+        ...     "seen": JaggedTensor(torch.tensor([7, 8, 9]), torch.tensor([0, 1, 3])),
+        ... })
+        >>> pooled = ec.lookup(batch)
+        >>> pooled.values.shape, pooled.stacked().shape, ec.feature_names
+        (torch.Size([2, 12]), torch.Size([2, 3, 4]), ('user', 'item', 'seen'))
+        >>> pooled.stacked().sum().backward()
+        >>> ec.apply_gradients(batch, pooled.values.grad)
+    """
+
+    def __init__(self, tables: Sequence[EmbeddingTableConfig], seed: int = 0) -> None:
+        configs = _checked_configs(tables)
+        self._set_tables([FixedTable(config, seed) for config in configs])
+
+    @classmethod
+    def from_tables(cls, tables: Sequence[EmbeddingTable]) -> EmbeddingCollection:
+        """A collection over already built tables of any kind (fixed, dynamic, tiered, shards)."""
+        _checked_configs([table.config for table in tables])
+        collection = cls.__new__(cls)
+        collection._set_tables(list(tables))
+        return collection
+
+    def _set_tables(self, tables: list[EmbeddingTable]) -> None:
+        self.tables: dict[str, EmbeddingTable] = {table.config.name: table for table in tables}
+        self.feature_names = tuple(f for t in tables for f in t.config.feature_names)
+        self.embedding_dims = tuple(t.embedding_dim for t in tables for _ in t.config.feature_names)
+
+    @classmethod
+    def estimate_memory(cls, configs: Sequence[EmbeddingTableConfig]) -> dict[str, MemoryEstimate]:
+        """Bytes per table, computed from the configs alone (nothing is allocated).
+
+        Example::
+
+            >>> EmbeddingCollection.estimate_memory([EmbeddingTableConfig("t", 10**12, 64, ("f",))])["t"].ram_bytes
+            260000000000000
+        """
+        return {config.name: config.memory_estimate() for config in _checked_configs(configs)}
+
+    def memory_estimate(self) -> dict[str, MemoryEstimate]:
+        """Bytes each allocated table holds."""
+        return {name: table.memory_estimate() for name, table in self.tables.items()}
+
+    def prepare(self, sparse: Mapping[str, JaggedTensor]) -> PreparedBatch:
+        """Maps and de-duplicates every table's IDs; reads no weights, so it is safe on a
+        background thread while the previous batch trains. Features not read by any table
+        are ignored.
+
+        Raises:
+            ValueError: if a feature is missing or the features' batch sizes differ.
+            TypeError: if a feature is not a :class:`~terarec.sparse.JaggedTensor`.
+        """
+        batch_size = None
+        for name in self.feature_names:
+            if name not in sparse:
+                raise ValueError(f"sparse feature {name!r} is missing from the batch (got {sorted(sparse)})")
+            jagged = sparse[name]
+            if not isinstance(jagged, JaggedTensor):
+                raise TypeError(f"sparse feature {name!r} must be a JaggedTensor, got {type(jagged).__name__}")
+            if batch_size is None:
+                batch_size = jagged.batch_size
+            elif jagged.batch_size != batch_size:
+                raise ValueError(
+                    f"sparse feature {name!r} has {jagged.batch_size} bags, expected {batch_size} "
+                    f"like {self.feature_names[0]!r}"
+                )
+        prepared = {}
+        for name, table in self.tables.items():
+            features = [sparse[f] for f in table.config.feature_names]
+            values, offsets = _concat_bags(features)
+            prepared[name] = table.prepare(values, offsets)
+        return PreparedBatch(batch_size=batch_size or 0, tables=prepared)
+
+    def lookup(self, prepared: PreparedBatch) -> PooledEmbeddings:
+        """Pools every feature's bags into one leaf tensor that requires grad."""
+        self._check_batch(prepared)
+        batch = prepared.batch_size
+        blocks = []
+        for name, table in self.tables.items():
+            k, dim = len(table.config.feature_names), table.embedding_dim
+            pooled = table.lookup_prepared(prepared.tables[name])  # (k B, D), feature-major
+            blocks.append(pooled.view(k, batch, dim).transpose(0, 1).reshape(batch, k * dim))
+        values = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0].contiguous()
+        values.requires_grad_(True)
+        return PooledEmbeddings(values, self.feature_names, self.embedding_dims)
+
+    def apply_gradients(self, prepared: PreparedBatch, grad: torch.Tensor) -> None:
+        """Applies each table's fused optimizer to its block of ``grad`` (usually
+        ``pooled.values.grad``), :math:`(B, \\sum_f D_f)` ``float32``."""
+        self._check_batch(prepared)
+        batch, width = prepared.batch_size, sum(self.embedding_dims)
+        if not isinstance(grad, torch.Tensor) or grad.dtype != torch.float32:
+            got = grad.dtype if isinstance(grad, torch.Tensor) else type(grad).__name__
+            raise TypeError(f"grad must be a float32 tensor, got {got}")
+        if tuple(grad.shape) != (batch, width):
+            raise ValueError(f"grad must have shape {(batch, width)} (B, sum D), got {tuple(grad.shape)}")
+        grad = grad.detach()
+        start = 0
+        for name, table in self.tables.items():
+            k, dim = len(table.config.feature_names), table.embedding_dim
+            block = grad[:, start : start + k * dim].reshape(batch, k, dim).transpose(0, 1)
+            table.apply_gradients_prepared(prepared.tables[name], block.contiguous().view(k * batch, dim))
+            start += k * dim
+
+    def _check_batch(self, prepared: PreparedBatch) -> None:
+        if not isinstance(prepared, PreparedBatch):
+            raise TypeError(f"prepared must be a PreparedBatch, got {type(prepared).__name__}")
+        if prepared.tables.keys() != self.tables.keys():
+            raise ValueError(f"prepared batch is for tables {sorted(prepared.tables)}, not {sorted(self.tables)}")
+
+    def save(self, directory: Path) -> None:
+        """Writes each table into ``directory / <table name>`` plus a ``collection.json``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, table in self.tables.items():
+            sub = directory / _safe_dirname(name)
+            sub.mkdir(exist_ok=True)
+            table.save(sub)
+        manifest = {"tables": {name: list(t.config.feature_names) for name, t in self.tables.items()}}
+        (directory / "collection.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+    def load(self, directory: Path) -> None:
+        """Restores what :meth:`save` wrote; refuses a directory saved for other tables."""
+        directory = Path(directory)
+        path = directory / "collection.json"
+        if not path.is_file():
+            raise ValueError(f"{path}: missing; not a saved embedding collection")
+        saved = json.loads(path.read_text()).get("tables", {})
+        expected = {name: list(t.config.feature_names) for name, t in self.tables.items()}
+        if saved != expected:
+            raise ValueError(f"{path}: saved tables {saved} do not match this collection's {expected}")
+        for name, table in self.tables.items():
+            table.load(directory / _safe_dirname(name))
+
+    def __repr__(self) -> str:
+        lines = []
+        for name, table in self.tables.items():
+            cfg, ram = table.config, table.memory_estimate().ram_bytes
+            lines.append(
+                f"  ({name}): {type(table).__name__}({cfg.num_embeddings} x {cfg.embedding_dim}, "
+                f"features={list(cfg.feature_names)}, pooling={cfg.pooling.value}, "
+                f"optimizer={cfg.optimizer.type.value}, ram={ram} bytes ({format_bytes(ram)}))"
+            )
+        return "EmbeddingCollection(\n" + "\n".join(lines) + "\n)"
+
+
+def _checked_configs(configs: Sequence[EmbeddingTableConfig]) -> list[EmbeddingTableConfig]:
+    configs = list(configs)
+    if not configs:
+        raise ValueError("an EmbeddingCollection needs at least one table")
+    names, owner = set(), {}
+    for config in configs:
+        if not isinstance(config, EmbeddingTableConfig):
+            raise TypeError(f"tables must hold EmbeddingTableConfig, got {type(config).__name__}")
+        if config.name in names:
+            raise ValueError(f"duplicate table name {config.name!r}")
+        names.add(config.name)
+        for feature in config.feature_names:
+            if feature in owner:
+                raise ValueError(f"feature {feature!r} is read by tables {owner[feature]!r} and {config.name!r}")
+            owner[feature] = config.name
+    return configs
+
+
+def _concat_bags(features: list[JaggedTensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bags of several features one after another: ``values`` concatenated, offsets shifted."""
+    if len(features) == 1:
+        return features[0].values, features[0].offsets
+    values = torch.cat([f.values for f in features])
+    parts, base = [], 0
+    for f in features:
+        parts.append(f.offsets[:-1] + base)
+        base += f.values.numel()
+    parts.append(torch.tensor([base], dtype=torch.int64))
+    return values, torch.cat(parts)
+
+
+def _safe_dirname(name: str) -> str:
+    if name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        raise ValueError(f"table name {name!r} cannot be used as a directory name")
+    return name

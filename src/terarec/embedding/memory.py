@@ -1,0 +1,83 @@
+"""Memory planning: refuse a configuration that will not fit before allocating it.
+
+The trainer sums the tables' :class:`~terarec.embedding.types.MemoryEstimate` (from
+:meth:`EmbeddingCollection.estimate_memory <terarec.embedding.collection.EmbeddingCollection.estimate_memory>`,
+which allocates nothing) and calls :func:`check_memory`, so a table of ``10^12`` rows fails in
+milliseconds with the numbers, not minutes later by the OOM killer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import psutil
+
+from terarec.embedding.types import MemoryEstimate
+from terarec.errors import PlanError
+
+__all__ = ["available_memory_bytes", "check_memory", "format_bytes"]
+
+_LARGEST_SHOWN = 3
+
+
+def available_memory_bytes() -> int:
+    """RAM available to new allocations now, in bytes (``psutil.virtual_memory().available``)."""
+    return int(psutil.virtual_memory().available)
+
+
+def format_bytes(num_bytes: int) -> str:
+    """Human-readable binary size.
+
+    Example::
+
+        >>> format_bytes(68000), format_bytes(3 * 2**30), format_bytes(512)
+        ('66.4 KiB', '3.0 GiB', '512 B')
+    """
+    size = float(num_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(size) < 1024.0 or unit == "PiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024.0
+    raise AssertionError("unreachable")
+
+
+def check_memory(
+    estimates: Mapping[str, MemoryEstimate], available_bytes: int | None = None, headroom: float = 0.9
+) -> None:
+    """Raises :class:`~terarec.errors.PlanError` when the tables' RAM would exceed
+    ``headroom * available_bytes``.
+
+    Args:
+        estimates (Mapping[str, MemoryEstimate]): bytes per table name.
+        available_bytes (int, optional): RAM to plan against; ``None`` asks the OS
+            (:func:`available_memory_bytes`). Default: ``None``
+        headroom (float, optional): fraction of ``available_bytes`` the tables may use, leaving
+            the rest to the dense model, batches and the OS. Default: ``0.9``
+
+    Raises:
+        PlanError: naming the total, the budget, the available bytes and the largest tables.
+        ValueError: if ``headroom`` is not in ``(0, 1]``.
+
+    Example::
+
+        >>> check_memory({"t_user": MemoryEstimate(ram_bytes=2**20)}, available_bytes=2**30)
+        >>> check_memory({"t_user": MemoryEstimate(ram_bytes=2**40)}, available_bytes=2**30)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        terarec.errors.PlanError: embedding tables need 1099511627776 bytes (1.0 TiB) of RAM, ...
+    """
+    if not 0.0 < headroom <= 1.0:
+        raise ValueError(f"headroom must be in (0, 1], got {headroom}")
+    available = available_memory_bytes() if available_bytes is None else int(available_bytes)
+    total = sum(estimate.ram_bytes for estimate in estimates.values())
+    budget = int(available * headroom)
+    if total <= budget:
+        return
+    largest = sorted(estimates.items(), key=lambda item: item[1].ram_bytes, reverse=True)[:_LARGEST_SHOWN]
+    tables = ", ".join(f"{name!r}: {est.ram_bytes} bytes ({format_bytes(est.ram_bytes)})" for name, est in largest)
+    raise PlanError(
+        f"embedding tables need {total} bytes ({format_bytes(total)}) of RAM, more than the budget of "
+        f"{budget} bytes ({format_bytes(budget)}), {headroom:g} of the {available} bytes "
+        f"({format_bytes(available)}) available; largest tables: {tables}. Reduce their num_embeddings "
+        f"or embedding_dim."
+    )

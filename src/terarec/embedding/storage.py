@@ -1,0 +1,148 @@
+"""Row storage: where a table's weights and optimizer state live.
+
+A :class:`RowStorage` holds ``weights (R, D)`` and ``state (R, S)`` arrays addressed by
+*slots*. :meth:`RowStorage.resolve` turns table rows into slots: the identity for
+:class:`RamRowStorage`; a tiered storage (RAM cache over an SSD file) will load missing rows
+into its cache there and return cache slots, so kernels never know which storage they touch.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+
+import numpy as np
+
+from terarec.embedding import _kernels
+from terarec.embedding.types import InitConfig, InitType, MemoryEstimate
+
+__all__ = ["RamRowStorage", "RowStorage"]
+
+_INIT_CHUNK_ROWS = 1 << 16
+
+
+class RowStorage(abc.ABC):
+    """Weights and optimizer state of a table's rows, addressed by slot.
+
+    Attributes:
+        weights (np.ndarray): ``float32`` rows, :math:`(R_s, D)` (``R_s`` slots).
+        state (np.ndarray): ``float32`` optimizer state, :math:`(R_s, S)`; ``S`` may be 0.
+    """
+
+    weights: np.ndarray
+    state: np.ndarray
+
+    @abc.abstractmethod
+    def resolve(self, rows: np.ndarray) -> np.ndarray:
+        """Slots holding ``rows`` (``int64``, :math:`(N)`), making them resident if needed."""
+
+    @abc.abstractmethod
+    def memory_estimate(self) -> MemoryEstimate:
+        """Bytes held per tier."""
+
+    @abc.abstractmethod
+    def save(self, directory: Path) -> None:
+        """Writes weights and state into ``directory``."""
+
+    @abc.abstractmethod
+    def load(self, directory: Path) -> None:
+        """Restores what :meth:`save` wrote; refuses files of the wrong shape or dtype."""
+
+
+def initialize_rows(out: np.ndarray, first_row: int, init: InitConfig, num_embeddings: int, seed: np.uint64) -> None:
+    """Fills ``out`` with rows ``first_row, first_row + 1, ...`` in chunks (counter-based, so
+    any row range gives the same values as the whole table)."""
+    if init.type is InitType.ZEROS:
+        out.fill(0.0)
+        return
+    kernel = _kernels.init_rows_uniform if init.type is InitType.UNIFORM else _kernels.init_rows_normal
+    scale = float(init.scale_for(num_embeddings))
+    for start in range(0, out.shape[0], _INIT_CHUNK_ROWS):
+        stop = min(out.shape[0], start + _INIT_CHUNK_ROWS)
+        rows = np.arange(first_row + start, first_row + stop, dtype=np.int64)
+        kernel(out[start:stop], rows, np.uint64(seed), scale)
+
+
+class RamRowStorage(RowStorage):
+    """All rows in RAM, as two NumPy arrays; slot ``r`` holds row ``r``.
+
+    Row ``r`` starts as a pure function of ``(seed, r)`` (see :func:`~terarec.embedding._kernels.init_rows_uniform`),
+    filled in chunks without per-row Python objects.
+
+    Args:
+        num_embeddings (int): rows ``R``.
+        embedding_dim (int): row width ``D``.
+        state_width (int): optimizer floats per row ``S`` (``0`` for SGD).
+        init (InitConfig): row initialisation.
+        seed (int): the table's seed, taken modulo ``2^64`` (see
+            :func:`~terarec.embedding._kernels.derive_table_seed`).
+        initial_state (float, optional): starting value of every state float. Default: ``0.0``
+
+    Attributes:
+        weights (np.ndarray): :math:`(R, D)` ``float32``.
+        state (np.ndarray): :math:`(R, S)` ``float32``.
+
+    Example::
+
+        >>> storage = RamRowStorage(100, 4, 1, InitConfig(), seed=0, initial_state=0.1)
+        >>> storage.weights.shape, storage.state.shape, storage.memory_estimate().ram_bytes
+        ((100, 4), (100, 1), 2000)
+        >>> storage.resolve(np.array([5, 2], dtype=np.int64)).tolist()
+        [5, 2]
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        state_width: int,
+        init: InitConfig,
+        seed: int,
+        initial_state: float = 0.0,
+    ) -> None:
+        if num_embeddings < 1 or embedding_dim < 1 or state_width < 0:
+            raise ValueError(
+                f"need num_embeddings >= 1, embedding_dim >= 1, state_width >= 0, "
+                f"got {num_embeddings}, {embedding_dim}, {state_width}"
+            )
+        self.weights = np.empty((num_embeddings, embedding_dim), dtype=np.float32)
+        initialize_rows(self.weights, 0, init, num_embeddings, np.uint64(int(seed) & 0xFFFF_FFFF_FFFF_FFFF))
+        self.state = np.full((num_embeddings, state_width), initial_state, dtype=np.float32)
+
+    def resolve(self, rows: np.ndarray) -> np.ndarray:
+        return rows
+
+    def memory_estimate(self) -> MemoryEstimate:
+        return MemoryEstimate(ram_bytes=int(self.weights.nbytes + self.state.nbytes), disk_bytes=0)
+
+    def save(self, directory: Path) -> None:
+        directory = Path(directory)
+        np.save(directory / "weights.npy", self.weights, allow_pickle=False)
+        np.save(directory / "state.npy", self.state, allow_pickle=False)
+
+    def load(self, directory: Path) -> None:
+        directory = Path(directory)
+        loaded = {name: _load_checked(directory / f"{name}.npy", getattr(self, name)) for name in ("weights", "state")}
+        # Copy in place, only after both files passed their checks: views of the arrays stay valid.
+        for name, array in loaded.items():
+            getattr(self, name)[...] = array
+
+    def __repr__(self) -> str:
+        rows, dim = self.weights.shape
+        return f"RamRowStorage(num_embeddings={rows}, embedding_dim={dim}, state_width={self.state.shape[1]})"
+
+
+def _load_checked(path: Path, expected: np.ndarray) -> np.ndarray:
+    if not path.is_file():
+        raise ValueError(f"{path}: missing file, expected a {expected.dtype} array of shape {expected.shape}")
+    try:
+        # Memory-mapped, so checking and copying a big table never holds it twice.
+        array = np.load(path, mmap_mode="r" if expected.size else None, allow_pickle=False)
+    except ValueError as err:
+        raise ValueError(f"{path}: not a plain .npy array ({err})") from err
+    if array.dtype != expected.dtype or array.shape != expected.shape:
+        raise ValueError(
+            f"{path}: expected a {expected.dtype} array of shape {expected.shape}, "
+            f"got {array.dtype} of shape {array.shape}"
+        )
+    return array

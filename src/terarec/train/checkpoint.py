@@ -1,0 +1,220 @@
+"""Atomic, verifiable checkpoints with exact resume.
+
+A checkpoint is a directory ``OUT/checkpoints/step-<N>`` holding the dense model, its optimizer,
+every embedding table (rows, optimizer state, ID map), the trainer's position in the data, the
+torch RNG state, the config, and a manifest of every file's size and CRC-32. It is written into
+a temporary sibling directory, every file and directory fsynced, then renamed into place: the
+rename is the commit, so a crash (or ``kill -9``) mid-write leaves the previous checkpoints as
+they were and at worst a ``.tmp-*`` directory that the next save removes.
+
+Nothing here unpickles arbitrary objects: tensors load with ``torch.load(weights_only=True)``,
+tables with ``np.load(allow_pickle=False)``, the rest is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import zlib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from terarec.embedding import EmbeddingCollection
+from terarec.errors import DataError
+
+__all__ = [
+    "TrainerState",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "read_run_spec",
+    "resolve_checkpoint",
+    "save_checkpoint",
+]
+
+CHECKPOINTS = "checkpoints"
+MANIFEST = "manifest.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+_CHUNK = 1 << 22
+
+
+@dataclass(frozen=True)
+class TrainerState:
+    """Where training stands: everything besides weights that exact resume needs.
+
+    Args:
+        step (int): optimizer steps taken.
+        epoch (int): the current epoch.
+        batch_in_epoch (int): batches of ``epoch`` already consumed.
+        examples_seen (int): training examples consumed.
+    """
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    examples_seen: int = 0
+
+
+def _fsync_path(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _crc32(path: Path) -> int:
+    checksum = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            checksum = zlib.crc32(chunk, checksum)
+    return checksum
+
+
+def _write_json(path: Path, payload: Mapping[str, object]) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True))
+
+
+def _seal(directory: Path) -> None:
+    """Writes the manifest, then fsyncs every file and directory below ``directory``."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    manifest = {
+        str(p.relative_to(directory)): {"bytes": p.stat().st_size, "crc32": _crc32(p)} for p in files
+    }
+    _write_json(directory / MANIFEST, {"files": manifest})
+    for path in [*files, directory / MANIFEST]:
+        _fsync_path(path)
+    for sub in sorted((p for p in directory.rglob("*") if p.is_dir()), reverse=True):
+        _fsync_path(sub)
+    _fsync_path(directory)
+
+
+def save_checkpoint(
+    run_dir: Path,
+    state: TrainerState,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    collection: EmbeddingCollection,
+    run_spec: Mapping[str, object],
+    keep: int = 2,
+) -> Path:
+    """Writes a checkpoint of ``state.step`` atomically and keeps only the newest ``keep``.
+
+    ``run_spec`` (config, data schema, table configs; see :func:`read_run_spec`) lets
+    ``terarec eval`` rebuild the model without the training data.
+
+    Returns:
+        Path: the new checkpoint directory.
+    """
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    final = root / f"step-{state.step:09d}"
+    staging = root / f".tmp-step-{state.step:09d}-{os.getpid()}"
+    try:
+        staging.mkdir()
+        torch.save(model.state_dict(), staging / "model.pt")
+        torch.save(optimizer.state_dict(), staging / "dense_optimizer.pt")
+        torch.save({"torch": torch.get_rng_state()}, staging / "rng.pt")
+        (staging / "tables").mkdir()
+        collection.save(staging / "tables")
+        _write_json(staging / "trainer.json", asdict(state))
+        _write_json(staging / "run.json", run_spec)
+        _seal(staging)
+        if final.exists():
+            # A crash after the rename of this step but before newer progress: replace it whole.
+            shutil.rmtree(final)
+        os.rename(staging, final)
+        _fsync_path(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for old in _checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _checkpoints(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run, or ``None``."""
+    found = _checkpoints(Path(run_dir) / CHECKPOINTS)
+    return found[-1] if found else None
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """Accepts a checkpoint directory or a run directory (meaning its newest checkpoint).
+
+    Raises:
+        DataError: when ``path`` holds no checkpoint.
+    """
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise DataError(f"{path}: no checkpoint here (expected a run directory or a checkpoints/step-N directory)")
+    return latest
+
+
+def _verify(directory: Path) -> None:
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError) as error:
+        raise DataError(f"{directory / MANIFEST}: unreadable checkpoint manifest ({error})") from None
+    for name, expected in manifest.items():
+        path = directory / name
+        if not path.is_file():
+            raise DataError(f"{path}: missing from checkpoint")
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise DataError(f"{path}: checkpoint file is {size} bytes, the manifest says {expected['bytes']}")
+        if _crc32(path) != expected["crc32"]:
+            raise DataError(f"{path}: checkpoint file is corrupt (CRC-32 mismatch)")
+
+
+def read_run_spec(path: Path) -> dict[str, object]:
+    """What the run of checkpoint ``path`` was: ``config``, data ``schema`` and ``tables`` (plain mappings)."""
+    directory = resolve_checkpoint(path)
+    return json.loads((directory / "run.json").read_text())
+
+
+def load_checkpoint(
+    path: Path,
+    model: nn.Module,
+    collection: EmbeddingCollection,
+    optimizer: torch.optim.Optimizer | None = None,
+    restore_rng: bool = False,
+) -> TrainerState:
+    """Verifies checkpoint ``path`` against its manifest and loads it into the given objects.
+
+    Args:
+        path (Path): a checkpoint or run directory (see :func:`resolve_checkpoint`).
+        model (nn.Module): receives the dense weights.
+        collection (EmbeddingCollection): receives every table.
+        optimizer (torch.optim.Optimizer, optional): receives the dense optimizer state. Default: ``None``
+        restore_rng (bool, optional): also restore torch's RNG, for exact resume. Default: ``False``
+
+    Raises:
+        DataError: when a file is missing, truncated or corrupt.
+    """
+    directory = resolve_checkpoint(path)
+    _verify(directory)
+    model.load_state_dict(torch.load(directory / "model.pt", weights_only=True))
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(directory / "dense_optimizer.pt", weights_only=True))
+    collection.load(directory / "tables")
+    if restore_rng:
+        torch.set_rng_state(torch.load(directory / "rng.pt", weights_only=True)["torch"])
+    return TrainerState(**json.loads((directory / "trainer.json").read_text()))

@@ -1,0 +1,91 @@
+"""Scoring a dataset with a trained model, and the metrics of that scoring."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from terarec._dataclass_codec import from_mapping
+from terarec.data import BatchLoader, ColumnarData, Schema, load_dataset, load_splits
+from terarec.embedding import EmbeddingCollection, EmbeddingTableConfig
+from terarec.errors import DataError
+from terarec.train.builders import build_model
+from terarec.train.checkpoint import load_checkpoint, read_run_spec
+from terarec.train.config import Config
+from terarec.train.metrics import ClickMetrics, compute_metrics
+
+__all__ = ["evaluate", "evaluate_checkpoint", "predict"]
+
+
+def predict(
+    model: nn.Module, collection: EmbeddingCollection, data: ColumnarData, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Click probabilities for every row of ``data``, in order.
+
+    Returns:
+        tuple[np.ndarray, np.ndarray]: ``(labels, probabilities)``, both :math:`(R)`.
+    """
+    loader = BatchLoader(data, batch_size, shuffle=False)
+    labels: list[np.ndarray] = []
+    probabilities: list[np.ndarray] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), contextlib.closing(loader.iterate(epoch=0)) as batches:
+            for batch in batches:
+                pooled = collection.lookup(collection.prepare(batch.sparse))
+                logits = model(batch.dense, pooled.stacked())
+                labels.append(batch.labels.numpy())
+                probabilities.append(torch.sigmoid(logits).numpy())
+    finally:
+        model.train(was_training)
+    if not labels:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    return np.concatenate(labels), np.concatenate(probabilities)
+
+
+def evaluate(model: nn.Module, collection: EmbeddingCollection, data: ColumnarData, batch_size: int) -> ClickMetrics:
+    """AUC, log loss, NE and calibration of the model on ``data``."""
+    labels, probabilities = predict(model, collection, data, batch_size)
+    return compute_metrics(labels, probabilities)
+
+
+def evaluate_checkpoint(
+    checkpoint: Path, data_path: str | None = None, data_overrides: Mapping[str, object] | None = None
+) -> tuple[ClickMetrics, ColumnarData]:
+    """Rebuilds the model saved in ``checkpoint`` and evaluates it.
+
+    Args:
+        checkpoint (Path): a checkpoint directory, or a run directory (its newest checkpoint).
+        data_path (str, optional): data to score, read with the run's data settings; ``None``
+            scores the run's own evaluation split. Default: ``None``
+        data_overrides (Mapping[str, object], optional): ``data`` config keys to change for
+            reading (e.g. ``format``). Default: ``None``
+
+    Raises:
+        DataError: when the data's columns differ from those the model was trained on.
+    """
+    spec = read_run_spec(checkpoint)
+    config = Config.from_dict(spec["config"])  # type: ignore[arg-type]
+    schema = Schema.from_dict(spec["schema"])  # type: ignore[arg-type]
+    data_config = replace(config.data, **dict(data_overrides or {}))
+    if data_path is None:
+        data = load_splits(data_config).eval
+    else:
+        data = load_dataset(data_path, data_config)
+    if data.schema != schema:
+        raise DataError(
+            f"{data_path}: columns differ from the training data's; the model expects label "
+            f"{schema.label!r}, dense {list(schema.dense_features)}, sparse {list(schema.sparse_features)}"
+        )
+    tables = [from_mapping(EmbeddingTableConfig, raw) for raw in spec["tables"]]  # type: ignore[union-attr]
+    collection = EmbeddingCollection(tables, seed=config.train.seed)
+    model = build_model(config.model, schema.num_dense, tables)
+    load_checkpoint(checkpoint, model, collection)
+    return evaluate(model, collection, data, config.train.eval_batch_size), data

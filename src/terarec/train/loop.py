@@ -1,0 +1,162 @@
+"""The training loop: ``fit()`` reads top to bottom, one verb per stage."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numba
+import torch
+from torch import nn
+
+from terarec.data import Batch, BatchLoader, DataSplits, load_splits
+from terarec.embedding import EmbeddingCollection, PooledEmbeddings, check_memory
+from terarec.errors import ConfigError
+from terarec.train.builders import build_dense_optimizer, build_model, build_table_configs
+from terarec.train.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from terarec.train.config import Config
+from terarec.train.evaluate import evaluate
+from terarec.train.metrics import auc
+from terarec.train.reporting import StepReporter
+from terarec._dataclass_codec import to_mapping
+
+__all__ = ["TrainResult", "configure_threads", "fit"]
+
+_LOSS = nn.BCEWithLogitsLoss()
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`fit` measured; the same content is written to ``OUT/metrics.json``."""
+
+    metrics: dict[str, object]
+    run_dir: Path
+    checkpoint: Path
+
+
+def configure_threads(num_threads: int | None) -> int:
+    """Sets torch's and numba's thread counts (both default to every core) and returns the count."""
+    count = num_threads or os.cpu_count() or 1
+    torch.set_num_threads(count)
+    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+    return count
+
+
+def forward_backward(model: nn.Module, batch: Batch, pooled: PooledEmbeddings) -> torch.Tensor:
+    """Loss of one batch, with gradients left on the dense parameters and on ``pooled.values``."""
+    logits = model(batch.dense, pooled.stacked())
+    loss = _LOSS(logits, batch.labels)
+    loss.backward()
+    return loss.detach()
+
+
+def advance(state: TrainerState, batch_size: int, batches_per_epoch: int) -> TrainerState:
+    """The state after one more step; the only place the step counter changes."""
+    next_batch = state.batch_in_epoch + 1
+    rolls_over = next_batch >= batches_per_epoch
+    return TrainerState(
+        step=state.step + 1,
+        epoch=state.epoch + 1 if rolls_over else state.epoch,
+        batch_in_epoch=0 if rolls_over else next_batch,
+        examples_seen=state.examples_seen + batch_size,
+    )
+
+
+def _batches_from(loader: BatchLoader, state: TrainerState) -> Iterator[Batch]:
+    """Batches from ``state``'s position onwards, epoch after epoch."""
+    epoch, start = state.epoch, state.batch_in_epoch
+    while True:
+        with contextlib.closing(loader.iterate(epoch, start)) as batches:
+            yield from batches
+        epoch, start = epoch + 1, 0
+
+
+def _run_spec(config: Config, splits: DataSplits, collection: EmbeddingCollection) -> dict[str, object]:
+    return {
+        "config": config.to_dict(),
+        "schema": splits.train.schema.to_dict(),
+        "tables": [to_mapping(table.config) for table in collection.tables.values()],
+    }
+
+
+def fit(config: Config) -> TrainResult:
+    """Trains the model ``config`` describes, evaluates it, and writes ``OUT/metrics.json``.
+
+    Deterministic: the same config (seed included), data and thread count give bit-identical
+    weights and metrics; a run resumed from a checkpoint (``train.resume``) continues exactly
+    as if it had never stopped.
+    """
+    settings = config.train
+    run_dir = Path(settings.out)
+    threads = configure_threads(settings.num_threads)
+    splits = load_splits(config.data)
+    schema = splits.train.schema
+    table_configs = build_table_configs(config.embedding, schema.sparse_features, splits.stats.distinct_ids)
+    check_memory(EmbeddingCollection.estimate_memory(table_configs), settings.memory_budget_bytes)
+
+    torch.manual_seed(settings.seed)
+    collection = EmbeddingCollection(table_configs, seed=settings.seed)
+    model = build_model(config.model, schema.num_dense, table_configs)
+    optimizer = build_dense_optimizer(settings, list(model.parameters()))
+    run_spec = _run_spec(config, splits, collection)
+
+    state = TrainerState()
+    if settings.resume:
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise ConfigError(f"train.resume is set but {run_dir} holds no checkpoint to resume from")
+        state = load_checkpoint(checkpoint, model, collection, optimizer, restore_rng=True)
+
+    loader = BatchLoader(splits.train, settings.batch_size, shuffle=settings.shuffle, seed=settings.seed)
+    if loader.num_batches == 0:
+        raise ConfigError(f"data.path: the training data has no rows ({splits.train.source})")
+    total_steps = settings.steps or settings.epochs * loader.num_batches
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    start_examples = state.examples_seen
+    with StepReporter(run_dir, total_steps, state.step, settings.log_every, settings.progress) as reporter:
+        with contextlib.closing(_batches_from(loader, state)) as batches:
+            for batch in batches:
+                if state.step >= total_steps:
+                    break
+                # Map and de-duplicate IDs once; lookup and update of this batch share the result.
+                prepared = collection.prepare(batch.sparse)
+                pooled = collection.lookup(prepared)
+                loss = forward_backward(model, batch, pooled)
+                collection.apply_gradients(prepared, pooled.values.grad)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                state = advance(state, batch.batch_size, loader.num_batches)
+                reporter.log_step(state.step, float(loss), batch.batch_size)
+                if settings.checkpoint_every and state.step % settings.checkpoint_every == 0:
+                    save_checkpoint(run_dir, state, model, optimizer, collection, run_spec, settings.keep_checkpoints)
+        train_seconds = time.perf_counter() - started
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None or not checkpoint.name.endswith(f"{state.step:09d}"):
+            checkpoint = save_checkpoint(run_dir, state, model, optimizer, collection, run_spec, settings.keep_checkpoints)
+        metrics = evaluate(model, collection, splits.eval, settings.eval_batch_size)
+        reporter.log_metrics("eval", metrics.to_dict(), state.step)
+
+    trained = state.examples_seen - start_examples
+    result: dict[str, object] = {
+        **metrics.to_dict(),
+        "examples_per_second": trained / train_seconds if train_seconds > 0 else 0.0,
+        "train_seconds": train_seconds,
+        "steps": state.step,
+        "train_examples": state.examples_seen,
+        "eval_examples": metrics.examples,
+        "train_rows": splits.train.num_rows,
+        "skipped_rows": splits.train.skipped_rows + splits.eval.skipped_rows,
+        "threads": threads,
+        "checkpoint": str(checkpoint),
+        "config": config.to_dict(),
+    }
+    if splits.eval_probabilities is not None:
+        result["ground_truth_auc"] = auc(splits.eval.labels, splits.eval_probabilities)
+    (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    return TrainResult(metrics=result, run_dir=run_dir, checkpoint=checkpoint)

@@ -1,0 +1,135 @@
+"""Every kernel of terarec.embedding._kernels against its NumPy reference."""
+
+from __future__ import annotations
+
+import embedding_reference as ref
+import numpy as np
+import pytest
+
+from terarec.embedding import _kernels
+
+ID_KINDS = ["int32", "int64"]
+OPTIMIZERS = ["sgd", "adagrad", "rowwise_adagrad", "adam"]
+
+
+def _input(id_kind: str, seed: int = 0, batch: int = 37, num_embeddings: int = 50):
+    rng = np.random.default_rng(seed)
+    ids, offsets = ref.random_jagged(rng, batch, id_kind)
+    rows = np.empty_like(ids)
+    _kernels.hash_to_rows(ids, num_embeddings, rows)
+    return rng, ids, offsets, rows
+
+
+def test_splitmix64_known_values() -> None:
+    # Reference values of SplitMix64 seeded with 0 (Vigna's splitmix64.c): the first outputs
+    # are splitmix64(0), splitmix64(golden), ...
+    assert _kernels.splitmix64(np.uint64(0)) == np.uint64(0xE220A8397B1DCDAF)
+
+
+@pytest.mark.parametrize("id_kind", ID_KINDS)
+def test_hash_to_rows(id_kind: str) -> None:
+    _, ids, _, rows = _input(id_kind, num_embeddings=97)
+    np.testing.assert_array_equal(rows, ref.hash_to_rows(ids, 97))
+    assert rows.min() >= 0 and rows.max() < 97
+
+
+def test_hash_to_rows_is_pinned() -> None:
+    # Regression: rows of saved tables depend on this formula; it must never change.
+    ids = np.array([0, 1, -1, 2**63 - 1, -(2**63)], dtype=np.int64)
+    rows = np.empty_like(ids)
+    _kernels.hash_to_rows(ids, 1000, rows)
+    assert rows.tolist() == [535, 465, 936, 39, 915]
+
+
+@pytest.mark.parametrize("kind", ["uniform", "normal"])
+def test_init_rows(kind: str) -> None:
+    rows = np.array([0, 1, 2, 10**12, 2**63 - 1], dtype=np.int64)
+    out = np.empty((5, 7), dtype=np.float32)
+    kernel = _kernels.init_rows_uniform if kind == "uniform" else _kernels.init_rows_normal
+    kernel(out, rows, np.uint64(1234), 0.5)
+    expected = (ref.init_uniform if kind == "uniform" else ref.init_normal)(rows, 7, 1234, 0.5)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-7)
+    if kind == "uniform":
+        np.testing.assert_array_equal(out, expected)
+        assert np.abs(out).max() <= 0.5
+
+
+@pytest.mark.parametrize("kind", ["uniform", "normal"])
+def test_init_rows_depends_only_on_seed_row_and_column(kind: str) -> None:
+    kernel = _kernels.init_rows_uniform if kind == "uniform" else _kernels.init_rows_normal
+    whole = np.empty((100, 4), dtype=np.float32)
+    kernel(whole, np.arange(100, dtype=np.int64), np.uint64(7), 1.0)
+    part = np.empty((3, 4), dtype=np.float32)
+    kernel(part, np.array([42, 5, 99], dtype=np.int64), np.uint64(7), 1.0)
+    np.testing.assert_array_equal(part, whole[[42, 5, 99]])
+    other_seed = np.empty((100, 4), dtype=np.float32)
+    kernel(other_seed, np.arange(100, dtype=np.int64), np.uint64(8), 1.0)
+    assert not np.array_equal(other_seed, whole)
+
+
+def test_init_rows_statistics() -> None:
+    out = np.empty((4000, 8), dtype=np.float32)
+    _kernels.init_rows_normal(out, np.arange(4000, dtype=np.int64), np.uint64(3), 2.0)
+    assert abs(out.mean()) < 0.05 and abs(out.std() - 2.0) < 0.05
+    _kernels.init_rows_uniform(out, np.arange(4000, dtype=np.int64), np.uint64(3), 2.0)
+    assert abs(out.mean()) < 0.05 and abs(out.std() - 2.0 / np.sqrt(3.0)) < 0.05
+
+
+def test_derive_table_seed_is_stable() -> None:
+    a = _kernels.derive_table_seed(0, "t_user")
+    assert a == _kernels.derive_table_seed(0, "t_user") and isinstance(a, np.uint64)
+    assert a != _kernels.derive_table_seed(1, "t_user") != _kernels.derive_table_seed(0, "t_item")
+
+
+@pytest.mark.parametrize("id_kind", ID_KINDS)
+def test_dedupe(id_kind: str) -> None:
+    _, _, offsets, rows = _input(id_kind)
+    got = _kernels.dedupe(rows, offsets)
+    for array, expected in zip(got, ref.dedupe(rows, offsets)):
+        np.testing.assert_array_equal(array, expected)
+
+
+def test_dedupe_empty() -> None:
+    unique_rows, occurrence_offsets, occurrences, bag_of = _kernels.dedupe(
+        np.empty(0, dtype=np.int64), np.zeros(4, dtype=np.int64)
+    )
+    assert unique_rows.shape == (0,) and occurrence_offsets.tolist() == [0]
+    assert occurrences.shape == bag_of.shape == (0,)
+
+
+@pytest.mark.parametrize("id_kind", ID_KINDS)
+@pytest.mark.parametrize("mean", [False, True])
+def test_pool(id_kind: str, mean: bool) -> None:
+    rng, _, offsets, rows = _input(id_kind)
+    weights = rng.standard_normal((50, 6)).astype(np.float32)
+    out = np.full((len(offsets) - 1, 6), np.nan, dtype=np.float32)
+    (_kernels.pool_mean if mean else _kernels.pool_sum)(weights, rows, offsets, out)
+    np.testing.assert_allclose(out, ref.pool(weights, rows, offsets, mean), rtol=1e-5, atol=1e-5)
+    assert (out[np.diff(offsets) == 0] == 0).all()
+
+
+@pytest.mark.parametrize("id_kind", ID_KINDS)
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("mean", [False, True])
+def test_fused_update(id_kind: str, optimizer: str, mean: bool) -> None:
+    rng, _, offsets, rows = _input(id_kind)
+    dim = 6
+    width = {"sgd": 0, "adagrad": dim, "rowwise_adagrad": 1, "adam": 2 * dim}[optimizer]
+    weights = rng.standard_normal((50, dim)).astype(np.float32)
+    state = rng.uniform(0.0, 1.0, size=(50, width)).astype(np.float32)
+    grad = rng.standard_normal((len(offsets) - 1, dim)).astype(np.float32)
+    unique_rows, occurrence_offsets, occurrences, bag_of = _kernels.dedupe(rows, offsets)
+    ref_rows, g = ref.row_gradients(rows, offsets, grad, mean)
+    expected_w, expected_s = ref.update(optimizer, weights, state, ref_rows, g, lr=0.1, step=3)
+    args = (weights, state, unique_rows, occurrence_offsets, occurrences, bag_of, grad, offsets, mean)
+    if optimizer == "sgd":
+        _kernels.sgd_update(*args, 0.1)
+    elif optimizer == "adagrad":
+        _kernels.adagrad_update(*args, 0.1, 1e-8)
+    elif optimizer == "rowwise_adagrad":
+        _kernels.rowwise_adagrad_update(*args, 0.1, 1e-8)
+    else:
+        step_size = 0.1 * np.sqrt(1 - 0.999**3) / (1 - 0.9**3)
+        _kernels.adam_update(*args, step_size, 0.9, 0.999, 1e-8)
+    np.testing.assert_allclose(state, expected_s, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(weights, expected_w, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+
+from terarec.data import BadRowPolicy, DataFormat
+from terarec.embedding import OptimizerType
+from terarec.errors import ConfigError
+from terarec.train import Config, load_config
+
+
+def test_defaults_train_on_synthetic_data() -> None:
+    config = Config()
+    assert config.data.path is None
+    assert config.train.batch_size > 0 and config.embedding.embedding_dim > 0
+
+
+def test_yaml_then_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "data:\n  path: clicks.csv\n  format: csv\n  label: clicked\n  dense_features: [age, price]\n"
+        "embedding:\n  optimizer: {type: adam, learning_rate: 0.01}\n"
+        "train:\n  batch_size: 128\n"
+    )
+    config = load_config(path, [("train.batch_size", "512"), ("data.on_bad_row", "skip")])
+    assert config.data.format is DataFormat.CSV
+    assert config.data.dense_features == ("age", "price")
+    assert config.data.on_bad_row is BadRowPolicy.SKIP
+    assert config.embedding.optimizer.type is OptimizerType.ADAM
+    assert config.train.batch_size == 512
+
+
+def test_round_trip_through_plain_mapping() -> None:
+    config = load_config(overrides=[("model.top_mlp", "64,32"), ("train.steps", "7")])
+    assert Config.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ([("train.batch_sise", "5")], "unknown config key 'train.batch_sise'; did you mean 'batch_size'"),
+        ([("trian.seed", "1")], "unknown config key 'trian'; did you mean 'train'"),
+        ([("train.batch_size", "many")], "train.batch_size: expected an integer, got 'many'"),
+        ([("train.batch_size", "0")], "train.batch_size must be >= 1"),
+        ([("embedding.optimizer.type", "lion")], "embedding.optimizer.type: expected one of sgd, adagrad"),
+        ([("embedding.optimizer.learning_rate", "-1")], "embedding.optimizer: learning_rate must be a positive"),
+        ([("model.type", "gpt")], "model.type: expected one of dlrm"),
+    ],
+)
+def test_bad_keys_and_values_name_the_dotted_key(overrides: list[tuple[str, str]], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides=overrides)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_missing_and_malformed_config_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping of sections"):
+        load_config(bad)

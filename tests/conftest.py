@@ -1,59 +1,12 @@
-"""Fixtures shared by the training, CLI and end-to-end tests."""
+"""Fixtures shared by the test suite."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
-from terarec.train import Config, load_config
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CRITEO = SHARED_DATA / "criteo_kaggle_9k"
-
-# A synthetic run small enough for a unit test: ~20k examples, tables of at most 2k rows.
-TINY = {
-    "data.synthetic.num_examples": 12_000,
-    "data.synthetic.num_eval_examples": 3_000,
-    "data.synthetic.max_cardinality": 2_000,
-    "embedding.embedding_dim": 8,
-    "model.bottom_mlp": "16",
-    "model.top_mlp": "32",
-    "train.batch_size": 256,
-    "train.num_threads": 2,
-    "train.progress": False,
-}
-
-
-def tiny_overrides(out: Path, **extra: object) -> list[tuple[str, object]]:
-    """Dotted overrides for a tiny synthetic run writing to ``out``; ``extra`` uses ``__`` for dots."""
-    merged: dict[str, object] = {**TINY, "train.out": str(out)}
-    merged.update({key.replace("__", "."): value for key, value in extra.items()})
-    return list(merged.items())
-
-
-def tiny_config(out: Path, **extra: object) -> Config:
-    return load_config(overrides=tiny_overrides(out, **extra))
-
-
-def checkpoint_weights(checkpoint: Path) -> dict[str, np.ndarray]:
-    """Every trained number in a checkpoint: dense weights and each table's rows and state."""
-    weights = {
-        f"model/{name}": tensor.numpy()
-        for name, tensor in torch.load(checkpoint / "model.pt", weights_only=True).items()
-    }
-    for path in sorted((checkpoint / "tables").rglob("*.npy")):
-        weights[str(path.relative_to(checkpoint))] = np.load(path, allow_pickle=False)
-    return weights
-
-
-def assert_bit_identical(left: dict[str, np.ndarray], right: dict[str, np.ndarray]) -> None:
-    assert left.keys() == right.keys()
-    for name in left:
-        assert left[name].dtype == right[name].dtype, name
-        assert np.array_equal(left[name].view(np.uint8), right[name].view(np.uint8)), f"{name} differs"
+from tests.helpers import CRITEO
 
 
 @pytest.fixture

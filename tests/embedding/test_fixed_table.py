@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import embedding_reference as ref
+from tests.embedding import embedding_reference as ref
 import numpy as np
 import pytest
 import torch

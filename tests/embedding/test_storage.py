@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import embedding_reference as ref
+from tests.embedding import embedding_reference as ref
 import numpy as np
 import pytest
 

@@ -7,7 +7,7 @@ from terarec.errors import DataError
 from terarec.train import fit, latest_checkpoint
 from terarec.train.checkpoint import CHECKPOINTS, load_checkpoint
 
-from conftest import checkpoint_weights, tiny_config
+from tests.helpers import checkpoint_weights, tiny_config
 
 
 def test_checkpoint_every_keeps_the_newest(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from terarec.train import fit, latest_checkpoint
 
-from conftest import assert_bit_identical, checkpoint_weights, tiny_config, tiny_overrides
+from tests.helpers import assert_bit_identical, checkpoint_weights, tiny_config, tiny_overrides
 
 STEPS = 400
 EVERY = 10

@@ -34,7 +34,7 @@ class SyntheticConfig:
     trains in minutes on one CPU and whose best possible AUC is known.
 
     Args:
-        num_examples (int, optional): training examples. Default: ``600_000``
+        num_examples (int, optional): training examples. Default: ``2_000_000``
         num_eval_examples (int, optional): evaluation examples. Default: ``100_000``
         num_dense (int, optional): dense features ``I1..``. Default: ``13``
         num_sparse (int, optional): sparse features ``C1..``; their cardinalities cycle through
@@ -51,7 +51,7 @@ class SyntheticConfig:
         26
     """
 
-    num_examples: int = 600_000
+    num_examples: int = 2_000_000
     num_eval_examples: int = 100_000
     num_dense: int = 13
     num_sparse: int = 26

@@ -11,21 +11,18 @@ writes the results with the machine, date and load.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from terarec.data import DataConfig, DataFormat, open_prepared, prepare, read_files
 from terarec.data.readers import CRITEO_COLUMNS
+
+from _machine import machine_info, write_json
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "criteo_kaggle_9k" / "train.tsv"
 
@@ -80,15 +77,7 @@ def main() -> None:
     print(f"{'format':<26}{'rows':>10}{'seconds':>10}{'rows/s':>14}")
     for r in results:
         print(f"{r['format']:<26}{r['rows']:>10}{r['seconds']:>10.3f}{r['rows_per_second']:>14,}")
-    if args.json:
-        report = {
-            "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                        "cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-                        "load_avg": list(os.getloadavg())},
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "results": results,
-        }
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.json, {"machine": machine_info(), "results": results})
 
 
 if __name__ == "__main__":

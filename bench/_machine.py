@@ -1,0 +1,109 @@
+"""Machine description, timing and JSON output shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numba
+import numpy as np
+import psutil
+import torch
+
+
+def machine_info() -> dict[str, object]:
+    """What a reader needs to compare figures: CPU, cores, memory, thread settings, load, date."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line
+                break
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "processor": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "avx2": " avx2" in flags,
+        "avx512f": " avx512f" in flags,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "numba_threads": numba.get_num_threads(),
+        "numpy": np.__version__,
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def set_threads(count: int | None) -> int:
+    """Pins torch and numba to ``count`` threads (default: every core) so systems compare fairly."""
+    count = count or os.cpu_count() or 1
+    torch.set_num_threads(count)
+    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+    return count
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def time_rounds(step: Callable[[int], None], warmup: int, steps: int, repeat: int) -> list[float]:
+    """Seconds per step for each of ``repeat`` rounds of ``steps`` calls, after ``warmup`` calls.
+
+    ``step`` receives a running counter, so it can cycle through pre-built batches.
+    """
+    counter = 0
+    for _ in range(warmup):
+        step(counter)
+        counter += 1
+    rounds = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for _ in range(steps):
+            step(counter)
+            counter += 1
+        rounds.append((time.perf_counter() - started) / steps)
+    return rounds
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def write_json(path: Path | None, payload: dict[str, object]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {path}")
+
+
+def print_table(rows: Sequence[dict[str, object]], columns: Sequence[tuple[str, str, str]]) -> None:
+    """Prints ``rows`` with ``columns`` given as ``(key, header, format spec)``."""
+    widths = [max(len(header), 12) for _, header, _ in columns]
+    print("  ".join(header.rjust(width) for (_, header, _), width in zip(columns, widths)))
+    for row in rows:
+        cells = []
+        for (key, _, spec), width in zip(columns, widths):
+            value = row.get(key)
+            cells.append(("n/a" if value is None else format(value, spec)).rjust(width))
+        print("  ".join(cells))

@@ -1,0 +1,226 @@
+"""Embedding layer alone (lookup + backward + optimizer update): terarec vs plain PyTorch vs TorchRec.
+
+Every system gets the same pre-built batches and upstream gradient, the same thread count, and
+runs in its own child process so that its peak RSS is its own. In the same run the script
+measures the machine's memory bandwidth (a parallel STREAM copy/triad) and, from the bytes of
+weights and optimizer state each example reads and writes, the bandwidth bound in examples/s.
+
+    python bench/embedding.py --quick --json bench/results/embedding_quick.json
+    python bench/embedding.py --json bench/results/embedding.json
+
+TorchRec is optional: install it with ``bash bench/install_torchrec.sh``; without it the
+script says so and measures the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numba
+import numpy as np
+import torch
+
+from _machine import machine_info, median, peak_rss_bytes, print_table, set_threads, time_rounds, write_json
+from _workloads import BenchBatch, Workload, make_batches, make_workload, unique_rows_per_example
+
+OPTIMIZERS = ("adagrad", "rowwise_adagrad", "sgd")
+SYSTEMS = ("terarec", "pytorch", "torchrec")
+LEARNING_RATE = 0.01
+_STATE_FLOATS = {"sgd": lambda d: 0, "rowwise_adagrad": lambda d: 1, "adagrad": lambda d: d}
+
+
+@numba.njit(parallel=True, cache=True)
+def _copy(src, dst):
+    for i in numba.prange(src.shape[0]):
+        dst[i] = src[i]
+
+
+@numba.njit(parallel=True, cache=True)
+def _triad(a, b, c, scalar):
+    for i in numba.prange(a.shape[0]):
+        a[i] = b[i] + scalar * c[i]
+
+
+def memory_bandwidth_gb_s(megabytes: int = 512, repeat: int = 5) -> dict[str, float]:
+    """Best-of-``repeat`` STREAM copy and triad on every core, in GB/s (10^9 bytes)."""
+    n = megabytes * 2**20 // 8
+    a, b, c = np.zeros(n), np.ones(n), np.full(n, 2.0)
+    _copy(b, a)
+    _triad(a, b, c, 3.0)
+    copy_s = min(time_rounds(lambda _: _copy(b, a), 0, 1, repeat))
+    triad_s = min(time_rounds(lambda _: _triad(a, b, c, 3.0), 0, 1, repeat))
+    return {"copy": 2 * a.nbytes / copy_s / 1e9, "triad": 3 * a.nbytes / triad_s / 1e9}
+
+
+def bytes_per_example(workload: Workload, optimizer: str, unique_per_example: float) -> float:
+    """Weights read by the lookup, plus each touched row's weights and state read and written once."""
+    dim = workload.embedding_dim
+    lookup = workload.ids_per_example * dim * 4
+    update = unique_per_example * 2 * (dim + _STATE_FLOATS[optimizer](dim)) * 4
+    return lookup + update
+
+
+def _terarec_step(workload: Workload, optimizer: str):
+    from terarec import JaggedTensor
+    from terarec.embedding import EmbeddingCollection, EmbeddingTableConfig, OptimizerConfig, OptimizerType
+
+    configs = [
+        EmbeddingTableConfig(
+            name, rows, workload.embedding_dim, (name,), optimizer=OptimizerConfig(OptimizerType(optimizer), LEARNING_RATE)
+        )
+        for name, rows in zip(workload.feature_names, workload.num_embeddings)
+    ]
+    collection = EmbeddingCollection(configs)
+
+    def step(batch: BenchBatch) -> None:
+        sparse = {name: JaggedTensor(values, offsets) for name, (values, offsets) in batch.features.items()}
+        prepared = collection.prepare(sparse)
+        collection.lookup(prepared)
+        collection.apply_gradients(prepared, batch.grad)
+
+    return step
+
+
+def _pytorch_step(workload: Workload, optimizer: str):
+    if optimizer == "rowwise_adagrad":
+        return None  # torch.optim has no row-wise Adagrad
+    bags = torch.nn.ModuleList(
+        torch.nn.EmbeddingBag(rows, workload.embedding_dim, mode="sum", sparse=True) for rows in workload.num_embeddings
+    )
+    params = list(bags.parameters())
+    opt = torch.optim.Adagrad(params, lr=LEARNING_RATE) if optimizer == "adagrad" else torch.optim.SGD(params, lr=LEARNING_RATE)
+
+    def step(batch: BenchBatch) -> None:
+        pooled = torch.cat([bag(values, offsets) for bag, (values, offsets) in zip(bags, batch.features.values())], dim=1)
+        pooled.backward(batch.grad)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _torchrec_step(workload: Workload, optimizer: str, batch_size: int):
+    from _torchrec import TORCHREC_AVAILABLE, make_torchrec_step
+
+    return make_torchrec_step(workload, optimizer, LEARNING_RATE, batch_size) if TORCHREC_AVAILABLE else None
+
+
+def run_child(spec: dict[str, object]) -> dict[str, object]:
+    """Measures one (system, workload, distribution, optimizer) case in this process."""
+    threads = set_threads(spec["threads"])
+    workload = make_workload(spec["workload"], spec["max_rows"])
+    batches = make_batches(workload, spec["distribution"], spec["batch_size"], spec["num_batches"], seed=0)
+    system, optimizer = spec["system"], spec["optimizer"]
+    if system == "terarec":
+        step = _terarec_step(workload, optimizer)
+    elif system == "pytorch":
+        step = _pytorch_step(workload, optimizer)
+    else:
+        step = _torchrec_step(workload, optimizer, spec["batch_size"])
+    if step is None:
+        return {"skipped": True}
+    rounds = time_rounds(lambda i: step(batches[i % len(batches)]), spec["warmup"], spec["steps"], spec["repeat"])
+    return {
+        "examples_per_second": spec["batch_size"] / median(rounds),
+        "round_examples_per_second": [spec["batch_size"] / r for r in rounds],
+        "peak_rss_bytes": peak_rss_bytes(),
+        "threads": threads,
+    }
+
+
+def _spawn(spec: dict[str, object]) -> dict[str, object]:
+    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a reduced run (under 3 minutes)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--max-rows", type=int, help="cap on each table's rows (default 200k; 20k with --quick)")
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--threads", type=int, help="torch and numba threads (default: every core)")
+    parser.add_argument("--workloads", default="multihot,onehot")
+    parser.add_argument("--distributions", default="zipf,uniform")
+    parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_child(json.loads(args.child))))
+        return
+
+    from _torchrec import TORCHREC_AVAILABLE, TORCHREC_UNAVAILABLE_REASON
+
+    threads = set_threads(args.threads)
+    max_rows = args.max_rows or (20_000 if args.quick else 200_000)
+    timing = {"warmup": 2, "steps": 3, "repeat": 3} if args.quick else {"warmup": 3, "steps": 8, "repeat": 5}
+    bandwidth = memory_bandwidth_gb_s(256 if args.quick else 1024)
+    best_bandwidth = max(bandwidth.values())
+    print(f"memory bandwidth: copy {bandwidth['copy']:.1f} GB/s, triad {bandwidth['triad']:.1f} GB/s; {threads} threads")
+    if not TORCHREC_AVAILABLE:
+        print(f"torchrec: not installed ({TORCHREC_UNAVAILABLE_REASON}); run bash bench/install_torchrec.sh")
+    systems = [s for s in args.systems.split(",") if s != "torchrec" or TORCHREC_AVAILABLE]
+    results = []
+    for workload_name in args.workloads.split(","):
+        workload = make_workload(workload_name, max_rows)
+        for distribution in args.distributions.split(","):
+            sample = make_batches(workload, distribution, args.batch_size, 2, seed=0)
+            unique = unique_rows_per_example(workload, sample)
+            for optimizer in args.optimizers.split(","):
+                bound = best_bandwidth * 1e9 / bytes_per_example(workload, optimizer, unique)
+                for system in systems:
+                    spec = {"system": system, "workload": workload_name, "distribution": distribution,
+                            "optimizer": optimizer, "max_rows": max_rows, "batch_size": args.batch_size,
+                            "threads": threads, "num_batches": 4, **timing}
+                    measured = _spawn(spec)
+                    if measured.get("skipped"):
+                        continue
+                    row = {"system": system, "workload": workload_name, "distribution": distribution,
+                           "optimizer": optimizer, "examples_per_second": measured.get("examples_per_second"),
+                           "bound_examples_per_second": bound, "peak_rss_bytes": measured.get("peak_rss_bytes"),
+                           "unique_rows_per_example": unique, **{k: v for k, v in measured.items() if k in ("error", "round_examples_per_second")}}
+                    results.append(row)
+                    eps = row["examples_per_second"]
+                    status = f"{eps:>12,.0f} ex/s ({eps / bound:5.1%} of bound {bound:,.0f})" if eps else f"error: {row.get('error')}"
+                    print(f"{workload_name:>8} {distribution:>7} {optimizer:>15} {system:>8}: {status}", flush=True)
+    _print_ratios(results)
+    write_json(args.json, {
+        "machine": machine_info(),
+        "bandwidth_gb_s": best_bandwidth,
+        "bandwidth_detail_gb_s": bandwidth,
+        "torchrec": TORCHREC_AVAILABLE or TORCHREC_UNAVAILABLE_REASON,
+        "settings": {"max_rows": max_rows, "batch_size": args.batch_size, "threads": threads, **timing},
+        "results": results,
+    })
+
+
+def _print_ratios(results: list[dict[str, object]]) -> None:
+    cases = {}
+    for row in results:
+        key = (row["workload"], row["distribution"], row["optimizer"])
+        cases.setdefault(key, {})[row["system"]] = row["examples_per_second"]
+    table = []
+    for (workload, distribution, optimizer), by_system in cases.items():
+        ours = by_system.get("terarec")
+        table.append({
+            "case": f"{workload}/{distribution}/{optimizer}",
+            "terarec": ours,
+            "pytorch": by_system.get("pytorch"),
+            "torchrec": by_system.get("torchrec"),
+            "vs_pytorch": ours / by_system["pytorch"] if ours and by_system.get("pytorch") else None,
+            "vs_torchrec": ours / by_system["torchrec"] if ours and by_system.get("torchrec") else None,
+        })
+    print()
+    print_table(table, [("case", "case", ">32"), ("terarec", "terarec ex/s", ",.0f"), ("pytorch", "pytorch ex/s", ",.0f"),
+                        ("torchrec", "torchrec ex/s", ",.0f"), ("vs_pytorch", "x pytorch", ".2f"), ("vs_torchrec", "x torchrec", ".2f")])
+
+
+if __name__ == "__main__":
+    main()

@@ -84,14 +84,25 @@ def test_derive_table_seed_is_stable() -> None:
 @pytest.mark.parametrize("id_kind", ID_KINDS)
 def test_dedupe(id_kind: str) -> None:
     _, _, offsets, rows = _input(id_kind)
-    got = _kernels.dedupe(rows, offsets)
+    got = _kernels.dedupe(rows, offsets, 50)
     for array, expected in zip(got, ref.dedupe(rows, offsets)):
+        np.testing.assert_array_equal(array, expected)
+
+
+@pytest.mark.parametrize("num_rows", [1, 2, 2047, 2048, 2049, 200_000, 40_000_000, 2**62])
+def test_dedupe_radix_passes(num_rows: int) -> None:
+    # One, two, three and six radix passes, and the digit boundaries between them.
+    rng = np.random.default_rng(num_rows % 1000)
+    rows = rng.integers(0, num_rows, 3000, dtype=np.int64)
+    rows[:3] = [0, num_rows - 1, num_rows - 1]
+    offsets = np.array([0, 1000, 1000, 3000], dtype=np.int64)
+    for array, expected in zip(_kernels.dedupe(rows, offsets, num_rows), ref.dedupe(rows, offsets)):
         np.testing.assert_array_equal(array, expected)
 
 
 def test_dedupe_empty() -> None:
     unique_rows, occurrence_offsets, occurrences, bag_of = _kernels.dedupe(
-        np.empty(0, dtype=np.int64), np.zeros(4, dtype=np.int64)
+        np.empty(0, dtype=np.int64), np.zeros(4, dtype=np.int64), 10
     )
     assert unique_rows.shape == (0,) and occurrence_offsets.tolist() == [0]
     assert occurrences.shape == bag_of.shape == (0,)
@@ -118,7 +129,7 @@ def test_fused_update(id_kind: str, optimizer: str, mean: bool) -> None:
     weights = rng.standard_normal((50, dim)).astype(np.float32)
     state = rng.uniform(0.0, 1.0, size=(50, width)).astype(np.float32)
     grad = rng.standard_normal((len(offsets) - 1, dim)).astype(np.float32)
-    unique_rows, occurrence_offsets, occurrences, bag_of = _kernels.dedupe(rows, offsets)
+    unique_rows, occurrence_offsets, occurrences, bag_of = _kernels.dedupe(rows, offsets, 50)
     ref_rows, g = ref.row_gradients(rows, offsets, grad, mean)
     expected_w, expected_s = ref.update(optimizer, weights, state, ref_rows, g, lr=0.1, step=3)
     args = (weights, state, unique_rows, occurrence_offsets, occurrences, bag_of, grad, offsets, mean)

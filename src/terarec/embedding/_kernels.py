@@ -20,10 +20,9 @@ import numpy as np
 __all__ = [
     "adagrad_update",
     "adam_update",
-    "bags_of",
     "dedupe",
     "derive_table_seed",
-    "group_sorted",
+    "group_rows",
     "hash_to_rows",
     "init_rows_normal",
     "init_rows_uniform",
@@ -56,7 +55,7 @@ def derive_table_seed(seed: int, name: str) -> np.uint64:
     return np.uint64(int.from_bytes(digest, "little"))
 
 
-# The kernels of ``prepare`` (hash, group, bags) are serial on purpose: ``prepare`` runs on a
+# The kernels of ``prepare`` (hash, group) are serial on purpose: ``prepare`` runs on a
 # background thread beside the parallel lookup/update kernels, and numba's fallback
 # ``workqueue`` threading layer aborts when two threads launch parallel kernels at once.
 # ``nogil`` still lets them overlap with the training thread.
@@ -110,49 +109,75 @@ def init_rows_normal(out, rows, seed, scale):
             out[i, j] = np.float32(scale * np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2))
 
 
-@numba.njit(cache=True, nogil=True)
-def group_sorted(rows, order, unique_out, group_offsets_out):
-    """Groups ``rows`` visited in ``order`` (a stable ascending argsort of ``rows``).
+_RADIX_BITS = 11
+_RADIX = 1 << _RADIX_BITS
 
-    Writes the distinct rows into ``unique_out[:U]`` and their CSR boundaries into
-    ``group_offsets_out[:U + 1]``; returns ``U``.
+
+@numba.njit(cache=True, nogil=True)
+def group_rows(rows, offsets, max_row, order, scratch, unique_out, occurrence_offsets, bag_of):
+    """Groups equal ``rows`` (all in ``[0, max_row]``) by a stable LSD radix sort, in ``O(N)`` per pass.
+
+    ``ceil(bits(max_row) / 11)`` passes of 2048 buckets: 2 passes for a 200k-row table, 3 for
+    40M. Writes into ``order`` the positions sorted by row (stable, so ascending within a row;
+    ``scratch`` is an ``N``-sized buffer), the distinct rows ascending into ``unique_out[:U]``,
+    their CSR boundaries into ``occurrence_offsets[:U + 1]``, and each position's bag into
+    ``bag_of``; returns ``U``. Ascending rows make the update kernels walk memory forwards.
     """
-    n = order.shape[0]
+    n = rows.shape[0]
+    for i in range(n):
+        order[i] = i
+    bits = 1
+    while (max_row >> bits) > 0:
+        bits += 1
+    counts = np.empty(_RADIX + 1, dtype=np.int64)
+    passes = 0
+    for shift in range(0, bits, _RADIX_BITS):
+        source, target = (order, scratch) if passes % 2 == 0 else (scratch, order)
+        counts[:] = 0
+        for i in range(n):
+            counts[((rows[source[i]] >> shift) & (_RADIX - 1)) + 1] += 1
+        for d in range(_RADIX):
+            counts[d + 1] += counts[d]
+        for i in range(n):
+            digit = (rows[source[i]] >> shift) & (_RADIX - 1)
+            target[counts[digit]] = source[i]
+            counts[digit] += 1
+        passes += 1
+    if passes % 2 == 1:
+        order[:] = scratch
     u = 0
-    group_offsets_out[0] = 0
+    occurrence_offsets[0] = 0
     for k in range(n):
         row = rows[order[k]]
         if k == 0 or row != unique_out[u - 1]:
             if u > 0:
-                group_offsets_out[u] = k
+                occurrence_offsets[u] = k
             unique_out[u] = row
             u += 1
-    group_offsets_out[u] = n
+    occurrence_offsets[u] = n
+    for b in range(offsets.shape[0] - 1):
+        for i in range(offsets[b], offsets[b + 1]):
+            bag_of[i] = b
     return u
 
 
-@numba.njit(cache=True, nogil=True)
-def bags_of(offsets, out):
-    """``out[i] = b`` for every position ``offsets[b] <= i < offsets[b + 1]``."""
-    for b in range(offsets.shape[0] - 1):
-        for i in range(offsets[b], offsets[b + 1]):
-            out[i] = b
+def dedupe(
+    rows: np.ndarray, offsets: np.ndarray, num_rows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """De-duplicates ``rows`` (in ``[0, num_rows)``) into ``(unique_rows, occurrence_offsets, occurrences, bag_of)``.
 
-
-def dedupe(rows: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """De-duplicates ``rows`` into ``(unique_rows, occurrence_offsets, occurrences, bag_of)``.
-
-    ``occurrences`` is NumPy's stable argsort of ``rows``, so positions stay ascending within
-    each group (measured on 10^6 Zipf IDs: 73 ms, against 204 ms for numba's merge sort). The
-    unique outputs are views of ``N``-sized buffers.
+    ``unique_rows`` ascend and each group's positions ascend, so the update kernels sum a row's
+    gradients in a fixed order and touch memory in address order. The radix sort
+    (:func:`group_rows`) replaced NumPy's stable argsort: 0.9 ms against 5.0 ms for the 102,400
+    IDs of the largest multi-hot feature. The unique outputs are views of ``N``-sized buffers.
     """
     n = rows.shape[0]
-    occurrences = np.argsort(rows, kind="stable")
+    occurrences = np.empty(n, dtype=np.int64)
+    scratch = np.empty(n, dtype=np.int64)
     unique_rows = np.empty(n, dtype=np.int64)
     occurrence_offsets = np.empty(n + 1, dtype=np.int64)
-    u = group_sorted(rows, occurrences, unique_rows, occurrence_offsets)
     bag_of = np.empty(n, dtype=np.int64)
-    bags_of(offsets, bag_of)
+    u = group_rows(rows, offsets, max(int(num_rows) - 1, 0), occurrences, scratch, unique_rows, occurrence_offsets, bag_of)
     return unique_rows[:u], occurrence_offsets[: u + 1], occurrences, bag_of
 
 

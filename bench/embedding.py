@@ -16,15 +16,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numba
 import numpy as np
 import torch
 
-from _machine import machine_info, median, peak_rss_bytes, print_table, set_threads, time_rounds, write_json
+from _machine import (
+    machine_info,
+    median,
+    peak_rss_bytes,
+    print_table,
+    run_in_child,
+    set_threads,
+    time_rounds,
+    write_json,
+)
 from _workloads import BenchBatch, Workload, make_batches, make_workload, unique_rows_per_example
 
 OPTIMIZERS = ("adagrad", "rowwise_adagrad", "sgd")
@@ -89,7 +96,7 @@ def _pytorch_step(workload: Workload, optimizer: str):
     if optimizer == "rowwise_adagrad":
         return None  # torch.optim has no row-wise Adagrad
     bags = torch.nn.ModuleList(
-        torch.nn.EmbeddingBag(rows, workload.embedding_dim, mode="sum", sparse=True) for rows in workload.num_embeddings
+        torch.nn.EmbeddingBag(rows, workload.embedding_dim, mode="sum", sparse=True, include_last_offset=True) for rows in workload.num_embeddings
     )
     params = list(bags.parameters())
     opt = torch.optim.Adagrad(params, lr=LEARNING_RATE) if optimizer == "adagrad" else torch.optim.SGD(params, lr=LEARNING_RATE)
@@ -132,13 +139,6 @@ def run_child(spec: dict[str, object]) -> dict[str, object]:
     }
 
 
-def _spawn(spec: dict[str, object]) -> dict[str, object]:
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
-    if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a reduced run (under 3 minutes)")
@@ -179,7 +179,7 @@ def main() -> None:
                     spec = {"system": system, "workload": workload_name, "distribution": distribution,
                             "optimizer": optimizer, "max_rows": max_rows, "batch_size": args.batch_size,
                             "threads": threads, "num_batches": 4, **timing}
-                    measured = _spawn(spec)
+                    measured = run_in_child(__file__, spec)
                     if measured.get("skipped"):
                         continue
                     row = {"system": system, "workload": workload_name, "distribution": distribution,

@@ -63,3 +63,10 @@ def test_refuses_tables_that_do_not_fit(tmp_path: Path) -> None:
 def test_resume_without_checkpoint_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no checkpoint"):
         fit(tiny_config(tmp_path, train__steps=2, train__resume=True))
+
+
+def test_bf16_dense_network_is_deterministic_and_learns(tmp_path: Path) -> None:
+    first = fit(tiny_config(tmp_path / "a", data__synthetic__num_examples=40_000, train__dense_precision="bf16"))
+    second = fit(tiny_config(tmp_path / "b", data__synthetic__num_examples=40_000, train__dense_precision="bf16"))
+    assert_bit_identical(checkpoint_weights(first.checkpoint), checkpoint_weights(second.checkpoint))
+    assert first.metrics["auc"] > 0.65

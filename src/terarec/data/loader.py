@@ -10,13 +10,12 @@ without shuffling); global batch ``b`` covers positions
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
+from terarec._background import iterate_in_background
 from terarec.data import _kernels
 from terarec.data.types import Batch, ColumnarData, JaggedColumn
 from terarec.sparse import JaggedTensor
@@ -141,40 +140,6 @@ class BatchLoader:
             for b in batches:
                 yield self.make_batch(self.rows_of(order, b))
             return
-        yield from self._prefetched(order, batches)
-
-    def _prefetched(self, order: np.ndarray, batches: range) -> Iterator[Batch]:
-        slots: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-
-        def put(item: tuple[str, object]) -> bool:
-            while not stop.is_set():
-                try:
-                    slots.put(item, timeout=0.05)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def produce() -> None:
-            try:
-                for b in batches:
-                    if not put(("batch", self.make_batch(self.rows_of(order, b)))):
-                        return
-                put(("done", None))
-            except BaseException as exc:  # handed to the consumer, which re-raises it
-                put(("error", exc))
-
-        worker = threading.Thread(target=produce, name="terarec-batch-prefetch", daemon=True)
-        worker.start()
-        try:
-            while True:
-                kind, item = slots.get()
-                if kind == "done":
-                    return
-                if kind == "error":
-                    raise item  # type: ignore[misc]
-                yield item  # type: ignore[misc]
-        finally:
-            stop.set()
-            worker.join()
+        yield from iterate_in_background(
+            (self.make_batch(self.rows_of(order, b)) for b in batches), self.prefetch, "terarec-batch-prefetch"
+        )

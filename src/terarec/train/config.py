@@ -22,7 +22,7 @@ from terarec.embedding import InitConfig, OptimizerConfig, OptimizerType, Poolin
 from terarec.errors import ConfigError
 from terarec.models import ModelConfig
 
-__all__ = ["Config", "DenseOptimizerType", "EmbeddingConfig", "TableSpec", "TrainConfig", "load_config"]
+__all__ = ["Config", "DenseOptimizerType", "DensePrecision", "EmbeddingConfig", "TableSpec", "TrainConfig", "load_config"]
 
 
 class DenseOptimizerType(enum.Enum):
@@ -31,6 +31,14 @@ class DenseOptimizerType(enum.Enum):
     ADAM = "adam"
     ADAGRAD = "adagrad"
     SGD = "sgd"
+
+
+class DensePrecision(enum.Enum):
+    """Arithmetic of the dense network. ``BF16`` runs it under ``torch.autocast`` in bfloat16
+    (weights, optimizer and embedding tables stay float32)."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,7 @@ class TrainConfig:
         shuffle (bool, optional): reshuffle every epoch (seeded). Default: ``True``
         dense_optimizer (DenseOptimizerType, optional): Default: ``DenseOptimizerType.ADAM``
         dense_learning_rate (float, optional): Default: ``1e-3``
+        dense_precision (DensePrecision, optional): Default: ``DensePrecision.FP32``
         eval_batch_size (int, optional): Default: ``16384``
         checkpoint_every (int, optional): steps between checkpoints; ``0`` writes only the final one.
             Default: ``0``
@@ -131,6 +140,7 @@ class TrainConfig:
     shuffle: bool = True
     dense_optimizer: DenseOptimizerType = DenseOptimizerType.ADAM
     dense_learning_rate: float = 1e-3
+    dense_precision: DensePrecision = DensePrecision.FP32
     eval_batch_size: int = 16384
     checkpoint_every: int = 0
     keep_checkpoints: int = 2

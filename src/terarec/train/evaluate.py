@@ -17,16 +17,16 @@ from terarec.embedding import EmbeddingCollection, EmbeddingTableConfig
 from terarec.errors import DataError
 from terarec.train.builders import build_model
 from terarec.train.checkpoint import load_checkpoint, read_run_spec
-from terarec.train.config import Config
+from terarec.train.config import Config, DensePrecision
 from terarec.train.metrics import ClickMetrics, compute_metrics
 
 __all__ = ["evaluate", "evaluate_checkpoint", "predict"]
 
 
 def predict(
-    model: nn.Module, collection: EmbeddingCollection, data: ColumnarData, batch_size: int
+    model: nn.Module, collection: EmbeddingCollection, data: ColumnarData, batch_size: int, bf16: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Click probabilities for every row of ``data``, in order.
+    """Click probabilities for every row of ``data``, in order (``bf16``: dense network under bfloat16 autocast).
 
     Returns:
         tuple[np.ndarray, np.ndarray]: ``(labels, probabilities)``, both :math:`(R)`.
@@ -40,7 +40,8 @@ def predict(
         with torch.no_grad(), contextlib.closing(loader.iterate(epoch=0)) as batches:
             for batch in batches:
                 pooled = collection.lookup(collection.prepare(batch.sparse))
-                logits = model(batch.dense, pooled.stacked())
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    logits = model(batch.dense, pooled.stacked()).float()
                 labels.append(batch.labels.numpy())
                 probabilities.append(torch.sigmoid(logits).numpy())
     finally:
@@ -50,9 +51,11 @@ def predict(
     return np.concatenate(labels), np.concatenate(probabilities)
 
 
-def evaluate(model: nn.Module, collection: EmbeddingCollection, data: ColumnarData, batch_size: int) -> ClickMetrics:
+def evaluate(
+    model: nn.Module, collection: EmbeddingCollection, data: ColumnarData, batch_size: int, bf16: bool = False
+) -> ClickMetrics:
     """AUC, log loss, NE and calibration of the model on ``data``."""
-    labels, probabilities = predict(model, collection, data, batch_size)
+    labels, probabilities = predict(model, collection, data, batch_size, bf16)
     return compute_metrics(labels, probabilities)
 
 
@@ -88,4 +91,5 @@ def evaluate_checkpoint(
     collection = EmbeddingCollection(tables, seed=config.train.seed)
     model = build_model(config.model, schema.num_dense, tables)
     load_checkpoint(checkpoint, model, collection)
-    return evaluate(model, collection, data, config.train.eval_batch_size), data
+    bf16 = config.train.dense_precision is DensePrecision.BF16
+    return evaluate(model, collection, data, config.train.eval_batch_size, bf16), data

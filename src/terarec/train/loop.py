@@ -7,27 +7,29 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numba
 import torch
 from torch import nn
 
+from terarec._dataclass_codec import to_mapping
+from terarec._background import iterate_in_background
 from terarec.data import Batch, BatchLoader, DataSplits, load_splits
 from terarec.embedding import EmbeddingCollection, PooledEmbeddings, check_memory
 from terarec.errors import ConfigError
 from terarec.train.builders import build_dense_optimizer, build_model, build_table_configs
 from terarec.train.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
-from terarec.train.config import Config
+from terarec.train.config import Config, DensePrecision
 from terarec.train.evaluate import evaluate
 from terarec.train.metrics import auc
 from terarec.train.reporting import StepReporter
-from terarec._dataclass_codec import to_mapping
 
 __all__ = ["TrainResult", "configure_threads", "fit"]
 
 _LOSS = nn.BCEWithLogitsLoss()
+PREPARE_AHEAD = 1  # batches whose IDs are mapped and de-duplicated ahead of training
 
 
 @dataclass(frozen=True)
@@ -47,10 +49,11 @@ def configure_threads(num_threads: int | None) -> int:
     return count
 
 
-def forward_backward(model: nn.Module, batch: Batch, pooled: PooledEmbeddings) -> torch.Tensor:
+def forward_backward(model: nn.Module, batch: Batch, pooled: PooledEmbeddings, bf16: bool) -> torch.Tensor:
     """Loss of one batch, with gradients left on the dense parameters and on ``pooled.values``."""
-    logits = model(batch.dense, pooled.stacked())
-    loss = _LOSS(logits, batch.labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(batch.dense, pooled.stacked())
+    loss = _LOSS(logits.float(), batch.labels)
     loss.backward()
     return loss.detach()
 
@@ -116,18 +119,25 @@ def fit(config: Config) -> TrainResult:
     if loader.num_batches == 0:
         raise ConfigError(f"data.path: the training data has no rows ({splits.train.source})")
     total_steps = settings.steps or settings.epochs * loader.num_batches
+    bf16 = settings.dense_precision is DensePrecision.BF16
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     start_examples = state.examples_seen
     with StepReporter(run_dir, total_steps, state.step, settings.log_every, settings.progress) as reporter:
-        with contextlib.closing(_batches_from(loader, state)) as batches:
-            for batch in batches:
+        # Pipeline: while this thread trains on batch n, the loader gathers batch n+2 and a
+        # second thread maps and de-duplicates the IDs of batch n+1 (that reads no weights,
+        # so results are the same as without the pipeline).
+        prepared_batches = iterate_in_background(
+            ((batch, collection.prepare(batch.sparse)) for batch in _batches_from(loader, state)),
+            depth=PREPARE_AHEAD,
+            name="terarec-prepare",
+        )
+        with contextlib.closing(prepared_batches) as batches:
+            for batch, prepared in batches:
                 if state.step >= total_steps:
                     break
-                # Map and de-duplicate IDs once; lookup and update of this batch share the result.
-                prepared = collection.prepare(batch.sparse)
                 pooled = collection.lookup(prepared)
-                loss = forward_backward(model, batch, pooled)
+                loss = forward_backward(model, batch, pooled, bf16)
                 collection.apply_gradients(prepared, pooled.values.grad)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -139,7 +149,7 @@ def fit(config: Config) -> TrainResult:
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None or not checkpoint.name.endswith(f"{state.step:09d}"):
             checkpoint = save_checkpoint(run_dir, state, model, optimizer, collection, run_spec, settings.keep_checkpoints)
-        metrics = evaluate(model, collection, splits.eval, settings.eval_batch_size)
+        metrics = evaluate(model, collection, splits.eval, settings.eval_batch_size, bf16)
         reporter.log_metrics("eval", metrics.to_dict(), state.step)
 
     trained = state.examples_seen - start_examples

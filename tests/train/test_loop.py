@@ -44,6 +44,7 @@ def test_metrics_json_has_the_promised_keys(tmp_path: Path) -> None:
     assert written["config"]["train"]["batch_size"] == 256
     assert 0.5 < written["auc"] <= written["ground_truth_auc"] + 0.02
     assert written == json.loads(json.dumps(result.metrics))
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*")), "tensorboard is a test extra: events expected"
 
 
 def test_learns_the_synthetic_signal(tmp_path: Path) -> None:

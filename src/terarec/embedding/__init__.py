@@ -5,6 +5,7 @@ contract every table kind (fixed now; dynamic, tiered and sharded later) impleme
 """
 
 from terarec.embedding.collection import EmbeddingCollection, PooledEmbeddings, PreparedBatch
+from terarec.embedding.fused import PreparedGroup, TableGroup
 from terarec.embedding.memory import available_memory_bytes, check_memory, format_bytes
 from terarec.embedding.row_mapping import HashedRowMapper, RowMapper
 from terarec.embedding.storage import RamRowStorage, RowStorage
@@ -35,10 +36,12 @@ __all__ = [
     "PoolingType",
     "PooledEmbeddings",
     "PreparedBatch",
+    "PreparedGroup",
     "PreparedIds",
     "RamRowStorage",
     "RowMapper",
     "RowStorage",
+    "TableGroup",
     "available_memory_bytes",
     "check_memory",
     "format_bytes",

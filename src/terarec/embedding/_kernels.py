@@ -186,53 +186,97 @@ def dedupe(
     return unique_rows[:u], occurrence_offsets[: u + 1], occurrences, bag_of
 
 
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=True)
+def _pool_bag(weights, slots, start, stop, dst, is_mean):
+    """``dst = sum(weights[slots[i]] for i in [start, stop))``, divided by ``stop - start``
+    when ``is_mean`` and the bag is not empty; ``dst`` is one output row (or a block of it).
+    Shared by the per-table and the fused lookup, so both compile the same instructions."""
+    dim = weights.shape[1]
+    for j in range(dim):
+        dst[j] = np.float32(0.0)
+    for i in range(start, stop):
+        s = slots[i]
+        for j in range(dim):
+            dst[j] += weights[s, j]
+    if is_mean and stop > start:
+        inv = np.float32(stop - start)
+        for j in range(dim):
+            dst[j] /= inv
+
+
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def pool_sum(weights, slots, offsets, out):
     """``out[b] = sum(weights[slots[i]] for i in bag b)``; an empty bag gives zeros."""
-    dim = weights.shape[1]
     for b in numba.prange(offsets.shape[0] - 1):
-        for j in range(dim):
-            out[b, j] = np.float32(0.0)
-        for i in range(offsets[b], offsets[b + 1]):
-            s = slots[i]
-            for j in range(dim):
-                out[b, j] += weights[s, j]
+        _pool_bag(weights, slots, offsets[b], offsets[b + 1], out[b], False)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def pool_mean(weights, slots, offsets, out):
     """Like :func:`pool_sum`, then divided by the bag length; an empty bag gives zeros."""
-    dim = weights.shape[1]
     for b in numba.prange(offsets.shape[0] - 1):
-        for j in range(dim):
-            out[b, j] = np.float32(0.0)
-        start, stop = offsets[b], offsets[b + 1]
-        for i in range(start, stop):
-            s = slots[i]
-            for j in range(dim):
-                out[b, j] += weights[s, j]
-        if stop > start:
-            inv = np.float32(stop - start)
-            for j in range(dim):
-                out[b, j] /= inv
+        _pool_bag(weights, slots, offsets[b], offsets[b + 1], out[b], True)
 
 
 @numba.njit(cache=True, nogil=True, inline="always", fastmath=True)
-def _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean):
-    """``g = sum(grad_pooled[bag_of[i]] * scale)`` over the occurrences of unique row ``k``,
-    in ascending position order; ``scale`` is 1 (sum) or ``1 / len(bag)`` (mean)."""
+def _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, col, offsets, is_mean):
+    """``g = sum(grad_pooled[bag_of[i], col:col + D] * scale)`` over the occurrences of unique
+    row ``k``, in ascending position order; ``scale`` is 1 (sum) or ``1 / len(bag)`` (mean)."""
     dim = g.shape[0]
     for j in range(dim):
         g[j] = np.float32(0.0)
     for p in range(occurrence_offsets[k], occurrence_offsets[k + 1]):
         b = bag_of[occurrences[p]]
+        # A view, not grad_pooled[b, col + j]: an index LLVM cannot prove non-negative gets
+        # numba's wraparound select on every element, which stops vectorisation (3x slower).
+        src = grad_pooled[b, col : col + dim]
         if is_mean:
             scale = np.float32(1.0) / np.float32(offsets[b + 1] - offsets[b])
             for j in range(dim):
-                g[j] += grad_pooled[b, j] * scale
+                g[j] += src[j] * scale
         else:
             for j in range(dim):
-                g[j] += grad_pooled[b, j]
+                g[j] += src[j]
+
+
+# One optimizer step of one row ``s`` given its accumulated gradient ``g`` (float32
+# hyper-parameters). Shared by the per-table and the fused updates: same code, same bits.
+
+
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=True)
+def _sgd_row(weights, s, g, lr32):
+    for j in range(weights.shape[1]):
+        weights[s, j] -= lr32 * g[j]
+
+
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=True)
+def _adagrad_row(weights, state, s, g, lr32, eps32):
+    for j in range(weights.shape[1]):
+        state[s, j] += g[j] * g[j]
+        weights[s, j] -= lr32 * (g[j] / (np.sqrt(state[s, j]) + eps32))
+
+
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=True)
+def _rowwise_adagrad_row(weights, state, s, g, lr32, eps32):
+    dim = weights.shape[1]
+    sq = np.float32(0.0)
+    for j in range(dim):
+        sq += g[j] * g[j]
+    state[s, 0] += sq / np.float32(dim)
+    multiplier = lr32 / (np.sqrt(state[s, 0]) + eps32)
+    for j in range(dim):
+        weights[s, j] -= multiplier * g[j]
+
+
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=True)
+def _adam_row(weights, state, s, g, step32, one_m_b1, one_m_b2, eps32):
+    dim = weights.shape[1]
+    for j in range(dim):
+        m = state[s, j] + (g[j] - state[s, j]) * one_m_b1
+        v = state[s, dim + j] + (g[j] * g[j] - state[s, dim + j]) * one_m_b2
+        state[s, j] = m
+        state[s, dim + j] = v
+        weights[s, j] -= step32 * (m / (np.sqrt(v) + eps32))
 
 
 # The four fused updates share one signature prefix:
@@ -251,10 +295,8 @@ def sgd_update(weights, state, slots, occurrence_offsets, occurrences, bag_of, g
     for c in numba.prange((u + _UPDATE_CHUNK - 1) // _UPDATE_CHUNK):
         g = np.empty(dim, dtype=np.float32)
         for k in range(c * _UPDATE_CHUNK, min(u, (c + 1) * _UPDATE_CHUNK)):
-            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean)
-            s = slots[k]
-            for j in range(dim):
-                weights[s, j] -= lr32 * g[j]
+            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, 0, offsets, is_mean)
+            _sgd_row(weights, slots[k], g, lr32)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
@@ -268,11 +310,8 @@ def adagrad_update(
     for c in numba.prange((u + _UPDATE_CHUNK - 1) // _UPDATE_CHUNK):
         g = np.empty(dim, dtype=np.float32)
         for k in range(c * _UPDATE_CHUNK, min(u, (c + 1) * _UPDATE_CHUNK)):
-            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean)
-            s = slots[k]
-            for j in range(dim):
-                state[s, j] += g[j] * g[j]
-                weights[s, j] -= lr32 * (g[j] / (np.sqrt(state[s, j]) + eps32))
+            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, 0, offsets, is_mean)
+            _adagrad_row(weights, state, slots[k], g, lr32, eps32)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
@@ -286,15 +325,8 @@ def rowwise_adagrad_update(
     for c in numba.prange((u + _UPDATE_CHUNK - 1) // _UPDATE_CHUNK):
         g = np.empty(dim, dtype=np.float32)
         for k in range(c * _UPDATE_CHUNK, min(u, (c + 1) * _UPDATE_CHUNK)):
-            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean)
-            s = slots[k]
-            sq = np.float32(0.0)
-            for j in range(dim):
-                sq += g[j] * g[j]
-            state[s, 0] += sq / np.float32(dim)
-            multiplier = lr32 / (np.sqrt(state[s, 0]) + eps32)
-            for j in range(dim):
-                weights[s, j] -= multiplier * g[j]
+            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, 0, offsets, is_mean)
+            _rowwise_adagrad_row(weights, state, slots[k], g, lr32, eps32)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
@@ -323,11 +355,5 @@ def adam_update(
     for c in numba.prange((u + _UPDATE_CHUNK - 1) // _UPDATE_CHUNK):
         g = np.empty(dim, dtype=np.float32)
         for k in range(c * _UPDATE_CHUNK, min(u, (c + 1) * _UPDATE_CHUNK)):
-            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean)
-            s = slots[k]
-            for j in range(dim):
-                m = state[s, j] + (g[j] - state[s, j]) * one_m_b1
-                v = state[s, dim + j] + (g[j] * g[j] - state[s, dim + j]) * one_m_b2
-                state[s, j] = m
-                state[s, dim + j] = v
-                weights[s, j] -= step32 * (m / (np.sqrt(v) + eps32))
+            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, 0, offsets, is_mean)
+            _adam_row(weights, state, slots[k], g, step32, one_m_b1, one_m_b2, eps32)

@@ -15,9 +15,15 @@ from pathlib import Path
 
 import torch
 
+from terarec.embedding.fused import PreparedGroup, group_tables
 from terarec.embedding.memory import format_bytes
 from terarec.embedding.table import FixedTable
-from terarec.embedding.types import EmbeddingTable, EmbeddingTableConfig, MemoryEstimate, PreparedIds
+from terarec.embedding.types import (
+    EmbeddingTable,
+    EmbeddingTableConfig,
+    MemoryEstimate,
+    PreparedIds,
+)
 from terarec.sparse import JaggedTensor
 
 __all__ = ["EmbeddingCollection", "PooledEmbeddings", "PreparedBatch"]
@@ -27,16 +33,22 @@ __all__ = ["EmbeddingCollection", "PooledEmbeddings", "PreparedBatch"]
 class PreparedBatch:
     """A batch's IDs, mapped and de-duplicated per table by :meth:`EmbeddingCollection.prepare`.
 
+    Tables that run as one :class:`~terarec.embedding.fused.TableGroup` are prepared together,
+    into one :class:`~terarec.embedding.fused.PreparedGroup` each; the other tables one by one.
     A table read by ``k`` features holds their bags one feature after another, ``k B`` bags,
     so each of its rows is updated once per step with the gradients of all its features.
 
     Attributes:
         batch_size (int): ``B``.
-        tables (dict[str, PreparedIds]): per table name, its :math:`(k B)` bags.
+        tables (dict[str, PreparedIds]): per table that runs alone, its :math:`(k B)` bags.
+        groups (tuple[PreparedGroup, ...]): per table group of the collection, its IDs.
+        table_names (tuple[str, ...]): every table of the collection that prepared it.
     """
 
     batch_size: int
     tables: dict[str, PreparedIds]
+    groups: tuple[PreparedGroup, ...] = ()
+    table_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,6 +144,11 @@ class EmbeddingCollection:
         self.tables: dict[str, EmbeddingTable] = {table.config.name: table for table in tables}
         self.feature_names = tuple(f for t in tables for f in t.config.feature_names)
         self.embedding_dims = tuple(t.embedding_dim for t in tables for _ in t.config.feature_names)
+        self._width = sum(self.embedding_dims)
+        self._table_names = tuple(self.tables)
+        # Tables that can run as one do (one numba call per phase for the group); the rest,
+        # with their first output column, run one by one.
+        self._groups, self._alone = group_tables(tables)
 
     @classmethod
     def estimate_memory(cls, configs: Sequence[EmbeddingTableConfig]) -> dict[str, MemoryEstimate]:
@@ -172,22 +189,25 @@ class EmbeddingCollection:
                     f"like {self.feature_names[0]!r}"
                 )
         prepared = {}
-        for name, table in self.tables.items():
+        for table, _ in self._alone:
             features = [sparse[f] for f in table.config.feature_names]
             values, offsets = _concat_bags(features)
-            prepared[name] = table.prepare(values, offsets)
-        return PreparedBatch(batch_size=batch_size or 0, tables=prepared)
+            prepared[table.config.name] = table.prepare(values, offsets)
+        groups = tuple(group.prepare(sparse) for group in self._groups)
+        return PreparedBatch(batch_size or 0, prepared, groups, self._table_names)
 
     def lookup(self, prepared: PreparedBatch) -> PooledEmbeddings:
         """Pools every feature's bags into one leaf tensor that requires grad."""
         self._check_batch(prepared)
         batch = prepared.batch_size
-        blocks = []
-        for name, table in self.tables.items():
+        values = torch.empty(batch, self._width)
+        out = values.numpy()
+        for group, ids in zip(self._groups, prepared.groups):
+            group.lookup(ids, out)
+        for table, start in self._alone:
             k, dim = len(table.config.feature_names), table.embedding_dim
-            pooled = table.lookup_prepared(prepared.tables[name])  # (k B, D), feature-major
-            blocks.append(pooled.view(k, batch, dim).transpose(0, 1).reshape(batch, k * dim))
-        values = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0].contiguous()
+            pooled = table.lookup_prepared(prepared.tables[table.config.name])  # (k B, D), feature-major
+            values[:, start : start + k * dim].view(batch, k, dim).copy_(pooled.view(k, batch, dim).transpose(0, 1))
         values.requires_grad_(True)
         return PooledEmbeddings(values, self.feature_names, self.embedding_dims)
 
@@ -195,25 +215,31 @@ class EmbeddingCollection:
         """Applies each table's fused optimizer to its block of ``grad`` (usually
         ``pooled.values.grad``), :math:`(B, \\sum_f D_f)` ``float32``."""
         self._check_batch(prepared)
-        batch, width = prepared.batch_size, sum(self.embedding_dims)
+        batch, width = prepared.batch_size, self._width
         if not isinstance(grad, torch.Tensor) or grad.dtype != torch.float32:
             got = grad.dtype if isinstance(grad, torch.Tensor) else type(grad).__name__
             raise TypeError(f"grad must be a float32 tensor, got {got}")
         if tuple(grad.shape) != (batch, width):
             raise ValueError(f"grad must have shape {(batch, width)} (B, sum D), got {tuple(grad.shape)}")
+        if grad.device.type != "cpu":
+            raise ValueError(f"grad must be on the CPU, got device {grad.device}")
         grad = grad.detach()
-        start = 0
-        for name, table in self.tables.items():
+        if self._groups:
+            array = grad.contiguous().numpy()  # a view unless grad is strided
+            for group, ids in zip(self._groups, prepared.groups):
+                group.apply_gradients(ids, array)
+        for table, start in self._alone:
             k, dim = len(table.config.feature_names), table.embedding_dim
             block = grad[:, start : start + k * dim].reshape(batch, k, dim).transpose(0, 1)
-            table.apply_gradients_prepared(prepared.tables[name], block.contiguous().view(k * batch, dim))
-            start += k * dim
+            table.apply_gradients_prepared(prepared.tables[table.config.name], block.contiguous().view(k * batch, dim))
 
     def _check_batch(self, prepared: PreparedBatch) -> None:
         if not isinstance(prepared, PreparedBatch):
             raise TypeError(f"prepared must be a PreparedBatch, got {type(prepared).__name__}")
-        if prepared.tables.keys() != self.tables.keys():
-            raise ValueError(f"prepared batch is for tables {sorted(prepared.tables)}, not {sorted(self.tables)}")
+        if prepared.table_names != self._table_names or len(prepared.groups) != len(self._groups):
+            raise ValueError(
+                f"prepared batch is for tables {sorted(prepared.table_names)}, not {sorted(self._table_names)}"
+            )
 
     def save(self, directory: Path) -> None:
         """Writes each table into ``directory / <table name>`` plus a ``collection.json``."""

@@ -1,0 +1,216 @@
+"""Numba kernels that run a group of tables as one: one call per phase for ``T`` tables.
+
+The group's tables share ``embedding_dim``, pooling and optimizer; their weights and state
+arrays reach the kernels as ``numba.typed.List``s built once per group (no copy). The IDs of
+all tables are concatenated, table after table, and described by CSR boundaries:
+
+- ``value_offsets`` :math:`(T + 1)`: table ``t``'s IDs are ``values[value_offsets[t]:value_offsets[t + 1]]``
+- ``offsets`` :math:`(T, B + 1)`: each table's bag boundaries, local to its IDs
+- ``unique_offsets`` :math:`(T + 1)`: table ``t``'s distinct rows are ``unique_rows[unique_offsets[t]:unique_offsets[t + 1]]``
+- ``occurrence_offsets`` :math:`(U + 1)` and ``occurrences`` :math:`(N)`: positions in the
+  concatenated IDs, grouped by (table, row), ascending within a group
+- ``bag_of`` :math:`(N)`: each position's bag, local to its table
+- ``columns`` :math:`(T)`: the first column of table ``t``'s block in the ``(B, sum D)`` output
+
+Per row and per bag the kernels run the very helpers of :mod:`terarec.embedding._kernels`
+(:func:`_pool_bag`, :func:`_accumulate` and the ``_*_row`` updates) in the same order, so a
+group's results are bit-identical to running its tables one by one.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from terarec.embedding._kernels import (
+    _accumulate,
+    _adagrad_row,
+    _adam_row,
+    _pool_bag,
+    _rowwise_adagrad_row,
+    _sgd_row,
+    group_rows,
+    splitmix64,
+)
+
+__all__ = [
+    "group_adagrad_update",
+    "group_adam_update",
+    "group_lookup",
+    "group_rowwise_adagrad_update",
+    "group_sgd_update",
+    "prepare_group",
+]
+
+# A parallel work item of the update holds the unique rows of one table until its cost
+# (2 per row: weights and state read and written; 1 per occurrence: a gradient row read)
+# reaches this, so items cost about the same however the batch's rows spread over tables.
+_CHUNK_COST = 256
+_LOOKUP_BLOCK = 32  # examples per parallel item of the lookup
+
+
+# Serial on purpose, like the prepare kernels of ``_kernels``: it may run on a background
+# thread beside the parallel lookup and update (see the note there on numba's workqueue).
+@numba.njit(cache=True, nogil=True)
+def prepare_group(
+    values,
+    value_offsets,
+    offsets,
+    num_embeddings,
+    rows,
+    occurrences,
+    scratch,
+    unique_rows,
+    unique_offsets,
+    occurrence_offsets,
+    bag_of,
+    chunk_table,
+    chunk_start,
+):
+    """Hashes and de-duplicates the IDs of ``T`` tables; returns the number of update chunks.
+
+    Per table ``t``: ``rows = splitmix64(id) % num_embeddings[t]`` (as
+    :func:`~terarec.embedding._kernels.hash_to_rows`), then :func:`group_rows` on its segment,
+    then positions and boundaries shifted to the concatenated arrays. Writes the update's work
+    items into ``chunk_table`` / ``chunk_start`` (capacity ``N + T``): item ``c`` runs table
+    ``chunk_table[c]``'s unique rows from ``chunk_start[c]`` to the next item's start or the
+    table's end.
+    """
+    num_tables = num_embeddings.shape[0]
+    u = 0
+    unique_offsets[0] = 0
+    occurrence_offsets[0] = 0
+    for t in range(num_tables):
+        lo, hi = value_offsets[t], value_offsets[t + 1]
+        n = np.uint64(num_embeddings[t])
+        for i in range(lo, hi):
+            rows[i] = np.int64(splitmix64(np.uint64(values[i])) % n)
+        count = group_rows(
+            rows[lo:hi],
+            offsets[t],
+            max(num_embeddings[t] - 1, 0),
+            occurrences[lo:hi],
+            scratch[lo:hi],
+            unique_rows[u:],
+            occurrence_offsets[u:],
+            bag_of[lo:hi],
+        )
+        for k in range(u, u + count + 1):
+            occurrence_offsets[k] += lo
+        for i in range(lo, hi):
+            occurrences[i] += lo
+        u += count
+        unique_offsets[t + 1] = u
+    chunks = 0
+    for t in range(num_tables):
+        cost = _CHUNK_COST
+        for k in range(unique_offsets[t], unique_offsets[t + 1]):
+            if cost >= _CHUNK_COST:
+                chunk_table[chunks] = t
+                chunk_start[chunks] = k
+                chunks += 1
+                cost = 0
+            cost += 2 + occurrence_offsets[k + 1] - occurrence_offsets[k]
+    return chunks
+
+
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+def group_lookup(weights, rows, value_offsets, offsets, columns, is_mean, out):
+    """``out[b, columns[t]:columns[t] + D]`` = table ``t``'s pooled bag ``b``, for every
+    ``(t, b)``. A parallel item owns a block of ``_LOOKUP_BLOCK`` examples (output rows) and
+    runs every table over it, so every thread gets every table and fetches each table's
+    weights once per block."""
+    num_tables = columns.shape[0]
+    batch = offsets.shape[1] - 1
+    for blk in numba.prange((batch + _LOOKUP_BLOCK - 1) // _LOOKUP_BLOCK):
+        first, last = blk * _LOOKUP_BLOCK, min(batch, (blk + 1) * _LOOKUP_BLOCK)
+        for t in range(num_tables):
+            w, base, col, bounds = weights[t], value_offsets[t], columns[t], offsets[t]
+            dim = w.shape[1]
+            for b in range(first, last):
+                _pool_bag(w, rows, base + bounds[b], base + bounds[b + 1], out[b, col : col + dim], is_mean)
+
+
+# The four group updates share one signature: weights and states (typed lists of ``T``
+# arrays), the chunks, the prepared CSR arrays, grad (B, sum D), columns, offsets, is_mean,
+# then rates (T) (the learning rate, or Adam's bias-corrected step size, per table), eps,
+# beta1, beta2. Each parallel item owns one chunk of one table's distinct rows. One kernel per
+# optimizer: a runtime switch between the row updates inside one kernel ran 2.5x slower.
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _chunk(c, chunk_table, chunk_start, unique_offsets):
+    """``(t, start, stop)``: table and distinct-row range of update chunk ``c``."""
+    t = chunk_table[c]
+    stop = unique_offsets[t + 1]
+    if c + 1 < chunk_table.shape[0] and chunk_table[c + 1] == t:
+        stop = chunk_start[c + 1]
+    return t, chunk_start[c], stop
+
+
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+def group_sgd_update(
+    weights, states, chunk_table, chunk_start, unique_offsets, unique_rows, occurrence_offsets, occurrences,
+    bag_of, grad, columns, offsets, is_mean, rates, eps, beta1, beta2,
+):  # fmt: skip
+    """:func:`~terarec.embedding._kernels.sgd_update` of every table of the group."""
+    dim = weights[0].shape[1]
+    for c in numba.prange(chunk_table.shape[0]):
+        t, start, stop = _chunk(c, chunk_table, chunk_start, unique_offsets)
+        w, col, bounds, rate32 = weights[t], columns[t], offsets[t], np.float32(rates[t])
+        g = np.empty(dim, dtype=np.float32)
+        for k in range(start, stop):
+            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
+            _sgd_row(w, unique_rows[k], g, rate32)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+def group_adagrad_update(
+    weights, states, chunk_table, chunk_start, unique_offsets, unique_rows, occurrence_offsets, occurrences,
+    bag_of, grad, columns, offsets, is_mean, rates, eps, beta1, beta2,
+):  # fmt: skip
+    """:func:`~terarec.embedding._kernels.adagrad_update` of every table of the group."""
+    dim = weights[0].shape[1]
+    eps32 = np.float32(eps)
+    for c in numba.prange(chunk_table.shape[0]):
+        t, start, stop = _chunk(c, chunk_table, chunk_start, unique_offsets)
+        w, s, col, bounds, rate32 = weights[t], states[t], columns[t], offsets[t], np.float32(rates[t])
+        g = np.empty(dim, dtype=np.float32)
+        for k in range(start, stop):
+            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
+            _adagrad_row(w, s, unique_rows[k], g, rate32, eps32)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+def group_rowwise_adagrad_update(
+    weights, states, chunk_table, chunk_start, unique_offsets, unique_rows, occurrence_offsets, occurrences,
+    bag_of, grad, columns, offsets, is_mean, rates, eps, beta1, beta2,
+):  # fmt: skip
+    """:func:`~terarec.embedding._kernels.rowwise_adagrad_update` of every table of the group."""
+    dim = weights[0].shape[1]
+    eps32 = np.float32(eps)
+    for c in numba.prange(chunk_table.shape[0]):
+        t, start, stop = _chunk(c, chunk_table, chunk_start, unique_offsets)
+        w, s, col, bounds, rate32 = weights[t], states[t], columns[t], offsets[t], np.float32(rates[t])
+        g = np.empty(dim, dtype=np.float32)
+        for k in range(start, stop):
+            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
+            _rowwise_adagrad_row(w, s, unique_rows[k], g, rate32, eps32)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+def group_adam_update(
+    weights, states, chunk_table, chunk_start, unique_offsets, unique_rows, occurrence_offsets, occurrences,
+    bag_of, grad, columns, offsets, is_mean, rates, eps, beta1, beta2,
+):  # fmt: skip
+    """:func:`~terarec.embedding._kernels.adam_update` of every table of the group."""
+    dim = weights[0].shape[1]
+    eps32 = np.float32(eps)
+    one_m_b1, one_m_b2 = np.float32(1.0 - beta1), np.float32(1.0 - beta2)
+    for c in numba.prange(chunk_table.shape[0]):
+        t, start, stop = _chunk(c, chunk_table, chunk_start, unique_offsets)
+        w, s, col, bounds, rate32 = weights[t], states[t], columns[t], offsets[t], np.float32(rates[t])
+        g = np.empty(dim, dtype=np.float32)
+        for k in range(start, stop):
+            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
+            _adam_row(w, s, unique_rows[k], g, rate32, one_m_b1, one_m_b2, eps32)

@@ -27,6 +27,7 @@ from terarec.embedding._kernels import (
     _adagrad_row,
     _adam_row,
     _pool_bag,
+    _prefetch_update,
     _rowwise_adagrad_row,
     _sgd_row,
     group_rows,
@@ -128,7 +129,7 @@ def group_lookup(weights, rows, value_offsets, offsets, columns, is_mean, out):
             w, base, col, bounds = weights[t], value_offsets[t], columns[t], offsets[t]
             dim = w.shape[1]
             for b in range(first, last):
-                _pool_bag(w, rows, base + bounds[b], base + bounds[b + 1], out[b, col : col + dim], is_mean)
+                _pool_bag(w, rows, base + bounds[b], base + bounds[b + 1], base + bounds[last], out[b, col : col + dim], is_mean)
 
 
 # The four group updates share one signature: weights and states (typed lists of ``T``
@@ -160,6 +161,7 @@ def group_sgd_update(
         w, col, bounds, rate32 = weights[t], columns[t], offsets[t], np.float32(rates[t])
         g = np.empty(dim, dtype=np.float32)
         for k in range(start, stop):
+            _prefetch_update(w, w, unique_rows, k, stop, False)
             _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
             _sgd_row(w, unique_rows[k], g, rate32)
 
@@ -177,6 +179,7 @@ def group_adagrad_update(
         w, s, col, bounds, rate32 = weights[t], states[t], columns[t], offsets[t], np.float32(rates[t])
         g = np.empty(dim, dtype=np.float32)
         for k in range(start, stop):
+            _prefetch_update(w, s, unique_rows, k, stop, True)
             _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
             _adagrad_row(w, s, unique_rows[k], g, rate32, eps32)
 
@@ -194,6 +197,7 @@ def group_rowwise_adagrad_update(
         w, s, col, bounds, rate32 = weights[t], states[t], columns[t], offsets[t], np.float32(rates[t])
         g = np.empty(dim, dtype=np.float32)
         for k in range(start, stop):
+            _prefetch_update(w, s, unique_rows, k, stop, True)
             _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
             _rowwise_adagrad_row(w, s, unique_rows[k], g, rate32, eps32)
 
@@ -212,5 +216,6 @@ def group_adam_update(
         w, s, col, bounds, rate32 = weights[t], states[t], columns[t], offsets[t], np.float32(rates[t])
         g = np.empty(dim, dtype=np.float32)
         for k in range(start, stop):
+            _prefetch_update(w, s, unique_rows, k, stop, True)
             _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
             _adam_row(w, s, unique_rows[k], g, rate32, one_m_b1, one_m_b2, eps32)

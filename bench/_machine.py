@@ -65,7 +65,18 @@ def set_threads(count: int | None) -> int:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far (Linux reports ``ru_maxrss`` in KiB)."""
+    """This process's peak resident memory so far.
+
+    Reads ``VmHWM`` from ``/proc/self/status``: Linux carries ``ru_maxrss`` over ``exec`` from
+    the parent, so a child started by a benchmark that allocated more would report the
+    parent's peak. Falls back to ``ru_maxrss`` (KiB) elsewhere.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

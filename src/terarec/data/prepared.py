@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from terarec._files import crc32_file, fsync_path
 from terarec.data.config import DataConfig
 from terarec.data.readers import _check_exists, iter_blocks, resolve_schema
 from terarec.data.stats import DatasetStats, StatsAccumulator
@@ -55,14 +56,6 @@ class _ColumnWriter:
         self.handle.close()
         return {"file": self.path.name, "dtype": self.dtype, "shape": [self.count, *self.row_shape],
                 "bytes": self.nbytes, "crc32": self.crc}
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def prepare(paths: Sequence[Path], fmt: DataFormat, config: DataConfig, out_dir: Path,
@@ -109,7 +102,7 @@ def prepare(paths: Sequence[Path], fmt: DataFormat, config: DataConfig, out_dir:
     tmp.mkdir(parents=True)
     try:
         stats = _write_columns(paths, fmt, config, tmp, schema)
-        _fsync_dir(tmp)
+        fsync_path(tmp)
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
             out_dir.rename(old)
@@ -117,7 +110,7 @@ def prepare(paths: Sequence[Path], fmt: DataFormat, config: DataConfig, out_dir:
             shutil.rmtree(old)
         else:
             tmp.rename(out_dir)
-        _fsync_dir(out_dir.parent)
+        fsync_path(out_dir.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -166,13 +159,6 @@ def _write_columns(paths: list[Path], fmt: DataFormat, config: DataConfig, tmp: 
     return stats
 
 
-def _crc32_file(path: Path) -> int:
-    crc = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            crc = zlib.crc32(chunk, crc)
-    return crc
-
 
 def _map_column(directory: Path, entry: dict[str, object], verify: bool) -> np.ndarray:
     path = directory / str(entry["file"])
@@ -183,7 +169,7 @@ def _map_column(directory: Path, entry: dict[str, object], verify: bool) -> np.n
         raise DataError(f"{path}: expected {expected} bytes (from meta.json), found {actual}: "
                         f"the file is truncated or corrupt; run terarec prepare again")
     if verify:
-        crc = _crc32_file(path)
+        crc = crc32_file(path)
         if crc != int(entry["crc32"]):  # type: ignore[arg-type]
             raise DataError(f"{path}: checksum mismatch: meta.json says crc32 {entry['crc32']}, file has {crc}")
     shape = tuple(int(s) for s in entry["shape"])  # type: ignore[attr-defined]

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from terarec._files import crc32_file, fsync_path
 from terarec.embedding import EmbeddingCollection
 from terarec.errors import DataError
 
@@ -40,7 +40,6 @@ __all__ = [
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -60,22 +59,6 @@ class TrainerState:
     examples_seen: int = 0
 
 
-def _fsync_path(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _crc32(path: Path) -> int:
-    checksum = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            checksum = zlib.crc32(chunk, checksum)
-    return checksum
-
-
 def _write_json(path: Path, payload: Mapping[str, object]) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True))
 
@@ -84,14 +67,14 @@ def _seal(directory: Path) -> None:
     """Writes the manifest, then fsyncs every file and directory below ``directory``."""
     files = sorted(p for p in directory.rglob("*") if p.is_file())
     manifest = {
-        str(p.relative_to(directory)): {"bytes": p.stat().st_size, "crc32": _crc32(p)} for p in files
+        str(p.relative_to(directory)): {"bytes": p.stat().st_size, "crc32": crc32_file(p)} for p in files
     }
     _write_json(directory / MANIFEST, {"files": manifest})
     for path in [*files, directory / MANIFEST]:
-        _fsync_path(path)
+        fsync_path(path)
     for sub in sorted((p for p in directory.rglob("*") if p.is_dir()), reverse=True):
-        _fsync_path(sub)
-    _fsync_path(directory)
+        fsync_path(sub)
+    fsync_path(directory)
 
 
 def save_checkpoint(
@@ -131,7 +114,7 @@ def save_checkpoint(
             # A crash after the rename of this step but before newer progress: replace it whole.
             shutil.rmtree(final)
         os.rename(staging, final)
-        _fsync_path(root)
+        fsync_path(root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -180,7 +163,7 @@ def _verify(directory: Path) -> None:
         size = path.stat().st_size
         if size != expected["bytes"]:
             raise DataError(f"{path}: checkpoint file is {size} bytes, the manifest says {expected['bytes']}")
-        if _crc32(path) != expected["crc32"]:
+        if crc32_file(path) != expected["crc32"]:
             raise DataError(f"{path}: checkpoint file is corrupt (CRC-32 mismatch)")
 
 

@@ -118,9 +118,14 @@ class BatchLoader:
         for name in data.schema.sparse_features:
             col = gather_jagged(data.sparse[name], rows)
             sparse[name] = JaggedTensor(torch.from_numpy(col.values), torch.from_numpy(col.offsets))
-        labels = np.ascontiguousarray(data.labels[rows], dtype=np.float32)
-        dense = np.ascontiguousarray(data.dense[rows], dtype=np.float32)
-        return Batch(torch.from_numpy(labels), torch.from_numpy(dense), sparse)
+        # Float inputs go into torch-allocated (64-byte aligned) buffers: MKL's matmul kernels
+        # can round differently for differently aligned inputs, and NumPy's alignment varies
+        # between runs, which broke bit-identical resume.
+        labels = torch.empty(rows.shape[0], dtype=torch.float32)
+        dense = torch.empty((rows.shape[0], data.dense.shape[1]), dtype=torch.float32)
+        np.take(data.labels, rows, out=labels.numpy())
+        np.take(data.dense, rows, axis=0, out=dense.numpy())
+        return Batch(labels, dense, sparse)
 
     def iterate(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         """Yields this rank's batches ``start_batch, ..., num_batches - 1`` of ``epoch``.

@@ -23,6 +23,7 @@ import numba
 import numpy as np
 
 from terarec.embedding._kernels import (
+    _FASTMATH,
     _accumulate,
     _adagrad_row,
     _adam_row,
@@ -115,7 +116,7 @@ def prepare_group(
     return chunks
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
 def group_lookup(weights, rows, value_offsets, offsets, columns, is_mean, out):
     """``out[b, columns[t]:columns[t] + D]`` = table ``t``'s pooled bag ``b``, for every
     ``(t, b)``. A parallel item owns a block of ``_LOOKUP_BLOCK`` examples (output rows) and
@@ -149,7 +150,7 @@ def _chunk(c, chunk_table, chunk_start, unique_offsets):
     return t, chunk_start[c], stop
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
 def group_sgd_update(
     weights, states, chunk_table, chunk_start, unique_offsets, unique_rows, occurrence_offsets, occurrences,
     bag_of, grad, columns, offsets, is_mean, rates, eps, beta1, beta2,
@@ -166,7 +167,7 @@ def group_sgd_update(
             _sgd_row(w, unique_rows[k], g, rate32)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
 def group_adagrad_update(
     weights, states, chunk_table, chunk_start, unique_offsets, unique_rows, occurrence_offsets, occurrences,
     bag_of, grad, columns, offsets, is_mean, rates, eps, beta1, beta2,
@@ -184,7 +185,7 @@ def group_adagrad_update(
             _adagrad_row(w, s, unique_rows[k], g, rate32, eps32)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
 def group_rowwise_adagrad_update(
     weights, states, chunk_table, chunk_start, unique_offsets, unique_rows, occurrence_offsets, occurrences,
     bag_of, grad, columns, offsets, is_mean, rates, eps, beta1, beta2,
@@ -202,7 +203,7 @@ def group_rowwise_adagrad_update(
             _rowwise_adagrad_row(w, s, unique_rows[k], g, rate32, eps32)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
 def group_adam_update(
     weights, states, chunk_table, chunk_start, unique_offsets, unique_rows, occurrence_offsets, occurrences,
     bag_of, grad, columns, offsets, is_mean, rates, eps, beta1, beta2,

@@ -5,10 +5,12 @@ Every kernel sees NumPy arrays and scalars only, trusts its input (the public cl
 it once) and writes into caller-allocated ``out`` arrays. ``prange`` is used only where each
 iteration owns its output rows, so results are bit-identical for any thread count.
 
-Pooling and the fused updates compile with ``fastmath``: it lets LLVM vectorise the per-row
-sums (the row-wise Adagrad update ran 1.6-2.6x faster), and since each output row is still
-computed by one thread with one instruction sequence, results stay bit-identical across
-runs and thread counts.
+Pooling and the fused updates compile with the fast-math flags in ``_FASTMATH`` (FMA
+contraction, no NaN/inf/signed-zero care, reciprocal division) but *not* ``reassoc``: with
+reassociation LLVM may reorder sums differently in a fresh compile than in the code numba
+loads from its cache, and a resumed run then differs in the last bit from the first. Sums that
+need several accumulators to vectorise spell them out (:func:`_sum_of_squares`), so their
+order is fixed by the source.
 
 Symbols: ``N`` IDs, ``B`` bags, ``U`` distinct rows, ``D`` embedding dim, ``R`` storage rows,
 ``S`` optimizer state floats per row. ``slots`` index the storage arrays (``weights``,
@@ -42,6 +44,7 @@ __all__ = [
     "splitmix64",
 ]
 
+_FASTMATH = {"contract", "nsz", "nnan", "ninf", "arcp", "afn"}
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -221,7 +224,7 @@ def _prefetch_row(typingctx, array, row):  # type: ignore[no-untyped-def]
     return signature, codegen
 
 
-@numba.njit(cache=True, nogil=True, inline="always", fastmath=True)
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
 def _pool_bag(weights, slots, start, stop, limit, dst, is_mean):
     """``dst = sum(weights[slots[i]] for i in [start, stop))``, divided by ``stop - start``
     when ``is_mean`` and the bag is not empty; ``dst`` is one output row (or a block of it).
@@ -242,14 +245,14 @@ def _pool_bag(weights, slots, start, stop, limit, dst, is_mean):
             dst[j] /= inv
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
 def pool_sum(weights, slots, offsets, out):
     """``out[b] = sum(weights[slots[i]] for i in bag b)``; an empty bag gives zeros."""
     for b in numba.prange(offsets.shape[0] - 1):
         _pool_bag(weights, slots, offsets[b], offsets[b + 1], slots.shape[0], out[b], False)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
 def pool_mean(weights, slots, offsets, out):
     """Like :func:`pool_sum`, then divided by the bag length; an empty bag gives zeros."""
     for b in numba.prange(offsets.shape[0] - 1):
@@ -266,7 +269,7 @@ def _prefetch_update(weights, state, rows, k, stop, with_state):
             _prefetch_row(state, row)
 
 
-@numba.njit(cache=True, nogil=True, inline="always", fastmath=True)
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
 def _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, col, offsets, is_mean):
     """``g = sum(grad_pooled[bag_of[i], col:col + D] * scale)`` over the occurrences of unique
     row ``k``, in ascending position order; ``scale`` is 1 (sum) or ``1 / len(bag)`` (mean)."""
@@ -291,32 +294,51 @@ def _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, col,
 # hyper-parameters). Shared by the per-table and the fused updates: same code, same bits.
 
 
-@numba.njit(cache=True, nogil=True, inline="always", fastmath=True)
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
 def _sgd_row(weights, s, g, lr32):
     for j in range(weights.shape[1]):
         weights[s, j] -= lr32 * g[j]
 
 
-@numba.njit(cache=True, nogil=True, inline="always", fastmath=True)
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
 def _adagrad_row(weights, state, s, g, lr32, eps32):
     for j in range(weights.shape[1]):
         state[s, j] += g[j] * g[j]
         weights[s, j] -= lr32 * (g[j] / (np.sqrt(state[s, j]) + eps32))
 
 
-@numba.njit(cache=True, nogil=True, inline="always", fastmath=True)
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
+def _sum_of_squares(g):
+    """``sum(g ** 2)`` in eight interleaved partial sums combined pairwise: a fixed order that
+    still vectorises (one SIMD register of eight lanes) without letting LLVM reassociate."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
+    dim = g.shape[0]
+    body = dim - dim % 8
+    for j in range(0, body, 8):
+        s0 += g[j] * g[j]
+        s1 += g[j + 1] * g[j + 1]
+        s2 += g[j + 2] * g[j + 2]
+        s3 += g[j + 3] * g[j + 3]
+        s4 += g[j + 4] * g[j + 4]
+        s5 += g[j + 5] * g[j + 5]
+        s6 += g[j + 6] * g[j + 6]
+        s7 += g[j + 7] * g[j + 7]
+    tail = np.float32(0.0)
+    for j in range(body, dim):
+        tail += g[j] * g[j]
+    return (((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))) + tail
+
+
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
 def _rowwise_adagrad_row(weights, state, s, g, lr32, eps32):
     dim = weights.shape[1]
-    sq = np.float32(0.0)
-    for j in range(dim):
-        sq += g[j] * g[j]
-    state[s, 0] += sq / np.float32(dim)
+    state[s, 0] += _sum_of_squares(g) / np.float32(dim)
     multiplier = lr32 / (np.sqrt(state[s, 0]) + eps32)
     for j in range(dim):
         weights[s, j] -= multiplier * g[j]
 
 
-@numba.njit(cache=True, nogil=True, inline="always", fastmath=True)
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
 def _adam_row(weights, state, s, g, step32, one_m_b1, one_m_b2, eps32):
     dim = weights.shape[1]
     for j in range(dim):
@@ -334,7 +356,7 @@ def _adam_row(weights, state, s, g, step32, one_m_b1, one_m_b2, eps32):
 # gradient into its own buffer and updates that row and its state in place.
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
 def sgd_update(weights, state, slots, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, lr):
     """``w -= lr * g``."""
     dim = weights.shape[1]
@@ -349,7 +371,7 @@ def sgd_update(weights, state, slots, occurrence_offsets, occurrences, bag_of, g
             _sgd_row(weights, slots[k], g, lr32)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
 def adagrad_update(
     weights, state, slots, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, lr, eps
 ):
@@ -366,7 +388,7 @@ def adagrad_update(
             _adagrad_row(weights, state, slots[k], g, lr32, eps32)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
 def rowwise_adagrad_update(
     weights, state, slots, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, lr, eps
 ):
@@ -383,7 +405,7 @@ def rowwise_adagrad_update(
             _rowwise_adagrad_row(weights, state, slots[k], g, lr32, eps32)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
 def adam_update(
     weights,
     state,

@@ -71,6 +71,12 @@ def bytes_per_example(workload: Workload, optimizer: str, unique_per_example: fl
     return lookup + update
 
 
+def table_bytes(workload: Workload, optimizer: str) -> int:
+    """Bytes of float32 weights plus optimizer state of every table: what peak RSS is compared with."""
+    dim = workload.embedding_dim
+    return sum(workload.num_embeddings) * (dim + _STATE_FLOATS[optimizer](dim)) * 4
+
+
 def _terarec_step(workload: Workload, optimizer: str):
     from terarec import JaggedTensor
     from terarec.embedding import EmbeddingCollection, EmbeddingTableConfig, OptimizerConfig, OptimizerType
@@ -190,12 +196,16 @@ def main() -> None:
                     row = {"system": system, "workload": workload_name, "distribution": distribution,
                            "optimizer": optimizer, "examples_per_second": measured.get("examples_per_second"),
                            "bound_examples_per_second": bound, "peak_rss_bytes": measured.get("peak_rss_bytes"),
-                           "unique_rows_per_example": unique,
+                           "unique_rows_per_example": unique, "table_bytes": table_bytes(workload, optimizer),
                            "process_examples_per_second": [run.get("examples_per_second") for run in runs],
                            **{k: v for k, v in measured.items() if k == "error"}}
                     results.append(row)
-                    eps = row["examples_per_second"]
-                    status = f"{eps:>12,.0f} ex/s ({eps / bound:5.1%} of bound {bound:,.0f})" if eps else f"error: {row.get('error')}"
+                    eps, rss = row["examples_per_second"], row["peak_rss_bytes"]
+                    status = (
+                        f"{eps:>12,.0f} ex/s ({eps / bound:5.1%} of bound {bound:,.0f}), "
+                        f"peak RSS {rss / row['table_bytes']:.2f}x table bytes"
+                        if eps else f"error: {row.get('error')}"
+                    )
                     print(f"{workload_name:>8} {distribution:>7} {optimizer:>15} {system:>8}: {status}", flush=True)
     _print_ratios(results)
     write_json(args.json, {

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
+import numba
 import numpy as np
 import torch
 
@@ -53,3 +56,14 @@ def assert_bit_identical(left: dict[str, np.ndarray], right: dict[str, np.ndarra
     for name in left:
         assert left[name].dtype == right[name].dtype, name
         assert np.array_equal(left[name].view(np.uint8), right[name].view(np.uint8)), f"{name} differs"
+
+
+@contextlib.contextmanager
+def numba_threads(count: int) -> Iterator[None]:
+    """Runs the body with ``count`` numba threads, then restores the previous count."""
+    previous = numba.get_num_threads()
+    numba.set_num_threads(count)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)

@@ -16,12 +16,11 @@ from terarec.embedding import (
     OptimizerType,
     PoolingType,
 )
+from tests.helpers import numba_threads
 
 
 def _train(optimizer: OptimizerType, pooling: PoolingType, threads: int) -> FixedTable:
-    previous = numba.get_num_threads()
-    numba.set_num_threads(threads)
-    try:
+    with numba_threads(threads):
         config = EmbeddingTableConfig(
             "t", 500, 16, ("f",), pooling=pooling,
             optimizer=OptimizerConfig(optimizer, learning_rate=0.05), init=InitConfig(InitType.NORMAL, 0.1),
@@ -36,8 +35,6 @@ def _train(optimizer: OptimizerType, pooling: PoolingType, threads: int) -> Fixe
             table.lookup(values, offsets)
             table.apply_gradients(values, offsets, grad)
         return table
-    finally:
-        numba.set_num_threads(previous)
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")

@@ -20,6 +20,7 @@ from terarec.embedding import (
 from terarec.embedding.fused import TableGroup, group_tables
 from terarec.sparse import JaggedTensor
 from tests.embedding import embedding_reference as ref
+from tests.helpers import numba_threads
 
 B = 48
 FEATURES = ("a", "b", "c", "d")
@@ -103,14 +104,10 @@ def test_prepared_group_matches_table_prepare() -> None:
 
 
 def _train_threads(optimizer: OptimizerType, pooling: PoolingType, threads: int) -> EmbeddingCollection:
-    previous = numba.get_num_threads()
-    numba.set_num_threads(threads)
-    try:
+    with numba_threads(threads):
         ec = EmbeddingCollection(_configs(optimizer, pooling, dim=16), seed=9)
         _train_fused(ec, 3)
         return ec
-    finally:
-        numba.set_num_threads(previous)
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")

@@ -118,9 +118,10 @@ class BatchLoader:
         for name in data.schema.sparse_features:
             col = gather_jagged(data.sparse[name], rows)
             sparse[name] = JaggedTensor(torch.from_numpy(col.values), torch.from_numpy(col.offsets))
-        # Float inputs go into torch-allocated (64-byte aligned) buffers: MKL's matmul kernels
-        # can round differently for differently aligned inputs, and NumPy's alignment varies
-        # between runs, which broke bit-identical resume.
+        # Float inputs go into torch-allocated (64-byte aligned) buffers, so the dense network's
+        # MKL kernels see the same alignment every run (Intel documents alignment-dependent
+        # rounding without CNR mode). A precaution: a resume mismatch once blamed on this was
+        # caused by LLVM reassociation in the embedding kernels (see embedding/_kernels.py).
         labels = torch.empty(rows.shape[0], dtype=torch.float32)
         dense = torch.empty((rows.shape[0], data.dense.shape[1]), dtype=torch.float32)
         np.take(data.labels, rows, out=labels.numpy())

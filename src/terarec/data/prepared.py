@@ -30,7 +30,6 @@ from terarec.errors import DataError
 __all__ = ["FORMAT_VERSION", "open_prepared", "prepare", "read_prepared_stats"]
 
 FORMAT_VERSION = 1
-_CHUNK = 8 << 20
 
 
 class _ColumnWriter:

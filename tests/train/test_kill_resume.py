@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from terarec.train import fit, latest_checkpoint
+from terarec.train.checkpoint import checkpoint_step
 
 from tests.helpers import assert_bit_identical, checkpoint_weights, tiny_config, tiny_overrides
 
@@ -42,7 +43,7 @@ def test_kill_9_mid_run_then_resume_matches_uninterrupted_run(tmp_path: Path) ->
         process.wait()
     assert process.returncode == -signal.SIGKILL
     killed_at = latest_checkpoint(out)
-    assert killed_at is not None and int(killed_at.name.split("-")[1]) < STEPS, "the kill must land mid-run"
+    assert killed_at is not None and checkpoint_step(killed_at) < STEPS, "the kill must land mid-run"
 
     resumed = subprocess.run(_command(out, resume=True), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -30,6 +30,7 @@ from terarec.errors import DataError
 
 __all__ = [
     "TrainerState",
+    "checkpoint_step",
     "latest_checkpoint",
     "load_checkpoint",
     "read_run_spec",
@@ -128,6 +129,18 @@ def _checkpoints(root: Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
     return [path for _, path in sorted(found)]
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The training step a ``checkpoints/step-<N>`` directory holds.
+
+    Raises:
+        DataError: when the name is not ``step-<N>``.
+    """
+    match = _STEP_DIR.match(Path(checkpoint).name)
+    if match is None:
+        raise DataError(f"{checkpoint}: not a checkpoint directory (expected a name like step-000000100)")
+    return int(match.group(1))
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -20,7 +20,13 @@ from terarec.data import Batch, BatchLoader, DataSplits, load_splits
 from terarec.embedding import EmbeddingCollection, PooledEmbeddings, check_memory
 from terarec.errors import ConfigError
 from terarec.train.builders import build_dense_optimizer, build_model, build_table_configs
-from terarec.train.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from terarec.train.checkpoint import (
+    TrainerState,
+    checkpoint_step,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from terarec.train.config import Config, DensePrecision
 from terarec.train.evaluate import evaluate
 from terarec.train.metrics import auc
@@ -147,7 +153,7 @@ def fit(config: Config) -> TrainResult:
                     save_checkpoint(run_dir, state, model, optimizer, collection, run_spec, settings.keep_checkpoints)
         train_seconds = time.perf_counter() - started
         checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is None or not checkpoint.name.endswith(f"{state.step:09d}"):
+        if checkpoint is None or checkpoint_step(checkpoint) != state.step:
             checkpoint = save_checkpoint(run_dir, state, model, optimizer, collection, run_spec, settings.keep_checkpoints)
         metrics = evaluate(model, collection, splits.eval, settings.eval_batch_size, bf16)
         reporter.log_metrics("eval", metrics.to_dict(), state.step)

@@ -6,7 +6,7 @@ import os
 import zlib
 from pathlib import Path
 
-__all__ = ["crc32_file", "fsync_path"]
+__all__ = ["copy_sparse", "crc32_file", "fsync_path"]
 
 _CHUNK = 1 << 22
 
@@ -27,3 +27,26 @@ def crc32_file(path: Path) -> int:
         while chunk := handle.read(_CHUNK):
             checksum = zlib.crc32(chunk, checksum)
     return checksum
+
+
+def copy_sparse(source: Path, target: Path) -> None:
+    """Copies ``source`` to a new file ``target`` (same size), skipping holes so a sparse file
+    stays sparse, then fsyncs it. The kernel copies the data extents (``copy_file_range``)."""
+    with open(source, "rb") as src, open(target, "xb") as dst:
+        size = os.fstat(src.fileno()).st_size
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(src.fileno(), offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            stop = os.lseek(src.fileno(), start, os.SEEK_HOLE)
+            position = start
+            while position < stop:
+                copied = os.copy_file_range(src.fileno(), dst.fileno(), stop - position, position, position)
+                if copied == 0:
+                    raise OSError(f"{source}: copy stopped at byte {position} of {stop}")
+                position += copied
+            offset = stop
+        os.ftruncate(dst.fileno(), size)
+        os.fsync(dst.fileno())

@@ -63,7 +63,7 @@ def test_sgd_storage_has_no_state(tmp_path: Path) -> None:
 def test_hashed_row_mapper() -> None:
     mapper = HashedRowMapper(77)
     ids = np.array([0, -1, 2**63 - 1, 12345, 12345], dtype=np.int64)
-    np.testing.assert_array_equal(mapper.map(ids), ref.hash_to_rows(ids, 77))
+    np.testing.assert_array_equal(mapper.map(ids).rows, ref.hash_to_rows(ids, 77))
     assert mapper.memory_estimate().total_bytes == 0
     with pytest.raises(ValueError, match="num_embeddings"):
         HashedRowMapper(0)

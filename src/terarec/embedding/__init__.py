@@ -1,18 +1,32 @@
 """The embedding layer: tables that own their rows and optimizer state and update themselves.
 
 See :class:`EmbeddingCollection` for the model-facing API and :class:`EmbeddingTable` for the
-contract every table kind (fixed now; dynamic, tiered and sharded later) implements.
+contract every table kind (fixed, dynamic, tiered; sharded later) implements.
 """
 
-from terarec.embedding.collection import EmbeddingCollection, PooledEmbeddings, PreparedBatch
+from terarec.embedding.collection import (
+    EmbeddingCollection,
+    PooledEmbeddings,
+    PreparedBatch,
+)
+from terarec.embedding.dynamic import DynamicRowMapper, DynamicTableStats
+from terarec.embedding.dynamic_table import DynamicTable
 from terarec.embedding.fused import PreparedGroup, TableGroup
-from terarec.embedding.memory import available_memory_bytes, check_memory, format_bytes
-from terarec.embedding.row_mapping import HashedRowMapper, RowMapper
+from terarec.embedding.memory import (
+    available_memory_bytes,
+    check_disk,
+    check_memory,
+    format_bytes,
+)
+from terarec.embedding.row_mapping import HashedRowMapper, RowMapper, RowMapping
 from terarec.embedding.storage import RamRowStorage, RowStorage
-from terarec.embedding.table import FixedTable
+from terarec.embedding.table import FixedTable, RowTable
+from terarec.embedding.tiered import TieredRowStorage, TieredStats
 from terarec.embedding.types import (
+    DynamicConfig,
     EmbeddingTable,
     EmbeddingTableConfig,
+    EvictionPolicy,
     InitConfig,
     InitType,
     MemoryEstimate,
@@ -20,12 +34,18 @@ from terarec.embedding.types import (
     OptimizerType,
     PoolingType,
     PreparedIds,
+    TieredConfig,
 )
 
 __all__ = [
+    "DynamicConfig",
+    "DynamicRowMapper",
+    "DynamicTable",
+    "DynamicTableStats",
     "EmbeddingCollection",
     "EmbeddingTable",
     "EmbeddingTableConfig",
+    "EvictionPolicy",
     "FixedTable",
     "HashedRowMapper",
     "InitConfig",
@@ -33,16 +53,22 @@ __all__ = [
     "MemoryEstimate",
     "OptimizerConfig",
     "OptimizerType",
-    "PoolingType",
     "PooledEmbeddings",
+    "PoolingType",
     "PreparedBatch",
     "PreparedGroup",
     "PreparedIds",
     "RamRowStorage",
     "RowMapper",
+    "RowMapping",
     "RowStorage",
+    "RowTable",
     "TableGroup",
+    "TieredConfig",
+    "TieredRowStorage",
+    "TieredStats",
     "available_memory_bytes",
+    "check_disk",
     "check_memory",
     "format_bytes",
 ]

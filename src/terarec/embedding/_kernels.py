@@ -35,6 +35,8 @@ __all__ = [
     "derive_table_seed",
     "group_rows",
     "hash_to_rows",
+    "init_row",
+    "init_rows_at",
     "init_rows_normal",
     "init_rows_uniform",
     "pool_mean",
@@ -93,6 +95,20 @@ def _row_key(seed, row):
     return splitmix64(np.uint64(seed) ^ splitmix64(np.uint64(row)))
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _uniform_row(dst, key, scale):
+    for j in range(dst.shape[0]):
+        dst[j] = np.float32(scale * (2.0 * _unit_uniform(key, 2 * j) - 1.0))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _normal_row(dst, key, scale):
+    for j in range(dst.shape[0]):
+        u1 = 1.0 - _unit_uniform(key, 2 * j)  # in (0, 1]: log is finite
+        u2 = _unit_uniform(key, 2 * j + 1)
+        dst[j] = np.float32(scale * np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2))
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def init_rows_uniform(out, rows, seed, scale):
     """``out[i, j] = scale * (2 u - 1)``, ``u = U(seed, rows[i], 2 j)``: uniform in ``[-scale, scale)``.
@@ -100,11 +116,8 @@ def init_rows_uniform(out, rows, seed, scale):
     ``U(seed, r, c)`` is the 53 high bits of ``splitmix64(splitmix64(seed ^ splitmix64(r)) + c)``
     over ``2^53``, so element ``(r, j)`` depends only on ``(seed, r, j)``.
     """
-    dim = out.shape[1]
     for i in numba.prange(rows.shape[0]):
-        key = _row_key(seed, rows[i])
-        for j in range(dim):
-            out[i, j] = np.float32(scale * (2.0 * _unit_uniform(key, 2 * j) - 1.0))
+        _uniform_row(out[i], _row_key(seed, rows[i]), scale)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -112,13 +125,33 @@ def init_rows_normal(out, rows, seed, scale):
     """``out[i, j] = scale * sqrt(-2 ln(1 - u1)) * cos(2 pi u2)`` (Box–Muller), with
     ``u1 = U(seed, rows[i], 2 j)`` and ``u2 = U(seed, rows[i], 2 j + 1)`` as in :func:`init_rows_uniform`.
     """
-    dim = out.shape[1]
     for i in numba.prange(rows.shape[0]):
-        key = _row_key(seed, rows[i])
-        for j in range(dim):
-            u1 = 1.0 - _unit_uniform(key, 2 * j)  # in (0, 1]: log is finite
-            u2 = _unit_uniform(key, 2 * j + 1)
-            out[i, j] = np.float32(scale * np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2))
+        _normal_row(out[i], _row_key(seed, rows[i]), scale)
+
+
+INIT_UNIFORM, INIT_NORMAL, INIT_ZEROS = 0, 1, 2
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def init_row(dst, seed, key, scale, kind):
+    """One row as :func:`init_rows_uniform` / :func:`init_rows_normal` would make row ``key``
+    (``kind``: ``INIT_UNIFORM``, ``INIT_NORMAL`` or ``INIT_ZEROS``)."""
+    if kind == INIT_UNIFORM:
+        _uniform_row(dst, _row_key(seed, key), scale)
+    elif kind == INIT_NORMAL:
+        _normal_row(dst, _row_key(seed, key), scale)
+    else:
+        dst[:] = np.float32(0.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def init_rows_at(weights, state, slots, keys, seed, scale, kind, initial_state):
+    """Resets ``weights[slots[i]]`` to the initial row of ``keys[i]`` and its optimizer state to
+    ``initial_state``. Serial on purpose: it runs on the prepare thread, next to the trainer's
+    parallel kernels."""
+    for i in range(slots.shape[0]):
+        init_row(weights[slots[i]], seed, keys[i], scale, kind)
+        state[slots[i]] = np.float32(initial_state)
 
 
 _RADIX_BITS = 11
@@ -226,7 +259,7 @@ def _prefetch_row(typingctx, array, row):  # type: ignore[no-untyped-def]
 
 @numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
 def _pool_bag(weights, slots, start, stop, limit, dst, is_mean):
-    """``dst = sum(weights[slots[i]] for i in [start, stop))``, divided by ``stop - start``
+    """``dst = sum(weights[slots[i]] for i in [start, stop) if slots[i] >= 0)``, divided by ``stop - start``
     when ``is_mean`` and the bag is not empty; ``dst`` is one output row (or a block of it).
     Rows up to ``slots[limit - 1]`` (later bags) are prefetched. Shared by the per-table and
     the fused lookup, so both compile the same instructions."""
@@ -237,6 +270,8 @@ def _pool_bag(weights, slots, start, stop, limit, dst, is_mean):
         if i + _PREFETCH_DISTANCE < limit:
             _prefetch_row(weights, slots[i + _PREFETCH_DISTANCE])
         s = slots[i]
+        if s < 0:  # an ID without a row (dynamic table): reads as zeros
+            continue
         for j in range(dim):
             dst[j] += weights[s, j]
     if is_mean and stop > start:

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
+from terarec.embedding.dynamic_table import DynamicTable
 from terarec.embedding.fused import PreparedGroup, group_tables
 from terarec.embedding.memory import format_bytes
-from terarec.embedding.table import FixedTable
+from terarec.embedding.table import FixedTable, RowTable
 from terarec.embedding.types import (
     EmbeddingTable,
     EmbeddingTableConfig,
@@ -96,9 +97,14 @@ class EmbeddingCollection:
         tables (Sequence[EmbeddingTableConfig]): one config per table; names unique and
             every feature read by one table only.
         seed (int, optional): global seed of row initialisation. Default: ``0``
+        directory (Path, optional): where tiered tables keep their files. Default: ``None``
 
     Attributes:
-        tables (dict[str, EmbeddingTable]): per table name, its table.
+        tables (dict[str, EmbeddingTable]): per table name, its table: a
+            :class:`~terarec.embedding.dynamic_table.DynamicTable` when its config is dynamic,
+            else a :class:`~terarec.embedding.table.FixedTable`.
+        training (bool): whether :meth:`prepare` may change tables (admission, eviction,
+            dirty rows); see :meth:`train`.
         feature_names (tuple[str, ...]): the ``F`` features, in output order.
         embedding_dims (tuple[int, ...]): ``D_f`` per feature.
 
@@ -128,9 +134,11 @@ class EmbeddingCollection:
         >>> ec.apply_gradients(batch, pooled.values.grad)
     """
 
-    def __init__(self, tables: Sequence[EmbeddingTableConfig], seed: int = 0) -> None:
+    def __init__(self, tables: Sequence[EmbeddingTableConfig], seed: int = 0, directory: Path | None = None) -> None:
         configs = _checked_configs(tables)
-        self._set_tables([FixedTable(config, seed) for config in configs])
+        self._set_tables(
+            [(DynamicTable if c.dynamic is not None else FixedTable)(c, seed, directory) for c in configs]
+        )
 
     @classmethod
     def from_tables(cls, tables: Sequence[EmbeddingTable]) -> EmbeddingCollection:
@@ -141,6 +149,7 @@ class EmbeddingCollection:
         return collection
 
     def _set_tables(self, tables: list[EmbeddingTable]) -> None:
+        self.training = True
         self.tables: dict[str, EmbeddingTable] = {table.config.name: table for table in tables}
         self.feature_names = tuple(f for t in tables for f in t.config.feature_names)
         self.embedding_dims = tuple(t.embedding_dim for t in tables for _ in t.config.feature_names)
@@ -149,6 +158,32 @@ class EmbeddingCollection:
         # Tables that can run as one do (one numba call per phase for the group); the rest,
         # with their first output column, run one by one.
         self._groups, self._alone = group_tables(tables)
+
+    def train(self, mode: bool = True) -> EmbeddingCollection:
+        """Sets every table's training mode (as ``nn.Module.train``); returns ``self``."""
+        self.training = bool(mode)
+        for table in self.tables.values():
+            table.train(mode)
+        return self
+
+    def eval(self) -> EmbeddingCollection:
+        """``train(False)``: preparing batches changes no table (for evaluation and serving)."""
+        return self.train(False)
+
+    def flush(self) -> None:
+        """Writes every tiered table's cached changes to its file."""
+        for table in self.tables.values():
+            if isinstance(table, RowTable):
+                table.flush()
+
+    def counters(self) -> dict[str, float]:
+        """Every table's counters (see :meth:`RowTable.counters`) as ``"<table>/<counter>"``."""
+        return {
+            f"{name}/{key}": value
+            for name, table in self.tables.items()
+            if isinstance(table, RowTable)
+            for key, value in table.counters().items()
+        }
 
     @classmethod
     def estimate_memory(cls, configs: Sequence[EmbeddingTableConfig]) -> dict[str, MemoryEstimate]:
@@ -268,11 +303,13 @@ class EmbeddingCollection:
     def __repr__(self) -> str:
         lines = []
         for name, table in self.tables.items():
-            cfg, ram = table.config, table.memory_estimate().ram_bytes
+            cfg, memory = table.config, table.memory_estimate()
+            disk = f", disk={format_bytes(memory.disk_bytes)}" if memory.disk_bytes else ""
             lines.append(
                 f"  ({name}): {type(table).__name__}({cfg.num_embeddings} x {cfg.embedding_dim}, "
                 f"features={list(cfg.feature_names)}, pooling={cfg.pooling.value}, "
-                f"optimizer={cfg.optimizer.type.value}, ram={ram} bytes ({format_bytes(ram)}))"
+                f"optimizer={cfg.optimizer.type.value}, ram={memory.ram_bytes} bytes "
+                f"({format_bytes(memory.ram_bytes)}){disk})"
             )
         return "EmbeddingCollection(\n" + "\n".join(lines) + "\n)"
 

@@ -8,14 +8,16 @@ milliseconds with the numbers, not minutes later by the OOM killer.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
+from pathlib import Path
 
 import psutil
 
 from terarec.embedding.types import MemoryEstimate
 from terarec.errors import PlanError
 
-__all__ = ["available_memory_bytes", "check_memory", "format_bytes"]
+__all__ = ["available_memory_bytes", "check_disk", "check_memory", "format_bytes"]
 
 _LARGEST_SHOWN = 3
 
@@ -79,5 +81,39 @@ def check_memory(
         f"embedding tables need {total} bytes ({format_bytes(total)}) of RAM, more than the budget of "
         f"{budget} bytes ({format_bytes(budget)}), {headroom:g} of the {available} bytes "
         f"({format_bytes(available)}) available; largest tables: {tables}. Reduce their num_embeddings "
-        f"or embedding_dim."
+        f"or embedding_dim, or keep them on disk behind a RAM cache (embedding.tiered.cache_bytes)."
+    )
+
+
+def check_disk(estimates: Mapping[str, MemoryEstimate], directory: Path, free_bytes: int | None = None) -> None:
+    """Raises :class:`~terarec.errors.PlanError` when tiered tables would not fit on the disk
+    holding ``directory`` (the tables' files may grow to their full size).
+
+    Args:
+        estimates (Mapping[str, MemoryEstimate]): bytes per table name.
+        directory (Path): where the tables' files go (need not exist yet).
+        free_bytes (int, optional): free bytes to plan against; ``None`` asks the OS. Default: ``None``
+
+    Example::
+
+        >>> check_disk({"t": MemoryEstimate(ram_bytes=0, disk_bytes=2**40)}, Path("."), free_bytes=2**30)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        terarec.errors.PlanError: tiered tables need 1099511627776 bytes (1.0 TiB) on disk at ...
+    """
+    total = sum(estimate.disk_bytes for estimate in estimates.values())
+    if total == 0:
+        return
+    existing = Path(directory).resolve()
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free if free_bytes is None else int(free_bytes)
+    if total <= free:
+        return
+    largest = sorted(estimates.items(), key=lambda item: item[1].disk_bytes, reverse=True)[:_LARGEST_SHOWN]
+    tables = ", ".join(f"{name!r}: {format_bytes(est.disk_bytes)}" for name, est in largest)
+    raise PlanError(
+        f"tiered tables need {total} bytes ({format_bytes(total)}) on disk at {directory}, but only {free} bytes "
+        f"({format_bytes(free)}) are free; largest: {tables}. Free space, choose another train.tables_dir, or "
+        f"reduce num_embeddings / embedding_dim."
     )

@@ -16,9 +16,10 @@ import numpy as np
 from terarec.embedding import _kernels
 from terarec.embedding.types import InitConfig, InitType, MemoryEstimate
 
-__all__ = ["RamRowStorage", "RowStorage"]
+__all__ = ["NO_ROWS", "RamRowStorage", "RowStorage", "init_arguments", "initialize_rows"]
 
 _INIT_CHUNK_ROWS = 1 << 16
+NO_ROWS = np.empty(0, dtype=np.int64)
 
 
 class RowStorage(abc.ABC):
@@ -33,8 +34,38 @@ class RowStorage(abc.ABC):
     state: np.ndarray
 
     @abc.abstractmethod
-    def resolve(self, rows: np.ndarray) -> np.ndarray:
-        """Slots holding ``rows`` (``int64``, :math:`(N)`), making them resident if needed."""
+    def resolve(
+        self,
+        unique_rows: np.ndarray,
+        new_rows: np.ndarray = NO_ROWS,
+        new_ids: np.ndarray = NO_ROWS,
+        training: bool = True,
+    ) -> np.ndarray:
+        """Makes one batch's rows resident and returns their slots.
+
+        Called once per batch, in batch order, possibly on the prepare thread while the
+        previous batch trains: the slots of the previous call must stay valid (a cache never
+        evicts them). ``new_rows`` (a subset of ``unique_rows``, created by a dynamic table's
+        mapper) start from the initial row of their ID instead of their stored content.
+        Outside ``training`` nothing is written back.
+
+        Shape:
+            - unique_rows: :math:`(U)` distinct rows, ascending
+            - new_rows, new_ids: :math:`(M)`
+            - output: :math:`(U)` slots
+        """
+
+    @abc.abstractmethod
+    def slots_of(self, rows: np.ndarray) -> np.ndarray:
+        """Slots of ``rows`` (:math:`(N)`, ``-1`` kept as ``-1``), all resolved by the last :meth:`resolve`."""
+
+    @abc.abstractmethod
+    def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of ``rows``' current weights :math:`(N, D)` and state :math:`(N, S)`, wherever
+        they live; leaves any cache as it is."""
+
+    def flush(self) -> None:
+        """Writes every changed row to its backing store (nothing to do for RAM)."""
 
     @abc.abstractmethod
     def memory_estimate(self) -> MemoryEstimate:
@@ -47,6 +78,16 @@ class RowStorage(abc.ABC):
     @abc.abstractmethod
     def load(self, directory: Path) -> None:
         """Restores what :meth:`save` wrote; refuses files of the wrong shape or dtype."""
+
+
+def init_arguments(init: InitConfig, num_embeddings: int) -> tuple[float, int]:
+    """``(scale, kind)``, the arguments of :func:`~terarec.embedding._kernels.init_row` for ``init``."""
+    kind = {
+        InitType.UNIFORM: _kernels.INIT_UNIFORM,
+        InitType.NORMAL: _kernels.INIT_NORMAL,
+        InitType.ZEROS: _kernels.INIT_ZEROS,
+    }[init.type]
+    return float(init.scale_for(num_embeddings)), kind
 
 
 def initialize_rows(out: np.ndarray, first_row: int, init: InitConfig, num_embeddings: int, seed: np.uint64) -> None:
@@ -87,8 +128,8 @@ class RamRowStorage(RowStorage):
         >>> storage = RamRowStorage(100, 4, 1, InitConfig(), seed=0, initial_state=0.1)
         >>> storage.weights.shape, storage.state.shape, storage.memory_estimate().ram_bytes
         ((100, 4), (100, 1), 2000)
-        >>> storage.resolve(np.array([5, 2], dtype=np.int64)).tolist()
-        [5, 2]
+        >>> storage.resolve(np.array([2, 5], dtype=np.int64)).tolist()
+        [2, 5]
     """
 
     def __init__(
@@ -105,12 +146,28 @@ class RamRowStorage(RowStorage):
                 f"need num_embeddings >= 1, embedding_dim >= 1, state_width >= 0, "
                 f"got {num_embeddings}, {embedding_dim}, {state_width}"
             )
+        seed64 = np.uint64(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
         self.weights = np.empty((num_embeddings, embedding_dim), dtype=np.float32)
-        initialize_rows(self.weights, 0, init, num_embeddings, np.uint64(int(seed) & 0xFFFF_FFFF_FFFF_FFFF))
+        initialize_rows(self.weights, 0, init, num_embeddings, seed64)
         self.state = np.full((num_embeddings, state_width), initial_state, dtype=np.float32)
+        self._reset_args = (seed64, *init_arguments(init, num_embeddings), np.float32(initial_state))
 
-    def resolve(self, rows: np.ndarray) -> np.ndarray:
+    def resolve(
+        self,
+        unique_rows: np.ndarray,
+        new_rows: np.ndarray = NO_ROWS,
+        new_ids: np.ndarray = NO_ROWS,
+        training: bool = True,
+    ) -> np.ndarray:
+        if new_rows.size:
+            _kernels.init_rows_at(self.weights, self.state, new_rows, new_ids, *self._reset_args)
+        return unique_rows
+
+    def slots_of(self, rows: np.ndarray) -> np.ndarray:
         return rows
+
+    def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.weights[rows], self.state[rows]
 
     def memory_estimate(self) -> MemoryEstimate:
         return MemoryEstimate(ram_bytes=int(self.weights.nbytes + self.state.nbytes), disk_bytes=0)

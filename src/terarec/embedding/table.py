@@ -1,9 +1,11 @@
-"""Fixed-size embedding tables: hashed IDs, rows in RAM, a fused sparse optimizer.
+"""Embedding tables composed of a row mapper, a row storage and the fused kernels.
 
-:class:`FixedTable` composes the three stages every table kind shares: a
+:class:`RowTable` composes the three stages every table kind shares: a
 :class:`~terarec.embedding.row_mapping.RowMapper` (IDs → rows), a
-:class:`~terarec.embedding.storage.RowStorage` (rows → slots holding weights and state) and
-the numba kernels of :mod:`terarec.embedding._kernels` (pooling and fused updates over slots).
+:class:`~terarec.embedding.storage.RowStorage` (rows → slots holding weights and state, in RAM
+or a RAM cache over a file) and the numba kernels of :mod:`terarec.embedding._kernels`
+(pooling and fused updates over slots). :class:`FixedTable` hashes IDs into a fixed row range;
+the dynamic table (:mod:`terarec.embedding.dynamic_table`) maps them without collisions.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from terarec.embedding import _kernels
 from terarec.embedding.row_mapping import HashedRowMapper, RowMapper
 from terarec.embedding.storage import RamRowStorage, RowStorage
+from terarec.embedding.tiered import TieredRowStorage
 from terarec.embedding.types import (
     EmbeddingTable,
     EmbeddingTableConfig,
@@ -27,7 +30,7 @@ from terarec.embedding.types import (
     PreparedIds,
 )
 
-__all__ = ["FixedTable", "jagged_arrays"]
+__all__ = ["FixedTable", "RowTable", "build_storage", "jagged_arrays"]
 
 _FORMAT_VERSION = 1
 
@@ -66,78 +69,92 @@ def jagged_arrays(values: torch.Tensor, offsets: torch.Tensor) -> tuple[np.ndarr
     return ids, bounds
 
 
-class FixedTable(EmbeddingTable):
-    """An embedding table of ``num_embeddings`` rows in RAM, addressed by hashed IDs.
+def build_storage(config: EmbeddingTableConfig, seed: int, directory: Path | None) -> RowStorage:
+    """The storage ``config`` asks for: all rows in RAM, or (``config.tiered``) a RAM cache over
+    a file in ``directory``. Row ``r`` starts identically in both."""
+    optimizer = config.optimizer
+    adagrad = optimizer.type in (OptimizerType.ADAGRAD, OptimizerType.ROWWISE_ADAGRAD)
+    args = (
+        config.num_embeddings,
+        config.embedding_dim,
+        optimizer.state_width(config.embedding_dim),
+        config.init,
+        _kernels.derive_table_seed(seed, config.name),
+    )
+    initial_state = optimizer.initial_accumulator_value if adagrad else 0.0
+    if config.tiered is None:
+        return RamRowStorage(*args, initial_state=initial_state)
+    if directory is None:
+        raise ValueError(f"table {config.name!r} is tiered: give a directory for its file on local disk")
+    return TieredRowStorage(*args, config.tiered, directory, config.name, initial_state=initial_state)
 
-    Equals ``torch.nn.EmbeddingBag(num_embeddings, embedding_dim, mode=pooling, sparse=True)``
-    fed ``splitmix64(id) % num_embeddings`` and stepped by the matching sparse torch optimizer,
-    but the optimizer is fused into :meth:`apply_gradients` (de-duplicate, accumulate each
-    row's gradient once, update the row and its state in place) and runs outside autograd.
-    Choose it when the table fits in RAM and hash collisions are acceptable; a dynamic table
-    avoids collisions, a tiered one spills to disk.
 
-    Args:
-        config (EmbeddingTableConfig): size, pooling, optimizer and initialisation.
-        seed (int, optional): global seed; the table's rows depend on it and on
-            ``config.name`` only. Default: ``0``
+class RowTable(EmbeddingTable):
+    """The shared machinery of tables built from a :class:`RowMapper` and a :class:`RowStorage`.
 
-    Attributes:
-        config (EmbeddingTableConfig): as given.
-        step (int): number of :meth:`apply_gradients` calls so far (Adam's bias correction).
-        weights (np.ndarray): read-only view of the rows, :math:`(R, D)` ``float32``.
-        state (np.ndarray): read-only view of the optimizer state, :math:`(R, S)` ``float32``.
-
-    Shape:
-        - values: :math:`(N)` ``int64`` raw IDs, any 64-bit value
-        - offsets: :math:`(B + 1)` ``int64``
-        - :meth:`lookup` output and ``grad_pooled``: :math:`(B, D)` ``float32``
-
-    Example::
-
-        >>> # bag 0: [3, 3, 9]   bag 1: []   bag 2: [-7]
-        >>> values, offsets = torch.tensor([3, 3, 9, -7]), torch.tensor([0, 3, 3, 4])
-        >>> table = FixedTable(EmbeddingTableConfig("t", num_embeddings=100, embedding_dim=8, feature_names=("f",)))
-        >>> pooled = table.lookup(values, offsets)
-        >>> pooled.shape, pooled[1].abs().sum().item()
-        (torch.Size([3, 8]), 0.0)
-        >>> table.apply_gradients(values, offsets, torch.ones(3, 8))
-        >>> table.step
-        1
+    Subclasses choose the mapper; the storage follows ``config.tiered``. Preparing a batch maps
+    its IDs (a stateful mapper counts, admits and evicts there), de-duplicates the rows and makes
+    them resident in the storage, so a tiered table's disk reads for batch ``n + 1`` happen on
+    the prepare thread while batch ``n`` trains.
     """
 
-    def __init__(self, config: EmbeddingTableConfig, seed: int = 0) -> None:
+    kind = "row"
+    _rows_may_be_missing = False
+
+    def __init__(
+        self, config: EmbeddingTableConfig, mapper: RowMapper, seed: int = 0, directory: Path | None = None
+    ) -> None:
         self.config = config
         self.seed = int(seed)
         self.step = 0
-        optimizer = config.optimizer
-        adagrad = optimizer.type in (OptimizerType.ADAGRAD, OptimizerType.ROWWISE_ADAGRAD)
-        self._mapper: RowMapper = HashedRowMapper(config.num_embeddings)
-        self._storage: RowStorage = RamRowStorage(
-            config.num_embeddings,
-            config.embedding_dim,
-            optimizer.state_width(config.embedding_dim),
-            config.init,
-            _kernels.derive_table_seed(self.seed, config.name),
-            initial_state=optimizer.initial_accumulator_value if adagrad else 0.0,
-        )
+        self._mapper = mapper
+        self._storage = build_storage(config, self.seed, directory)
 
     @property
     def weights(self) -> np.ndarray:
-        view = self._storage.weights.view()
-        view.flags.writeable = False
-        return view
+        """Read-only view of every row, :math:`(R, D)`; a tiered table copies them from disk."""
+        return self._all_rows()[0]
 
     @property
     def state(self) -> np.ndarray:
-        view = self._storage.state.view()
-        view.flags.writeable = False
-        return view
+        """Read-only view of every row's optimizer state, :math:`(R, S)` (a copy if tiered)."""
+        return self._all_rows()[1]
+
+    def _all_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(self._storage, RamRowStorage):
+            weights, state = self._storage.weights.view(), self._storage.state.view()
+        else:
+            weights, state = self.read_rows(np.arange(self.num_embeddings, dtype=np.int64))
+        weights.flags.writeable = state.flags.writeable = False
+        return weights, state
+
+    def read_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of rows' weights :math:`(N, D)` and optimizer state :math:`(N, S)`, from RAM,
+        cache or disk, without changing any cache (e.g. to export or inspect a tiered table)."""
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.num_embeddings):
+            raise ValueError(f"table {self.config.name!r}: rows must be in [0, {self.num_embeddings})")
+        return self._storage.read(rows)
 
     def prepare(self, values: torch.Tensor, offsets: torch.Tensor) -> PreparedIds:
         ids, bounds = jagged_arrays(values, offsets)
-        rows = self._mapper.map(ids)
-        unique_rows, occurrence_offsets, occurrences, bag_of = _kernels.dedupe(rows, bounds, self.num_embeddings)
-        return PreparedIds(rows, bounds, unique_rows, occurrence_offsets, occurrences, bag_of)
+        mapping = self._mapper.map(ids, self.training)
+        rows = mapping.rows
+        unique_rows, occurrence_offsets, occurrences, bag_of = self._dedupe(rows, bounds)
+        unique_slots = self._storage.resolve(unique_rows, mapping.new_rows, mapping.new_ids, self.training)
+        slots = self._storage.slots_of(rows)
+        return PreparedIds(
+            rows, bounds, unique_rows, occurrence_offsets, occurrences, bag_of, slots, unique_slots, self.training
+        )
+
+    def _dedupe(self, rows: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, ...]:
+        if not (self._rows_may_be_missing and rows.size and rows.min() < 0):
+            return _kernels.dedupe(rows, bounds, self.num_embeddings)
+        # IDs without a row (-1) group under an extra row past the end, dropped afterwards:
+        # they are pooled as zeros and never updated.
+        keyed = np.where(rows < 0, self.num_embeddings, rows)
+        unique_rows, occurrence_offsets, occurrences, bag_of = _kernels.dedupe(keyed, bounds, self.num_embeddings + 1)
+        return unique_rows[:-1], occurrence_offsets[:-1], occurrences, bag_of
 
     def _check_prepared(self, prepared: PreparedIds) -> None:
         if not isinstance(prepared, PreparedIds):
@@ -149,10 +166,9 @@ class FixedTable(EmbeddingTable):
 
     def lookup_prepared(self, prepared: PreparedIds) -> torch.Tensor:
         self._check_prepared(prepared)
-        slots = self._storage.resolve(prepared.rows)
         out = np.empty((prepared.batch_size, self.embedding_dim), dtype=np.float32)
         pool = _kernels.pool_mean if self.config.pooling is PoolingType.MEAN else _kernels.pool_sum
-        pool(self._storage.weights, slots, prepared.offsets, out)
+        pool(self._storage.weights, prepared.slots, prepared.offsets, out)
         return torch.from_numpy(out)
 
     def apply_gradients_prepared(self, prepared: PreparedIds, grad_pooled: torch.Tensor) -> None:
@@ -166,13 +182,17 @@ class FixedTable(EmbeddingTable):
             raise ValueError(f"grad_pooled must have shape {expected} (B, D), got {tuple(grad_pooled.shape)}")
         if grad_pooled.device.type != "cpu" or not grad_pooled.is_contiguous():
             raise ValueError("grad_pooled must be a C-contiguous CPU tensor (call .contiguous() first)")
+        if not prepared.for_training:
+            raise ValueError(
+                f"table {self.config.name!r}: the batch was prepared outside training mode; prepare it after train()"
+            )
         grad = grad_pooled.detach().numpy()
         self.step += 1
         storage, opt = self._storage, self.config.optimizer
         args = (
             storage.weights,
             storage.state,
-            storage.resolve(prepared.unique_rows),
+            prepared.unique_slots,
             prepared.occurrence_offsets,
             prepared.occurrences,
             prepared.bag_of,
@@ -198,11 +218,26 @@ class FixedTable(EmbeddingTable):
         cfg = self.config
         return {
             "format_version": _FORMAT_VERSION,
-            "kind": "fixed",
+            "kind": self.kind,
             "name": cfg.name,
             "num_embeddings": cfg.num_embeddings,
             "embedding_dim": cfg.embedding_dim,
             "optimizer": cfg.optimizer.type.value,
+        }
+
+    def flush(self) -> None:
+        """Writes cached changes to the table's file (a tiered table; nothing for RAM)."""
+        self._storage.flush()
+
+    def counters(self) -> dict[str, float]:
+        """Cumulative counters worth logging: a tiered table's cache hit rate and disk traffic."""
+        if not isinstance(self._storage, TieredRowStorage):
+            return {}
+        stats = self._storage.stats()
+        return {
+            "cache_hit_rate": stats.hit_rate,
+            "disk_read_bytes": float(stats.rows_read * stats.record_bytes),
+            "disk_written_bytes": float(stats.rows_written * stats.record_bytes),
         }
 
     def save(self, directory: Path) -> None:
@@ -234,7 +269,57 @@ class FixedTable(EmbeddingTable):
     def __repr__(self) -> str:
         cfg = self.config
         return (
-            f"FixedTable(name={cfg.name!r}, num_embeddings={cfg.num_embeddings}, embedding_dim={cfg.embedding_dim}, "
+            f"{type(self).__name__}(name={cfg.name!r}, num_embeddings={cfg.num_embeddings}, embedding_dim={cfg.embedding_dim}, "
             f"pooling={cfg.pooling.value}, optimizer={cfg.optimizer.type.value}, "
             f"ram_bytes={self.memory_estimate().ram_bytes})"
         )
+
+
+class FixedTable(RowTable):
+    """An embedding table of ``num_embeddings`` rows addressed by hashed IDs.
+
+    Equals ``torch.nn.EmbeddingBag(num_embeddings, embedding_dim, mode=pooling, sparse=True)``
+    fed ``splitmix64(id) % num_embeddings`` and stepped by the matching sparse torch optimizer,
+    but the optimizer is fused into :meth:`apply_gradients` (de-duplicate, accumulate each
+    row's gradient once, update the row and its state in place) and runs outside autograd.
+    Choose it when hash collisions are acceptable; a dynamic table avoids them. With
+    ``config.tiered`` the rows live in a file in ``directory`` behind a RAM cache, with
+    bit-identical results.
+
+    Args:
+        config (EmbeddingTableConfig): size, pooling, optimizer and initialisation.
+        seed (int, optional): global seed; the table's rows depend on it and on
+            ``config.name`` only. Default: ``0``
+        directory (Path, optional): where a tiered table keeps its file. Default: ``None``
+
+    Attributes:
+        config (EmbeddingTableConfig): as given.
+        step (int): number of :meth:`apply_gradients` calls so far (Adam's bias correction).
+        weights (np.ndarray): read-only view of the rows, :math:`(R, D)` ``float32`` (a copy
+            read from disk and cache if tiered).
+        state (np.ndarray): read-only view of the optimizer state, :math:`(R, S)` ``float32``.
+
+    Shape:
+        - values: :math:`(N)` ``int64`` raw IDs, any 64-bit value
+        - offsets: :math:`(B + 1)` ``int64``
+        - :meth:`lookup` output and ``grad_pooled``: :math:`(B, D)` ``float32``
+
+    Example::
+
+        >>> # bag 0: [3, 3, 9]   bag 1: []   bag 2: [-7]
+        >>> values, offsets = torch.tensor([3, 3, 9, -7]), torch.tensor([0, 3, 3, 4])
+        >>> table = FixedTable(EmbeddingTableConfig("t", num_embeddings=100, embedding_dim=8, feature_names=("f",)))
+        >>> pooled = table.lookup(values, offsets)
+        >>> pooled.shape, pooled[1].abs().sum().item()
+        (torch.Size([3, 8]), 0.0)
+        >>> table.apply_gradients(values, offsets, torch.ones(3, 8))
+        >>> table.step
+        1
+    """
+
+    kind = "fixed"
+
+    def __init__(self, config: EmbeddingTableConfig, seed: int = 0, directory: Path | None = None) -> None:
+        if config.dynamic is not None:
+            raise ValueError(f"table {config.name!r} has a dynamic config: build a DynamicTable")
+        super().__init__(config, HashedRowMapper(config.num_embeddings), seed, directory)

@@ -18,8 +18,10 @@ import numpy as np
 import torch
 
 __all__ = [
+    "DynamicConfig",
     "EmbeddingTable",
     "EmbeddingTableConfig",
+    "EvictionPolicy",
     "InitConfig",
     "InitType",
     "MemoryEstimate",
@@ -27,7 +29,14 @@ __all__ = [
     "OptimizerType",
     "PoolingType",
     "PreparedIds",
+    "TieredConfig",
+    "tiered_bookkeeping_bytes",
 ]
+
+def tiered_bookkeeping_bytes(num_embeddings: int) -> int:
+    """RAM a tiered table holds besides its cache: the row -> slot map (``int32`` per row) and
+    two bit maps (rows held by the file, rows changed since the last snapshot)."""
+    return 4 * num_embeddings + 2 * ((num_embeddings + 7) // 8)
 
 
 class PoolingType(enum.Enum):
@@ -138,6 +147,96 @@ class InitConfig:
         return self.scale if self.scale is not None else math.sqrt(1.0 / num_embeddings)
 
 
+class EvictionPolicy(enum.Enum):
+    """Which rows a full dynamic table gives up first: least frequently (``LFU``) or least
+    recently (``LRU``) used."""
+
+    LFU = "lfu"
+    LRU = "lru"
+
+
+@dataclass(frozen=True)
+class DynamicConfig:
+    """Makes a table collisionless and growing: each admitted ID gets a row of its own.
+
+    ``num_embeddings`` becomes the table's capacity. An ID not yet in the table is counted in a
+    count-min sketch (``sketch_depth`` x ``sketch_width`` counters) and admitted once seen
+    ``min_count`` times, then with probability ``admit_probability`` per sighting (Persia's
+    knob; drawn from a counter-based generator, so runs are deterministic). Unadmitted IDs read
+    as a zero vector and receive no update. Rows not seen for ``ttl_steps`` training steps are
+    evicted; when the table is full, rows are evicted by ``eviction`` policy to make room.
+
+    Args:
+        min_count (int, optional): sightings before an ID may be admitted. Default: ``1``
+        admit_probability (float, optional): chance of admission per sighting once
+            ``min_count`` is reached. Default: ``1.0``
+        ttl_steps (int, optional): evict rows unseen for this many steps; ``None`` keeps them.
+            Default: ``None``
+        eviction (EvictionPolicy, optional): victims when full. Default: ``EvictionPolicy.LFU``
+        sketch_width (int, optional): counters per sketch row. Default: ``1 << 20``
+        sketch_depth (int, optional): sketch rows (hash functions). Default: ``4``
+        evict_fraction (float, optional): when full, free at least this fraction of the
+            capacity at once, so eviction scans are rare. Default: ``0.01``
+
+    Example::
+
+        >>> DynamicConfig(min_count=2, ttl_steps=1000).eviction
+        <EvictionPolicy.LFU: 'lfu'>
+    """
+
+    min_count: int = 1
+    admit_probability: float = 1.0
+    ttl_steps: int | None = None
+    eviction: EvictionPolicy = EvictionPolicy.LFU
+    sketch_width: int = 1 << 20
+    sketch_depth: int = 4
+    evict_fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.min_count < 1:
+            raise ValueError(f"min_count must be >= 1, got {self.min_count}")
+        if not 0.0 < self.admit_probability <= 1.0:
+            raise ValueError(f"admit_probability must be in (0, 1], got {self.admit_probability}")
+        if self.ttl_steps is not None and self.ttl_steps < 1:
+            raise ValueError(f"ttl_steps must be >= 1 or None, got {self.ttl_steps}")
+        if self.sketch_width < 1 or self.sketch_depth < 1:
+            raise ValueError(f"sketch_width and sketch_depth must be >= 1, got {self.sketch_width}, {self.sketch_depth}")
+        if not 0.0 < self.evict_fraction <= 1.0:
+            raise ValueError(f"evict_fraction must be in (0, 1], got {self.evict_fraction}")
+
+    def sketch_bytes(self) -> int:
+        """Bytes of the admission sketch (``uint32`` counters); none when every ID is admitted at once."""
+        if self.min_count == 1 and self.admit_probability == 1.0:
+            return 0
+        return 4 * self.sketch_width * self.sketch_depth
+
+
+@dataclass(frozen=True)
+class TieredConfig:
+    """Keeps every row (weights and optimizer state) in a file on local disk and only the hot
+    ones in a RAM cache of ``cache_bytes``: for tables larger than memory.
+
+    Args:
+        cache_bytes (int): RAM for cached rows (weights and optimizer state).
+        full_snapshot_every (int, optional): checkpoints between full copies of the table
+            file; the ones between write only the rows changed since the last. Default: ``8``
+
+    Example::
+
+        >>> TieredConfig(cache_bytes=1 << 30).full_snapshot_every
+        8
+    """
+
+    cache_bytes: int
+    full_snapshot_every: int = 8
+
+    def __post_init__(self) -> None:
+        if self.cache_bytes < 1:
+            raise ValueError(f"cache_bytes must be >= 1, got {self.cache_bytes}")
+        if self.full_snapshot_every < 1:
+            raise ValueError(f"full_snapshot_every must be >= 1, got {self.full_snapshot_every}")
+
+
 @dataclass(frozen=True)
 class EmbeddingTableConfig:
     """One embedding table: its size, the features that read it, and how it learns.
@@ -152,6 +251,11 @@ class EmbeddingTableConfig:
         pooling (PoolingType, optional): how a bag's rows combine. Default: ``PoolingType.SUM``
         optimizer (OptimizerConfig, optional): the fused sparse optimizer. Default: row-wise Adagrad
         init (InitConfig, optional): row initialisation. Default: uniform ``±sqrt(1/R)``
+        dynamic (DynamicConfig, optional): make the table collisionless and growing, with
+            ``num_embeddings`` as its capacity; ``None`` hashes IDs into a fixed row range.
+            Default: ``None``
+        tiered (TieredConfig, optional): keep the rows in a file on disk behind a RAM cache;
+            ``None`` keeps them all in RAM. Default: ``None``
 
     Example::
 
@@ -167,6 +271,8 @@ class EmbeddingTableConfig:
     pooling: PoolingType = PoolingType.SUM
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     init: InitConfig = field(default_factory=InitConfig)
+    dynamic: DynamicConfig | None = None
+    tiered: TieredConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -178,10 +284,29 @@ class EmbeddingTableConfig:
         if not self.feature_names:
             raise ValueError(f"table {self.name!r}: feature_names must name at least one feature")
 
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one row: float32 weights and optimizer state."""
+        return 4 * (self.embedding_dim + self.optimizer.state_width(self.embedding_dim))
+
     def memory_estimate(self) -> MemoryEstimate:
-        """Bytes this table will hold once allocated: float32 weights and optimizer state."""
-        floats_per_row = self.embedding_dim + self.optimizer.state_width(self.embedding_dim)
-        return MemoryEstimate(ram_bytes=self.num_embeddings * floats_per_row * 4, disk_bytes=0)
+        """Bytes this table will hold once allocated, per tier.
+
+        In RAM: every row, or for a tiered table its cache plus its bookkeeping
+        (:func:`tiered_bookkeeping_bytes`); on disk: every row of a tiered table. A dynamic table adds its
+        ID map, per-row metadata and admission sketch.
+        """
+        rows = self.num_embeddings
+        if self.tiered is None:
+            estimate = MemoryEstimate(ram_bytes=rows * self.row_bytes, disk_bytes=0)
+        else:
+            cache = min(self.tiered.cache_bytes // self.row_bytes, rows) * self.row_bytes
+            estimate = MemoryEstimate(cache + tiered_bookkeeping_bytes(rows), disk_bytes=rows * self.row_bytes)
+        if self.dynamic is not None:
+            from terarec.embedding.dynamic import DynamicRowMapper  # it builds on these types
+
+            estimate += MemoryEstimate(DynamicRowMapper.estimate_bytes(rows, self.dynamic), 0)
+        return estimate
 
 
 @dataclass(frozen=True)
@@ -213,13 +338,20 @@ class PreparedIds:
     and used by both the lookup and the gradient update of that batch.
 
     Shape:
-        - rows: :math:`(N)` row of each ID (``int64``)
+        - rows: :math:`(N)` row of each ID (``int64``), ``-1`` for an ID without a row (a
+          dynamic table's unadmitted ID): it reads as zeros and is not updated
         - offsets: :math:`(B + 1)` bag boundaries
         - unique_rows: :math:`(U)` distinct rows, ascending
         - occurrence_offsets: :math:`(U + 1)` CSR boundaries into ``occurrences``
         - occurrences: :math:`(N)` positions ``i`` in ``rows`` grouped by row, ascending in ``i``
           within each group
         - bag_of: :math:`(N)` the bag (example) each position belongs to
+        - slots: :math:`(N)` where each row's weights sit in the table's storage (``-1`` where
+          ``rows`` is); the rows themselves unless the storage is a cache
+        - unique_slots: :math:`(U)` the slot of each of ``unique_rows``
+
+    ``for_training`` says whether the table was in training mode; only such a batch may be
+    used to apply gradients (a tiered table marks its rows dirty, a dynamic one admitted them).
     """
 
     rows: np.ndarray
@@ -228,6 +360,16 @@ class PreparedIds:
     occurrence_offsets: np.ndarray
     occurrences: np.ndarray
     bag_of: np.ndarray
+    slots: np.ndarray | None = None
+    unique_slots: np.ndarray | None = None
+    for_training: bool = True
+
+    def __post_init__(self) -> None:
+        # A table whose storage is not the identity (a cache) passes slots; otherwise they are the rows.
+        if self.slots is None:
+            object.__setattr__(self, "slots", self.rows)
+        if self.unique_slots is None:
+            object.__setattr__(self, "unique_slots", self.unique_rows)
 
     @property
     def batch_size(self) -> int:
@@ -247,6 +389,17 @@ class EmbeddingTable(abc.ABC):
     """
 
     config: EmbeddingTableConfig
+    training: bool = True
+
+    def train(self, mode: bool = True) -> EmbeddingTable:
+        """Sets training mode (as ``nn.Module.train``). Outside it, :meth:`prepare` only reads:
+        a dynamic table admits, counts and evicts nothing, and a tiered table writes nothing."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> EmbeddingTable:
+        """``train(False)``."""
+        return self.train(False)
 
     @property
     def num_embeddings(self) -> int:

@@ -67,6 +67,8 @@ def build_table_configs(
                 pooling=spec.pooling or config.pooling,
                 optimizer=spec.optimizer or config.optimizer,
                 init=spec.init or config.init,
+                dynamic=spec.dynamic,
+                tiered=spec.tiered,
             )
         )
     for feature in sparse_features:
@@ -81,6 +83,8 @@ def build_table_configs(
                 pooling=config.pooling,
                 optimizer=config.optimizer,
                 init=config.init,
+                dynamic=config.dynamic,
+                tiered=config.tiered,
             )
         )
     return tables

@@ -18,7 +18,14 @@ import yaml
 
 from terarec._dataclass_codec import from_mapping, to_mapping, with_override
 from terarec.data import DataConfig
-from terarec.embedding import InitConfig, OptimizerConfig, OptimizerType, PoolingType
+from terarec.embedding import (
+    DynamicConfig,
+    InitConfig,
+    OptimizerConfig,
+    OptimizerType,
+    PoolingType,
+    TieredConfig,
+)
 from terarec.errors import ConfigError
 from terarec.models import ModelConfig
 
@@ -53,6 +60,9 @@ class TableSpec:
         optimizer (OptimizerConfig, optional): Default: ``None``
         pooling (PoolingType, optional): Default: ``None``
         init (InitConfig, optional): Default: ``None``
+        dynamic (DynamicConfig, optional): a collisionless table with admission and eviction;
+            ``num_embeddings`` is then its capacity. Default: ``None``
+        tiered (TieredConfig, optional): rows on disk behind a RAM cache. Default: ``None``
     """
 
     name: str
@@ -62,6 +72,8 @@ class TableSpec:
     optimizer: OptimizerConfig | None = None
     pooling: PoolingType | None = None
     init: InitConfig | None = None
+    dynamic: DynamicConfig | None = None
+    tiered: TieredConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,10 @@ class EmbeddingConfig:
         pooling (PoolingType, optional): Default: ``PoolingType.SUM``
         optimizer (OptimizerConfig, optional): Default: row-wise Adagrad, learning rate ``0.05``
         init (InitConfig, optional): Default: uniform ``±sqrt(1/R)``
+        dynamic (DynamicConfig, optional): make every table not in ``tables`` collisionless,
+            with admission and eviction (``embedding.dynamic.min_count=2``). Default: ``None``
+        tiered (TieredConfig, optional): keep every table not in ``tables`` on disk behind a RAM
+            cache of ``cache_bytes`` each (``embedding.tiered.cache_bytes=2e9``). Default: ``None``
         tables (tuple[TableSpec, ...], optional): explicit tables. Default: ``()``
     """
 
@@ -92,6 +108,8 @@ class EmbeddingConfig:
         default_factory=lambda: OptimizerConfig(OptimizerType.ROWWISE_ADAGRAD, learning_rate=0.05)
     )
     init: InitConfig = field(default_factory=InitConfig)
+    dynamic: DynamicConfig | None = None
+    tiered: TieredConfig | None = None
     tables: tuple[TableSpec, ...] = ()
 
     def __post_init__(self) -> None:
@@ -130,6 +148,8 @@ class TrainConfig:
         num_threads (int, optional): torch and numba threads; ``None`` uses every core. Default: ``None``
         memory_budget_bytes (int, optional): RAM the tables may use; ``None`` means the memory
             available now. Default: ``None``
+        tables_dir (str, optional): local-disk directory for tiered tables' files; ``None``
+            means ``OUT/tables``. Default: ``None``
     """
 
     out: str = "runs/train"
@@ -149,6 +169,7 @@ class TrainConfig:
     progress: bool = True
     num_threads: int | None = None
     memory_budget_bytes: int | None = None
+    tables_dir: str | None = None
 
     def __post_init__(self) -> None:
         positive = {"batch_size": self.batch_size, "epochs": self.epochs, "eval_batch_size": self.eval_batch_size}

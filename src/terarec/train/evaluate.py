@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from terarec.data import BatchLoader, ColumnarData, Schema, load_dataset, load_s
 from terarec.embedding import EmbeddingCollection, EmbeddingTableConfig
 from terarec.errors import DataError
 from terarec.train.builders import build_model
-from terarec.train.checkpoint import load_checkpoint, read_run_spec
+from terarec.train.checkpoint import load_checkpoint, read_run_spec, resolve_checkpoint
 from terarec.train.config import Config, DensePrecision
 from terarec.train.metrics import ClickMetrics, compute_metrics
 
@@ -34,8 +35,9 @@ def predict(
     loader = BatchLoader(data, batch_size, shuffle=False)
     labels: list[np.ndarray] = []
     probabilities: list[np.ndarray] = []
-    was_training = model.training
+    was_training, tables_were_training = model.training, collection.training
     model.eval()
+    collection.eval()
     try:
         with torch.no_grad(), contextlib.closing(loader.iterate(epoch=0)) as batches:
             for batch in batches:
@@ -46,6 +48,7 @@ def predict(
                 probabilities.append(torch.sigmoid(logits).numpy())
     finally:
         model.train(was_training)
+        collection.train(tables_were_training)
     if not labels:
         return np.zeros(0, np.float32), np.zeros(0, np.float32)
     return np.concatenate(labels), np.concatenate(probabilities)
@@ -88,8 +91,11 @@ def evaluate_checkpoint(
             f"{schema.label!r}, dense {list(schema.dense_features)}, sparse {list(schema.sparse_features)}"
         )
     tables = [from_mapping(EmbeddingTableConfig, raw) for raw in spec["tables"]]  # type: ignore[union-attr]
-    collection = EmbeddingCollection(tables, seed=config.train.seed)
-    model = build_model(config.model, schema.num_dense, tables)
-    load_checkpoint(checkpoint, model, collection)
-    bf16 = config.train.dense_precision is DensePrecision.BF16
-    return evaluate(model, collection, data, config.train.eval_batch_size, bf16), data
+    directory = resolve_checkpoint(checkpoint)
+    # Tiered tables rebuild their files from the checkpoint into a scratch directory beside it.
+    with tempfile.TemporaryDirectory(prefix=".eval-tables-", dir=directory.parent) as scratch:
+        collection = EmbeddingCollection(tables, seed=config.train.seed, directory=Path(scratch))
+        model = build_model(config.model, schema.num_dense, tables)
+        load_checkpoint(directory, model, collection)
+        bf16 = config.train.dense_precision is DensePrecision.BF16
+        return evaluate(model, collection, data, config.train.eval_batch_size, bf16), data

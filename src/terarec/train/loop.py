@@ -14,12 +14,21 @@ import numba
 import torch
 from torch import nn
 
-from terarec._dataclass_codec import to_mapping
 from terarec._background import iterate_in_background
+from terarec._dataclass_codec import to_mapping
 from terarec.data import Batch, BatchLoader, DataSplits, load_splits
-from terarec.embedding import EmbeddingCollection, PooledEmbeddings, check_memory
+from terarec.embedding import (
+    EmbeddingCollection,
+    PooledEmbeddings,
+    check_disk,
+    check_memory,
+)
 from terarec.errors import ConfigError
-from terarec.train.builders import build_dense_optimizer, build_model, build_table_configs
+from terarec.train.builders import (
+    build_dense_optimizer,
+    build_model,
+    build_table_configs,
+)
 from terarec.train.checkpoint import (
     TrainerState,
     checkpoint_step,
@@ -76,13 +85,24 @@ def advance(state: TrainerState, batch_size: int, batches_per_epoch: int) -> Tra
     )
 
 
-def _batches_from(loader: BatchLoader, state: TrainerState) -> Iterator[Batch]:
-    """Batches from ``state``'s position onwards, epoch after epoch."""
+def _batches_from(loader: BatchLoader, state: TrainerState, count: int) -> Iterator[Batch]:
+    """``count`` batches from ``state``'s position onwards, epoch after epoch."""
     epoch, start = state.epoch, state.batch_in_epoch
-    while True:
+    while count > 0:
         with contextlib.closing(loader.iterate(epoch, start)) as batches:
-            yield from batches
+            for batch in batches:
+                yield batch
+                count -= 1
+                if count == 0:
+                    return
         epoch, start = epoch + 1, 0
+
+
+def _segment_end(step: int, total_steps: int, checkpoint_every: int) -> int:
+    """The step where the pipeline must drain: the next checkpoint, or the end of training."""
+    if not checkpoint_every:
+        return total_steps
+    return min(total_steps, (step // checkpoint_every + 1) * checkpoint_every)
 
 
 def _run_spec(config: Config, splits: DataSplits, collection: EmbeddingCollection) -> dict[str, object]:
@@ -106,10 +126,13 @@ def fit(config: Config) -> TrainResult:
     splits = load_splits(config.data)
     schema = splits.train.schema
     table_configs = build_table_configs(config.embedding, schema.sparse_features, splits.stats.distinct_ids)
-    check_memory(EmbeddingCollection.estimate_memory(table_configs), settings.memory_budget_bytes)
+    estimates = EmbeddingCollection.estimate_memory(table_configs)
+    check_memory(estimates, settings.memory_budget_bytes)
+    tables_dir = Path(settings.tables_dir) if settings.tables_dir else run_dir / "tables"
+    check_disk(estimates, tables_dir)
 
     torch.manual_seed(settings.seed)
-    collection = EmbeddingCollection(table_configs, seed=settings.seed)
+    collection = EmbeddingCollection(table_configs, seed=settings.seed, directory=tables_dir)
     model = build_model(config.model, schema.num_dense, table_configs)
     optimizer = build_dense_optimizer(settings, list(model.parameters()))
     run_spec = _run_spec(config, splits, collection)
@@ -131,26 +154,29 @@ def fit(config: Config) -> TrainResult:
     start_examples = state.examples_seen
     with StepReporter(run_dir, total_steps, state.step, settings.log_every, settings.progress) as reporter:
         # Pipeline: while this thread trains on batch n, the loader gathers batch n+2 and a
-        # second thread maps and de-duplicates the IDs of batch n+1 (that reads no weights,
-        # so results are the same as without the pipeline).
-        prepared_batches = iterate_in_background(
-            ((batch, collection.prepare(batch.sparse)) for batch in _batches_from(loader, state)),
-            depth=PREPARE_AHEAD,
-            name="terarec-prepare",
-        )
-        with contextlib.closing(prepared_batches) as batches:
-            for batch, prepared in batches:
-                if state.step >= total_steps:
-                    break
-                pooled = collection.lookup(prepared)
-                loss = forward_backward(model, batch, pooled, bf16)
-                collection.apply_gradients(prepared, pooled.values.grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                state = advance(state, batch.batch_size, loader.num_batches)
-                reporter.log_step(state.step, float(loss), batch.batch_size)
-                if settings.checkpoint_every and state.step % settings.checkpoint_every == 0:
-                    save_checkpoint(run_dir, state, model, optimizer, collection, run_spec, settings.keep_checkpoints)
+        # second thread maps, de-duplicates and (tiered tables) loads the rows of batch n+1.
+        # Results are the same as without it. A stateful table (dynamic: admission, eviction)
+        # changes while preparing, so the pipeline drains before each checkpoint: the
+        # checkpoint then holds no trace of a batch it has not trained on.
+        while state.step < total_steps:
+            stop = _segment_end(state.step, total_steps, settings.checkpoint_every)
+            prepared_batches = iterate_in_background(
+                ((b, collection.prepare(b.sparse)) for b in _batches_from(loader, state, stop - state.step)),
+                depth=PREPARE_AHEAD,
+                name="terarec-prepare",
+            )
+            with contextlib.closing(prepared_batches) as batches:
+                for batch, prepared in batches:
+                    pooled = collection.lookup(prepared)
+                    loss = forward_backward(model, batch, pooled, bf16)
+                    collection.apply_gradients(prepared, pooled.values.grad)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state = advance(state, batch.batch_size, loader.num_batches)
+                    if reporter.log_step(state.step, float(loss), batch.batch_size):
+                        reporter.log_metrics("tables", collection.counters(), state.step)
+            if settings.checkpoint_every and state.step % settings.checkpoint_every == 0:
+                save_checkpoint(run_dir, state, model, optimizer, collection, run_spec, settings.keep_checkpoints)
         train_seconds = time.perf_counter() - started
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None or checkpoint_step(checkpoint) != state.step:
@@ -170,6 +196,7 @@ def fit(config: Config) -> TrainResult:
         "skipped_rows": splits.train.skipped_rows + splits.eval.skipped_rows,
         "threads": threads,
         "checkpoint": str(checkpoint),
+        "tables": collection.counters(),
         "config": config.to_dict(),
     }
     if splits.eval_probabilities is not None:

@@ -48,13 +48,14 @@ class StepReporter:
         self._since = time.perf_counter()
         self._pending_steps = 0
 
-    def log_step(self, step: int, loss: float, batch_size: int) -> None:
+    def log_step(self, step: int, loss: float, batch_size: int) -> bool:
+        """Records one step; returns whether this step reported (every ``log_every``)."""
         self._loss_sum += loss
         self._loss_count += 1
         self._examples += batch_size
         self._pending_steps += 1
         if step % self.log_every:
-            return
+            return False
         elapsed = max(time.perf_counter() - self._since, 1e-9)
         rate = self._examples / elapsed
         mean_loss = self._loss_sum / self._loss_count
@@ -65,6 +66,7 @@ class StepReporter:
             self.writer.add_scalar("train/examples_per_second", rate, step)
         self._loss_sum, self._loss_count, self._examples, self._pending_steps = 0.0, 0, 0, 0
         self._since = time.perf_counter()
+        return True
 
     def log_metrics(self, prefix: str, metrics: dict[str, float], step: int) -> None:
         if self.writer is not None:

@@ -1,0 +1,241 @@
+"""numba kernels of the tiered storage: a CLOCK-managed row cache over a slab file.
+
+A row's record in the file is its weights then its optimizer state, ``F = D + S`` float32s
+at byte ``row * 4 F``. File I/O goes through libc's ``pread``/``pwrite`` called from compiled
+code (declared as external symbols), so a batch's misses cost one system call
+each and no Python; the kernels release the GIL, so a batch's rows load on the prepare
+thread while the trainer computes the previous batch.
+
+Status codes returned by the kernels: ``OK``; ``CACHE_FULL`` (no unpinned slot left);
+``WRITE_FAILED`` / ``READ_FAILED`` with the failing row and ``errno`` in ``report``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import types
+
+from terarec.embedding import _kernels
+
+__all__ = [
+    "CACHE_FULL",
+    "OK",
+    "copy_rows",
+    "READ_FAILED",
+    "WRITE_FAILED",
+    "flush_dirty",
+    "gather_slots",
+    "read_rows",
+    "resolve_rows",
+    "write_rows",
+]
+
+OK, CACHE_FULL, WRITE_FAILED, READ_FAILED = 0, 1, 2, 3
+
+# libc's functions, linked by symbol name, so the compiled kernels can be cached on disk
+# (ctypes function pointers would force a recompile in every process). The buffer argument
+# is the address NumPy's ``.ctypes.data`` gives, passed as an integer.
+_pread = types.ExternalFunction("pread", types.intp(types.int32, types.uintp, types.uintp, types.int64))
+_pwrite = types.ExternalFunction("pwrite", types.intp(types.int32, types.uintp, types.uintp, types.int64))
+_errno_location = types.ExternalFunction("__errno_location", types.CPointer(types.int32)())
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _errno():
+    return numba.carray(_errno_location(), (1,))[0]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _test_bit(bits, i):
+    return (bits[i >> 3] >> (i & 7)) & 1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _set_bit(bits, i):
+    bits[i >> 3] |= np.uint8(1 << (i & 7))
+
+
+@numba.njit(cache=True, nogil=True)
+def _write_record(fd, weights, state, slot, row, record):
+    """Packs slot's weights and state into ``record`` and writes it as ``row``; returns 0 or errno."""
+    dim = weights.shape[1]
+    for j in range(dim):
+        record[j] = weights[slot, j]
+    for j in range(state.shape[1]):
+        record[dim + j] = state[slot, j]
+    nbytes = record.shape[0] * 4
+    written = _pwrite(fd, record.ctypes.data, nbytes, row * nbytes)
+    if written == nbytes:
+        return 0
+    return _errno() if written < 0 else 28  # a short write: the disk filled up (ENOSPC)
+
+
+@numba.njit(cache=True, nogil=True)
+def _read_record(fd, weights, state, slot, row, record):
+    """Reads ``row``'s record into slot; returns 0 or errno (``-1`` for a short read: truncated file)."""
+    nbytes = record.shape[0] * 4
+    got = _pread(fd, record.ctypes.data, nbytes, row * nbytes)
+    if got != nbytes:
+        return _errno() if got < 0 else -1
+    dim = weights.shape[1]
+    for j in range(dim):
+        weights[slot, j] = record[j]
+    for j in range(state.shape[1]):
+        state[slot, j] = record[dim + j]
+    return 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _take_slot(slot_row, slot_stamp, referenced, free_slots, cursor, tick):
+    """A slot for a missing row: a free one, else the CLOCK victim (second chance for
+    referenced slots, never one stamped by this batch or the previous). ``cursor`` holds
+    ``[free count, clock hand]``. Returns ``-1`` when every slot is pinned."""
+    if cursor[0] > 0:
+        cursor[0] -= 1
+        return free_slots[cursor[0]]
+    capacity = slot_row.shape[0]
+    for _ in range(2 * capacity + 1):
+        slot = cursor[1]
+        cursor[1] = slot + 1 if slot + 1 < capacity else 0
+        if slot_stamp[slot] >= tick - 1:
+            continue
+        if referenced[slot]:
+            referenced[slot] = 0
+            continue
+        return slot
+    return -1
+
+
+@numba.njit(cache=True, nogil=True)
+def resolve_rows(
+    fd, weights, state, row_slot, slot_row, slot_stamp, referenced, dirty, on_disk, changed,
+    free_slots, cursor, unique_rows, is_new, new_keys, tick, training,
+    seed, scale, init_kind, initial_state, record, out, report,
+):  # fmt: skip
+    """Makes ``unique_rows`` resident, writing back dirty victims, and writes their slots to ``out``.
+
+    A missing row comes from the file when ``on_disk`` says the file holds it, else from its
+    initial value (``init_row`` keyed by the row, as a RAM table starts); a new row
+    (``is_new[i]``) from the initial value keyed by ``new_keys[i]``. ``report`` receives
+    ``[hits, misses, rows read, rows written, failing row, errno]``; returns a status code.
+    """
+    for i in range(unique_rows.shape[0]):
+        row = unique_rows[i]
+        slot = row_slot[row]
+        if slot >= 0 and not is_new[i]:
+            report[0] += 1
+        else:
+            report[1] += 1
+            if slot < 0:
+                slot = _take_slot(slot_row, slot_stamp, referenced, free_slots, cursor, tick)
+                if slot < 0:
+                    report[4] = i
+                    return CACHE_FULL
+                victim = slot_row[slot]
+                if victim >= 0:
+                    if dirty[slot]:
+                        error = _write_record(fd, weights, state, slot, victim, record)
+                        if error != 0:
+                            report[4], report[5] = victim, error
+                            # the victim stays cached and dirty: nothing is lost
+                            slot_stamp[slot] = tick
+                            return WRITE_FAILED
+                        report[3] += 1
+                        _set_bit(on_disk, victim)
+                        _set_bit(changed, victim)
+                        dirty[slot] = 0
+                    row_slot[victim] = -1
+                slot_row[slot] = row
+                row_slot[row] = slot
+            if is_new[i]:
+                _kernels.init_row(weights[slot], seed, new_keys[i], scale, init_kind)
+                state[slot] = initial_state
+            elif _test_bit(on_disk, row):
+                error = _read_record(fd, weights, state, slot, row, record)
+                if error != 0:
+                    row_slot[row], slot_row[slot] = -1, -1
+                    free_slots[cursor[0]] = slot
+                    cursor[0] += 1
+                    report[4], report[5] = row, error
+                    return READ_FAILED
+                report[2] += 1
+            else:
+                _kernels.init_row(weights[slot], seed, row, scale, init_kind)
+                state[slot] = initial_state
+        slot_stamp[slot] = tick
+        referenced[slot] = 1
+        if training:
+            dirty[slot] = 1
+        out[i] = slot
+    return OK
+
+
+@numba.njit(cache=True, nogil=True)
+def flush_dirty(fd, weights, state, slot_row, dirty, on_disk, changed, record, report):
+    """Writes every dirty cached row to the file; ``report`` as in :func:`resolve_rows`."""
+    for slot in range(slot_row.shape[0]):
+        row = slot_row[slot]
+        if row < 0 or not dirty[slot]:
+            continue
+        error = _write_record(fd, weights, state, slot, row, record)
+        if error != 0:
+            report[4], report[5] = row, error
+            return WRITE_FAILED
+        report[3] += 1
+        _set_bit(on_disk, row)
+        _set_bit(changed, row)
+        dirty[slot] = 0
+    return OK
+
+
+@numba.njit(cache=True, nogil=True)
+def read_rows(fd, rows, out, report):
+    """``out[i] = record of rows[i]`` (``out`` is ``(n, F)``); for the incremental snapshot."""
+    nbytes = out.shape[1] * 4
+    for i in range(rows.shape[0]):
+        got = _pread(fd, out[i].ctypes.data, nbytes, rows[i] * nbytes)
+        if got != nbytes:
+            report[4], report[5] = rows[i], _errno() if got < 0 else -1
+            return READ_FAILED
+    return OK
+
+
+@numba.njit(cache=True, nogil=True)
+def write_rows(fd, rows, records, report):
+    """Writes ``records[i]`` as row ``rows[i]``; to replay an incremental snapshot."""
+    nbytes = records.shape[1] * 4
+    for i in range(rows.shape[0]):
+        written = _pwrite(fd, records[i].ctypes.data, nbytes, rows[i] * nbytes)
+        if written != nbytes:
+            report[4], report[5] = rows[i], _errno() if written < 0 else 28
+            return WRITE_FAILED
+    return OK
+
+
+@numba.njit(cache=True, nogil=True)
+def copy_rows(fd, weights, state, row_slot, on_disk, rows, seed, scale, init_kind, initial_state, record, out_w, out_s, report):
+    """Current value of each of ``rows`` (cached, on disk, or initial) into ``out_w``/``out_s``,
+    leaving the cache as it is."""
+    for i in range(rows.shape[0]):
+        row = rows[i]
+        slot = row_slot[row]
+        if slot >= 0:
+            out_w[i] = weights[slot]
+            out_s[i] = state[slot]
+        elif _test_bit(on_disk, row):
+            error = _read_record(fd, out_w, out_s, i, row, record)
+            if error != 0:
+                report[4], report[5] = row, error
+                return READ_FAILED
+        else:
+            _kernels.init_row(out_w[i], seed, row, scale, init_kind)
+            out_s[i] = initial_state
+    return OK
+
+
+@numba.njit(cache=True, nogil=True)
+def gather_slots(row_slot, rows, out):
+    """``out[i] = row_slot[rows[i]]``, ``-1`` kept for rows of ``-1``."""
+    for i in range(rows.shape[0]):
+        out[i] = row_slot[rows[i]] if rows[i] >= 0 else -1

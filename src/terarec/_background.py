@@ -21,6 +21,11 @@ _POLL_SECONDS = 0.05
 def iterate_in_background(items: Iterable[T], depth: int, name: str = "terarec-background") -> Iterator[T]:
     """Yields ``items`` in order while a daemon thread produces up to ``depth`` of them ahead.
 
+    "Ahead" counts from the item the consumer holds: the thread starts producing item
+    ``n + depth`` only once the consumer has asked for item ``n``, i.e. is done with item
+    ``n - 1``. A stage whose production changes shared state (a dynamic table admitting IDs, a
+    cache evicting rows) can therefore rely on at most ``depth + 1`` items being alive at once.
+
     Stopping early (``break``, ``close()`` or dropping the generator) stops the thread and
     closes ``items`` on it; an exception raised while producing is re-raised in the consumer.
 
@@ -36,27 +41,28 @@ def iterate_in_background(items: Iterable[T], depth: int, name: str = "terarec-b
     """
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
-    slots: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    produced: queue.Queue[tuple[str, object]] = queue.Queue()
+    permits = threading.Semaphore(depth)
     stop = threading.Event()
 
-    def put(item: tuple[str, object]) -> bool:
+    def wait_for_permit() -> bool:
         while not stop.is_set():
-            try:
-                slots.put(item, timeout=_POLL_SECONDS)
+            if permits.acquire(timeout=_POLL_SECONDS):
                 return True
-            except queue.Full:
-                continue
         return False
 
     def produce() -> None:
         iterator = iter(items)
         try:
-            for item in iterator:
-                if not put(("item", item)):
+            while wait_for_permit():
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    produced.put(("done", None))
                     return
-            put(("done", None))
+                produced.put(("item", item))
         except BaseException as exc:  # handed to the consumer, which re-raises it
-            put(("error", exc))
+            produced.put(("error", exc))
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:
@@ -66,11 +72,12 @@ def iterate_in_background(items: Iterable[T], depth: int, name: str = "terarec-b
     worker.start()
     try:
         while True:
-            kind, item = slots.get()
+            kind, item = produced.get()
             if kind == "done":
                 return
             if kind == "error":
                 raise item  # type: ignore[misc]
+            permits.release()  # the previous item is done with: one more may be produced
             yield item  # type: ignore[misc]
     finally:
         stop.set()

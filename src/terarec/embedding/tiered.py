@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -340,7 +341,7 @@ class TieredRowStorage(RowStorage):
         try:
             with np.load(path, allow_pickle=False) as delta:
                 rows, records = delta["rows"], delta["records"]
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             raise ValueError(f"{path}: unreadable incremental snapshot ({err!r})") from err
         if rows.dtype != np.int64 or records.dtype != np.float32 or records.shape != (rows.shape[0], self._record.shape[0]):
             raise ValueError(f"{path}: rows/records of the wrong type or shape ({rows.dtype} {rows.shape}, {records.dtype} {records.shape})")

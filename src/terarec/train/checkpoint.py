@@ -64,12 +64,28 @@ def _write_json(path: Path, payload: Mapping[str, object]) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True))
 
 
-def _seal(directory: Path) -> None:
+def _file_entry(path: Path, previous: Mapping[str, Mapping[str, int]], name: str) -> dict[str, int]:
+    stat = path.stat()
+    entry = {"bytes": stat.st_size, "inode": stat.st_ino, "mtime_ns": stat.st_mtime_ns}
+    known = previous.get(name, {})
+    if all(known.get(key) == value for key, value in entry.items()):
+        # A hard link to the previous checkpoint's file (a tiered table's unchanged snapshot):
+        # its CRC is known, and re-reading a file of many GB at every checkpoint is what
+        # incremental snapshots exist to avoid.
+        return {**entry, "crc32": int(known["crc32"])}
+    return {**entry, "crc32": crc32_file(path)}
+
+
+def _seal(directory: Path, previous: Path | None) -> None:
     """Writes the manifest, then fsyncs every file and directory below ``directory``."""
     files = sorted(p for p in directory.rglob("*") if p.is_file())
-    manifest = {
-        str(p.relative_to(directory)): {"bytes": p.stat().st_size, "crc32": crc32_file(p)} for p in files
-    }
+    known: dict[str, dict[str, int]] = {}
+    if previous is not None:
+        try:
+            known = json.loads((previous / MANIFEST).read_text())["files"]
+        except (OSError, ValueError, KeyError):
+            known = {}
+    manifest = {str(p.relative_to(directory)): _file_entry(p, known, str(p.relative_to(directory))) for p in files}
     _write_json(directory / MANIFEST, {"files": manifest})
     for path in [*files, directory / MANIFEST]:
         fsync_path(path)
@@ -110,7 +126,7 @@ def save_checkpoint(
         collection.save(staging / "tables")
         _write_json(staging / "trainer.json", asdict(state))
         _write_json(staging / "run.json", run_spec)
-        _seal(staging)
+        _seal(staging, latest_checkpoint(run_dir))
         if final.exists():
             # A crash after the rename of this step but before newer progress: replace it whole.
             shutil.rmtree(final)

@@ -41,7 +41,7 @@ from terarec.train.evaluate import evaluate
 from terarec.train.metrics import auc
 from terarec.train.reporting import StepReporter
 
-__all__ = ["TrainResult", "configure_threads", "fit"]
+__all__ = ["TrainResult", "check_cache_sizes", "configure_threads", "fit"]
 
 _LOSS = nn.BCEWithLogitsLoss()
 PREPARE_AHEAD = 1  # batches whose IDs are mapped and de-duplicated ahead of training
@@ -113,6 +113,23 @@ def _run_spec(config: Config, splits: DataSplits, collection: EmbeddingCollectio
     }
 
 
+def check_cache_sizes(tables: list[EmbeddingTableConfig], batch_size: int) -> None:
+    """Refuses a tiered table whose cache cannot hold two batches' rows (the pipeline keeps the
+    previous batch resident), counting one distinct row per bag in the worst case."""
+    for table in tables:
+        if table.tiered is None:
+            continue
+        cache_rows = table.tiered.cache_bytes // table.row_bytes
+        needed = min(table.num_embeddings, 2 * batch_size * len(table.feature_names))
+        if cache_rows < needed:
+            raise ConfigError(
+                f"table {table.name!r}: cache_bytes={table.tiered.cache_bytes} holds {cache_rows} rows of "
+                f"{table.row_bytes} bytes, but two batches of {batch_size} examples over "
+                f"{len(table.feature_names)} feature(s) may need {needed} rows; set embedding.tiered.cache_bytes "
+                f">= {needed * table.row_bytes} (or lower train.batch_size / train.eval_batch_size)"
+            )
+
+
 def fit(config: Config) -> TrainResult:
     """Trains the model ``config`` describes, evaluates it, and writes ``OUT/metrics.json``.
 
@@ -130,6 +147,7 @@ def fit(config: Config) -> TrainResult:
     check_memory(estimates, settings.memory_budget_bytes)
     tables_dir = Path(settings.tables_dir) if settings.tables_dir else run_dir / "tables"
     check_disk(estimates, tables_dir)
+    check_cache_sizes(table_configs, max(settings.batch_size, settings.eval_batch_size))
 
     torch.manual_seed(settings.seed)
     collection = EmbeddingCollection(table_configs, seed=settings.seed, directory=tables_dir)

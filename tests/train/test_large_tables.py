@@ -1,0 +1,91 @@
+"""Training with dynamic and tiered tables: same results as in RAM, exact resume, counters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from terarec._dataclass_codec import from_mapping
+from terarec.embedding import EmbeddingCollection, EmbeddingTableConfig
+from terarec.errors import ConfigError, PlanError
+from terarec.models import DLRM
+from terarec.train import fit, load_checkpoint
+from terarec.train.builders import build_model
+from terarec.train.checkpoint import read_run_spec
+from terarec.train.config import Config
+
+from tests.helpers import assert_bit_identical
+from tests.helpers import tiny_config as _tiny_config
+
+
+def tiny_config(out: Path, **extra: object) -> Config:
+    return _tiny_config(out, train__eval_batch_size=256, **extra)
+
+# A cache of 520 rows x (8 weights + 1 state) floats per table, two batches' worth for tables of
+# up to 2000 rows: rows are evicted and reloaded all the time.
+TINY_CACHE = str(520 * 36)
+DYNAMIC = {"embedding__dynamic__min_count": 2, "embedding__dynamic__ttl_steps": 40, "embedding__dynamic__sketch_width": 4096}
+
+
+def _trained(checkpoint: Path, scratch: Path) -> dict[str, np.ndarray]:
+    """Every trained number of a checkpoint, whatever its tables' kinds."""
+    spec = read_run_spec(checkpoint)
+    config = Config.from_dict(spec["config"])
+    tables = [from_mapping(EmbeddingTableConfig, raw) for raw in spec["tables"]]
+    collection = EmbeddingCollection(tables, seed=config.train.seed, directory=scratch)
+    model = build_model(config.model, len(spec["schema"]["dense_features"]), tables)
+    assert isinstance(model, DLRM)
+    load_checkpoint(checkpoint, model, collection)
+    out = {f"model/{k}": v.numpy() for k, v in model.state_dict().items()}
+    for name, table in collection.tables.items():
+        out[f"{name}/weights"], out[f"{name}/state"] = np.array(table.weights), np.array(table.state)
+    return out
+
+
+def test_tiered_tables_train_exactly_like_ram_tables(tmp_path: Path) -> None:
+    ram = fit(tiny_config(tmp_path / "ram", train__steps=25))
+    tiered = fit(tiny_config(tmp_path / "tiered", train__steps=25, embedding__tiered__cache_bytes=TINY_CACHE))
+    for key in ("auc", "logloss", "ne", "calibration"):
+        assert ram.metrics[key] == tiered.metrics[key]
+    assert_bit_identical(_trained(ram.checkpoint, tmp_path / "s1"), _trained(tiered.checkpoint, tmp_path / "s2"))
+    counters = tiered.metrics["tables"]
+    assert 0.0 < counters["C1/cache_hit_rate"] < 1.0 and counters["C1/disk_written_bytes"] > 0
+    assert (tmp_path / "tiered" / "tables" / "C1.slab").is_file()
+
+
+def test_dynamic_tiered_run_resumes_exactly_and_reports_counters(tmp_path: Path) -> None:
+    common = {**DYNAMIC, "embedding__tiered__cache_bytes": TINY_CACHE, "train__checkpoint_every": 10}
+    straight = fit(tiny_config(tmp_path / "straight", train__steps=45, **common))
+    fit(tiny_config(tmp_path / "resumed", train__steps=25, **common))
+    resumed = fit(tiny_config(tmp_path / "resumed", train__steps=45, train__resume=True, **common))
+    assert resumed.metrics["auc"] == straight.metrics["auc"]
+    assert_bit_identical(_trained(straight.checkpoint, tmp_path / "s1"), _trained(resumed.checkpoint, tmp_path / "s2"))
+    counters = json.loads((tmp_path / "straight" / "metrics.json").read_text())["tables"]
+    assert counters["C1/live_rows"] > 0 and counters["C1/rejected"] > 0 and counters["C1/evicted_ttl"] >= 0
+    assert counters == resumed.metrics["tables"] | {k: v for k, v in counters.items() if "disk" in k or "hit" in k}
+
+
+def test_dynamic_tables_learn(tmp_path: Path) -> None:
+    result = fit(tiny_config(tmp_path, train__steps=80, **DYNAMIC))
+    assert result.metrics["auc"] > 0.6
+
+
+def test_cache_smaller_than_two_batches_is_refused_up_front(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"holds 100 rows .* may need 512 rows; set embedding.tiered.cache_bytes >= 18432"):
+        fit(tiny_config(tmp_path, train__steps=1, embedding__tiered__cache_bytes=str(100 * 36)))
+
+
+def test_tiered_tables_that_do_not_fit_on_disk_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match="on disk"):
+        fit(
+            tiny_config(
+                tmp_path,
+                train__steps=1,
+                embedding__tiered__cache_bytes="1000000",
+                embedding__max_rows=10**15,
+                embedding__min_rows=10**14,
+            )
+        )

@@ -207,3 +207,17 @@ def test_memory_estimate_splits_ram_and_disk(tmp_path: Path) -> None:
     assert estimate == config.memory_estimate()
     assert estimate.disk_bytes == ROWS * config.row_bytes
     assert estimate.ram_bytes == 100 * config.row_bytes + 4 * ROWS + 2 * ((ROWS + 7) // 8)
+
+
+def test_materialized_table_reads_its_rows_from_disk_with_the_same_results(tmp_path: Path) -> None:
+    config = _config(OptimizerType.ADAGRAD)
+    batches = _batches(15, seed=5)
+    ram = FixedTable(config)
+    tiered = FixedTable(_tiered(config, cache_rows=2 * BATCH * 2 * BAG), directory=tmp_path)
+    tiered._storage.materialize(chunk_rows=1000)
+    assert tiered._storage.path.stat().st_blocks * 512 >= ROWS * config.row_bytes
+    for expected, got in zip(_train(ram, batches), _train(tiered, batches), strict=True):
+        assert torch.equal(expected, got)
+    assert tiered._storage.stats().rows_read == tiered._storage.stats().misses  # every miss came from disk
+    with pytest.raises(ValueError, match="fresh table"):
+        tiered._storage.materialize()

@@ -65,7 +65,11 @@ def test_dynamic_tiered_run_resumes_exactly_and_reports_counters(tmp_path: Path)
     assert_bit_identical(_trained(straight.checkpoint, tmp_path / "s1"), _trained(resumed.checkpoint, tmp_path / "s2"))
     counters = json.loads((tmp_path / "straight" / "metrics.json").read_text())["tables"]
     assert counters["C1/live_rows"] > 0 and counters["C1/rejected"] > 0 and counters["C1/evicted_ttl"] >= 0
-    assert counters == resumed.metrics["tables"] | {k: v for k, v in counters.items() if "disk" in k or "hit" in k}
+    # The dynamic tables' counters resume exactly; cache counters restart with the process.
+    def dynamic(all_counters: dict[str, float]) -> dict[str, float]:
+        return {k: v for k, v in all_counters.items() if not k.split("/")[1].startswith(("cache", "disk"))}
+
+    assert dynamic(counters) == dynamic(resumed.metrics["tables"])
 
 
 def test_dynamic_tables_learn(tmp_path: Path) -> None:

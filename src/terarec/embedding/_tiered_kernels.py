@@ -6,6 +6,12 @@ code (declared as external symbols), so a batch's misses cost one system call
 each and no Python; the kernels release the GIL, so a batch's rows load on the prepare
 thread while the trainer computes the previous batch.
 
+A batch becomes resident in four phases: :func:`plan_batch` picks slots (serial, no I/O),
+:func:`write_victims` writes dirty victims back, :func:`commit_batch` updates the maps once
+they are safe, :func:`load_misses` fills the slots. The two I/O phases run on many threads
+at once (each call handles a range of the misses): one miss is one small random read, and a
+single thread would leave the SSD idle between them.
+
 Status codes returned by the kernels: ``OK``; ``CACHE_FULL`` (no unpinned slot left);
 ``WRITE_FAILED`` / ``READ_FAILED`` with the failing row and ``errno`` in ``report``.
 """
@@ -21,14 +27,17 @@ from terarec.embedding import _kernels
 __all__ = [
     "CACHE_FULL",
     "OK",
-    "copy_rows",
     "READ_FAILED",
     "WRITE_FAILED",
+    "commit_batch",
+    "copy_rows",
     "flush_dirty",
     "gather_slots",
+    "load_misses",
+    "plan_batch",
     "read_rows",
-    "resolve_rows",
     "write_rows",
+    "write_victims",
 ]
 
 OK, CACHE_FULL, WRITE_FAILED, READ_FAILED = 0, 1, 2, 3
@@ -108,66 +117,104 @@ def _take_slot(slot_row, slot_stamp, referenced, free_slots, cursor, tick):
 
 
 @numba.njit(cache=True, nogil=True)
-def resolve_rows(
-    fd, weights, state, row_slot, slot_row, slot_stamp, referenced, dirty, on_disk, changed,
-    free_slots, cursor, unique_rows, is_new, new_keys, tick, training,
-    seed, scale, init_kind, initial_state, record, out, report,
+def plan_batch(
+    row_slot, slot_row, slot_stamp, referenced, free_slots, cursor, unique_rows, is_new, tick, out, miss_index,
+    victims, report,
 ):  # fmt: skip
-    """Makes ``unique_rows`` resident, writing back dirty victims, and writes their slots to ``out``.
-
-    A missing row comes from the file when ``on_disk`` says the file holds it, else from its
-    initial value (``init_row`` keyed by the row, as a RAM table starts); a new row
-    (``is_new[i]``) from the initial value keyed by ``new_keys[i]``. ``report`` receives
-    ``[hits, misses, rows read, rows written, failing row, errno]``; returns a status code.
-    """
+    """First phase of making a batch resident: finds each row's slot (a hit keeps its slot; a miss
+    gets a free slot or a CLOCK victim, pinned at once so it is not chosen twice), without
+    moving any data. Misses go to ``miss_index[:m]`` (positions in ``unique_rows``) with the
+    row their slot held in ``victims[:m]`` (``-1`` if none); victims are unmapped at once
+    (:func:`commit_batch` does the rest, or the caller restores them if a write-back fails). A new row already cached (a
+    dynamic table re-using a row) is a miss that keeps its slot. Returns ``(status, m)``."""
+    m = 0
     for i in range(unique_rows.shape[0]):
         row = unique_rows[i]
         slot = row_slot[row]
-        if slot >= 0 and not is_new[i]:
-            report[0] += 1
-        else:
-            report[1] += 1
-            if slot < 0:
-                slot = _take_slot(slot_row, slot_stamp, referenced, free_slots, cursor, tick)
-                if slot < 0:
-                    report[4] = i
-                    return CACHE_FULL
-                victim = slot_row[slot]
-                if victim >= 0:
-                    if dirty[slot]:
-                        error = _write_record(fd, weights, state, slot, victim, record)
-                        if error != 0:
-                            report[4], report[5] = victim, error
-                            # the victim stays cached and dirty: nothing is lost
-                            slot_stamp[slot] = tick
-                            return WRITE_FAILED
-                        report[3] += 1
-                        _set_bit(on_disk, victim)
-                        _set_bit(changed, victim)
-                        dirty[slot] = 0
-                    row_slot[victim] = -1
-                slot_row[slot] = row
-                row_slot[row] = slot
+        if slot >= 0:
             if is_new[i]:
-                _kernels.init_row(weights[slot], seed, new_keys[i], scale, init_kind)
-                state[slot] = initial_state
-            elif _test_bit(on_disk, row):
-                error = _read_record(fd, weights, state, slot, row, record)
-                if error != 0:
-                    row_slot[row], slot_row[slot] = -1, -1
-                    free_slots[cursor[0]] = slot
-                    cursor[0] += 1
-                    report[4], report[5] = row, error
-                    return READ_FAILED
-                report[2] += 1
+                miss_index[m], victims[m] = i, -1
+                m += 1
             else:
-                _kernels.init_row(weights[slot], seed, row, scale, init_kind)
-                state[slot] = initial_state
+                report[0] += 1
+        else:
+            slot = _take_slot(slot_row, slot_stamp, referenced, free_slots, cursor, tick)
+            if slot < 0:
+                report[4] = i
+                return CACHE_FULL, m
+            victim = slot_row[slot]
+            if victim >= 0:
+                row_slot[victim] = -1  # a later row of this batch that is the victim must miss
+            miss_index[m], victims[m] = i, victim
+            m += 1
         slot_stamp[slot] = tick
         referenced[slot] = 1
-        if training:
-            dirty[slot] = 1
         out[i] = slot
+    report[1] += m
+    return OK, m
+
+
+@numba.njit(cache=True, nogil=True)
+def write_victims(fd, weights, state, dirty, out, miss_index, victims, start, stop, report):
+    """Second phase, for misses ``[start, stop)`` (one call per I/O thread): writes each dirty
+    victim's row back to the file. Touches no shared bookkeeping."""
+    record = np.empty(weights.shape[1] + state.shape[1], dtype=np.float32)
+    for k in range(start, stop):
+        slot = out[miss_index[k]]
+        if victims[k] >= 0 and dirty[slot]:
+            error = _write_record(fd, weights, state, slot, victims[k], record)
+            if error != 0:
+                report[4], report[5] = victims[k], error
+                return WRITE_FAILED
+            report[3] += 1
+    return OK
+
+
+@numba.njit(cache=True, nogil=True)
+def commit_batch(row_slot, slot_row, dirty, on_disk, changed, unique_rows, out, miss_index, victims, m, training):
+    """Third phase, once every victim is safely on disk: records the victims as on disk, maps
+    each missed row to its slot, and marks the batch's slots dirty when training."""
+    for k in range(m):
+        slot = out[miss_index[k]]
+        victim = victims[k]
+        if victim >= 0:
+            if dirty[slot]:
+                _set_bit(on_disk, victim)
+                _set_bit(changed, victim)
+                dirty[slot] = 0
+        row = unique_rows[miss_index[k]]
+        slot_row[slot] = row
+        row_slot[row] = slot
+    if training:
+        for i in range(unique_rows.shape[0]):
+            dirty[out[i]] = 1
+
+
+@numba.njit(cache=True, nogil=True)
+def load_misses(
+    fd, weights, state, on_disk, unique_rows, out, miss_index, is_new, new_keys, start, stop,
+    seed, scale, init_kind, initial_state, report,
+):  # fmt: skip
+    """Last phase, for misses ``[start, stop)`` (one call per I/O thread): fills each missed
+    slot from the file when ``on_disk`` says the file holds the row, else with the row's
+    initial value (keyed by the row, as a RAM table starts), or for a new row
+    (``is_new``) by ``new_keys``."""
+    record = np.empty(weights.shape[1] + state.shape[1], dtype=np.float32)
+    for k in range(start, stop):
+        i = miss_index[k]
+        row, slot = unique_rows[i], out[i]
+        if is_new[i]:
+            _kernels.init_row(weights[slot], seed, new_keys[i], scale, init_kind)
+            state[slot] = initial_state
+        elif _test_bit(on_disk, row):
+            error = _read_record(fd, weights, state, slot, row, record)
+            if error != 0:
+                report[4], report[5] = row, error
+                return READ_FAILED
+            report[2] += 1
+        else:
+            _kernels.init_row(weights[slot], seed, row, scale, init_kind)
+            state[slot] = initial_state
     return OK
 
 

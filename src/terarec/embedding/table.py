@@ -236,6 +236,8 @@ class RowTable(EmbeddingTable):
         stats = self._storage.stats()
         return {
             "cache_hit_rate": stats.hit_rate,
+            "cache_hits": float(stats.hits),
+            "cache_misses": float(stats.misses),
             "disk_read_bytes": float(stats.rows_read * stats.record_bytes),
             "disk_written_bytes": float(stats.rows_written * stats.record_bytes),
         }

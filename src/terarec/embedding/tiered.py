@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,12 @@ import numpy as np
 
 from terarec._files import copy_sparse, fsync_path
 from terarec.embedding import _tiered_kernels as _k
-from terarec.embedding.storage import NO_ROWS, RowStorage, init_arguments
+from terarec.embedding.storage import (
+    NO_ROWS,
+    RowStorage,
+    init_arguments,
+    initialize_rows,
+)
 from terarec.embedding.types import (
     InitConfig,
     MemoryEstimate,
@@ -35,6 +41,18 @@ __all__ = ["TieredRowStorage", "TieredStats"]
 
 _FORMAT_VERSION = 1
 _MANIFEST = "tiered.json"
+# Concurrent small reads keep an SSD's queue full; 16 in flight gets most of a virtio or NVMe
+# disk's random-read rate while the threads mostly wait in the kernel, not on the 2 cores.
+_IO_THREADS = 32
+_ROWS_PER_IO_TASK = 16
+_pool: ThreadPoolExecutor | None = None
+
+
+def _io_pool() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=_IO_THREADS, thread_name_prefix="terarec-io")
+    return _pool
 
 
 @dataclass(frozen=True)
@@ -131,6 +149,7 @@ class TieredRowStorage(RowStorage):
         self.weights = np.zeros((capacity, embedding_dim), dtype=np.float32)
         self.state = np.zeros((capacity, state_width), dtype=np.float32)
         seed64 = np.uint64(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+        self._init = init
         self._init_args = (seed64, *init_arguments(init, num_embeddings), np.float32(initial_state))
         self._record = np.empty(record_floats, dtype=np.float32)
         self._report = np.zeros(6, dtype=np.int64)
@@ -198,23 +217,55 @@ class TieredRowStorage(RowStorage):
         if new_rows.size:
             at = np.searchsorted(unique_rows, new_rows)
             is_new[at], new_keys[at] = 1, new_ids
-        slots = np.empty(unique_rows.shape[0], dtype=np.int64)
-        status = _k.resolve_rows(
-            self._fd, self.weights, self.state, self._row_slot, self._slot_row, self._slot_stamp,
-            self._referenced, self._dirty, self._on_disk, self._changed, self._free_slots, self._cursor,
-            unique_rows, is_new, new_keys, self._tick, training, *self._init_args, self._record, slots, self._report,
+        count = unique_rows.shape[0]
+        slots = np.empty(count, dtype=np.int64)
+        miss_index = np.empty(count, dtype=np.int64)
+        victims = np.empty(count, dtype=np.int64)
+        status, misses = _k.plan_batch(
+            self._row_slot, self._slot_row, self._slot_stamp, self._referenced, self._free_slots, self._cursor,
+            unique_rows, is_new, self._tick, slots, miss_index, victims, self._report,
         )  # fmt: skip
         if status == _k.CACHE_FULL:
             pinned = int(np.count_nonzero(self._slot_stamp >= self._tick - 1))
-            needed = unique_rows.shape[0] + pinned - int(np.count_nonzero(self._slot_stamp == self._tick))
+            needed = count + pinned - int(np.count_nonzero(self._slot_stamp == self._tick))
             raise ValueError(
                 f"{self.path.name}: the cache holds {self.cache_rows} rows but this batch needs "
-                f"{unique_rows.shape[0]} distinct rows while {needed - unique_rows.shape[0]} of the previous "
+                f"{count} distinct rows while {needed - count} of the previous "
                 f"batch are in use; set cache_bytes to at least {needed * self._record_bytes} "
                 f"({needed} rows x {self._record_bytes} bytes)"
             )
-        self._raise_for(status, "loading a batch")
+        write = (self._fd, self.weights, self.state, self._dirty, slots, miss_index, victims)
+        try:
+            self._in_parallel(_k.write_victims, write, misses, "writing rows back")
+        except OSError:
+            # Nothing moved: the victims stay cached (and dirty) under their old slots.
+            planned = victims[:misses] >= 0
+            self._row_slot[victims[:misses][planned]] = slots[miss_index[:misses][planned]]
+            raise
+        _k.commit_batch(
+            self._row_slot, self._slot_row, self._dirty, self._on_disk, self._changed, unique_rows, slots,
+            miss_index, victims, misses, training,
+        )  # fmt: skip
+        load = (self._fd, self.weights, self.state, self._on_disk, unique_rows, slots, miss_index, is_new, new_keys)
+        self._in_parallel(_k.load_misses, load, misses, "loading a batch", tail=self._init_args)
         return slots
+
+    def _in_parallel(self, kernel, head: tuple, count: int, what: str, tail: tuple = ()) -> None:
+        """Runs ``kernel(*head, start, stop, *tail, report)`` over ``[0, count)`` split across
+        the I/O threads (inline when small), then adds up their counters."""
+        parts = min(_IO_THREADS, max(1, count // _ROWS_PER_IO_TASK))
+        bounds = np.linspace(0, count, parts + 1).astype(np.int64)
+        reports = np.zeros((parts, self._report.shape[0]), dtype=np.int64)
+        calls = [(int(bounds[p]), int(bounds[p + 1]), reports[p]) for p in range(parts)]
+        if parts == 1:
+            statuses = [kernel(*head, calls[0][0], calls[0][1], *tail, calls[0][2])]
+        else:
+            statuses = list(_io_pool().map(lambda c: kernel(*head, c[0], c[1], *tail, c[2]), calls))
+        self._report[2:4] += reports[:, 2:4].sum(axis=0)
+        for status, report in zip(statuses, reports):
+            if status != _k.OK:
+                self._report[4:] = report[4:]
+                self._raise_for(status, what)
 
     def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out_w = np.empty((rows.shape[0], self.weights.shape[1]), dtype=np.float32)
@@ -238,6 +289,29 @@ class TieredRowStorage(RowStorage):
         )  # fmt: skip
         self._raise_for(status, "flushing the cache")
         os.fsync(self._fd)
+
+    def materialize(self, chunk_rows: int = 1 << 15) -> None:
+        """Writes every row's initial value into the file, so it holds the whole table from the
+        start (a table trained elsewhere would); afterwards every miss is a disk read. Sequential
+        writes of ``chunk_rows`` rows at a time; only on a table that has not loaded any row.
+        Then asks the kernel to drop the file from its page cache, for a cold start."""
+        if (self._slot_row >= 0).any() or self._on_disk.any():
+            raise ValueError(f"{self.path}: materialize() needs a fresh table (rows are cached or on disk)")
+        dim, seed, initial_state = self.weights.shape[1], self._init_args[0], self._init_args[3]
+        records = np.empty((chunk_rows, self._record.shape[0]), dtype=np.float32)
+        weights = np.empty((chunk_rows, dim), dtype=np.float32)
+        for start in range(0, self.num_embeddings, chunk_rows):
+            count = min(chunk_rows, self.num_embeddings - start)
+            initialize_rows(weights[:count], start, self._init, self.num_embeddings, seed)
+            records[:count, :dim] = weights[:count]
+            records[:count, dim:] = initial_state
+            view = memoryview(records[:count]).cast("B")
+            written = os.pwrite(self._fd, view, start * self._record_bytes)
+            if written != view.nbytes:
+                raise OSError(f"{self.path}: short write at row {start} ({written} of {view.nbytes} bytes)")
+        self._on_disk[...] = np.packbits(np.ones(self.num_embeddings, dtype=bool), bitorder="little")
+        os.fsync(self._fd)
+        os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
     def memory_estimate(self) -> MemoryEstimate:
         ram = self.weights.nbytes + self.state.nbytes + tiered_bookkeeping_bytes(self.num_embeddings)

@@ -1,0 +1,280 @@
+"""Tables larger than RAM: a DLRM-shaped workload trained with its tables in RAM, tiered (RAM
+cache over an SSD file holding the whole table), and in plain PyTorch.
+
+- ``ram``: terarec ``FixedTable``s of ``--ram-rows`` rows each, all in RAM;
+- ``tiered``: the same tables with ``--tiered-rows`` rows each (weights + Adagrad state well
+  over the machine's RAM by default), every row written to the file before timing
+  (``materialize``) and the file dropped from the kernel's page cache, and a RAM cache of
+  ``--cache-fraction`` of the table bytes;
+- ``pytorch``: ``nn.EmbeddingBag(sparse=True)`` + ``torch.optim.Adagrad`` at ``--ram-rows``.
+
+Every case trains the same DLRM (13 dense features, ``--features`` one-hot sparse features,
+dim ``--dim``) with Adagrad on the same pre-generated batches: Zipf(1.05) IDs over each
+table's row range (hot IDs scattered by the hash) or uniform IDs. terarec runs as the trainer
+does: batch ``n + 1`` is prepared (hashed, de-duplicated, and for tiered tables loaded from disk)
+on a background thread while batch ``n`` trains. Each case runs in its own process, so peak
+RSS is its own; ``memory_budget_bytes`` is what the tables were allowed in RAM (the cache and
+its bookkeeping, for tiered), ``baseline_rss_bytes`` the process before any table existed.
+
+    python bench/tiered.py --quick --json bench/results/tiered_quick.json
+    python bench/tiered.py --json bench/results/tiered.json          # ~41 GB of tables on disk
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from _machine import machine_info, peak_rss_bytes, print_table, run_in_child, set_threads, write_json
+
+CASES = ("ram", "tiered", "pytorch")
+DISTRIBUTIONS = ("zipf", "uniform")
+ZIPF_EXPONENT = 1.05
+LEARNING_RATE = 0.01
+NUM_DENSE = 13
+
+
+def _ids(rng: np.random.Generator, rows: int, size: int, distribution: str) -> np.ndarray:
+    """Raw IDs in ``[0, rows)``: bounded Zipf ranks (inverse CDF of the continuous law, no
+    ``rows``-sized table) or uniform. The tables hash them, which scatters the hot ones."""
+    if distribution == "uniform":
+        return rng.integers(0, rows, size, dtype=np.int64)
+    s = ZIPF_EXPONENT
+    top = float(rows) ** (1.0 - s)
+    ranks = ((top - 1.0) * rng.random(size) + 1.0) ** (1.0 / (1.0 - s))
+    return np.minimum(ranks.astype(np.int64), rows) - 1
+
+
+def _batches(spec: dict[str, object], rows: int) -> list[dict[str, object]]:
+    rng = np.random.default_rng(0)
+    batch, features = spec["batch_size"], spec["features"]
+    out = []
+    for _ in range(spec["warmup"] + spec["steps"]):
+        out.append({
+            "dense": torch.from_numpy(rng.standard_normal((batch, NUM_DENSE), dtype=np.float32)),
+            "labels": torch.from_numpy((rng.random(batch) < 0.25).astype(np.float32)),
+            "ids": [_ids(rng, rows, batch, spec["distribution"]) for _ in range(features)],
+        })  # fmt: skip
+    return out
+
+
+def _model(spec: dict[str, object]) -> nn.Module:
+    from terarec.models import DLRM
+
+    torch.manual_seed(0)
+    return DLRM(NUM_DENSE, spec["features"], spec["dim"], (128, spec["dim"]), (256, 128))
+
+
+def _terarec(spec: dict[str, object], rows: int, workdir: Path) -> dict[str, object]:
+    from terarec._background import iterate_in_background
+    from terarec.embedding import (
+        EmbeddingCollection,
+        EmbeddingTableConfig,
+        OptimizerConfig,
+        OptimizerType,
+        TieredConfig,
+    )
+    from terarec.sparse import JaggedTensor
+
+    batches = _batches(spec, rows)
+    offsets = torch.arange(spec["batch_size"] + 1, dtype=torch.int64)
+    optimizer = OptimizerConfig(OptimizerType.ADAGRAD, learning_rate=LEARNING_RATE)
+    configs = [
+        EmbeddingTableConfig(f"C{i + 1}", rows, spec["dim"], (f"C{i + 1}",), optimizer=optimizer)
+        for i in range(spec["features"])
+    ]
+    tiered = spec["case"] == "tiered"
+    if tiered:
+        cache = int(configs[0].row_bytes * rows * spec["cache_fraction"])
+        configs = [replace(c, tiered=TieredConfig(cache_bytes=cache)) for c in configs]
+    baseline_rss = _current_rss()
+    collection = EmbeddingCollection(configs, directory=workdir)
+    if tiered:
+        started = time.perf_counter()
+        for table in collection.tables.values():
+            table._storage.materialize()
+        print(f"materialized {sum(c.memory_estimate().disk_bytes for c in configs) / 1e9:.1f} GB "
+              f"in {time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
+    model = _model(spec)
+    dense_optimizer = torch.optim.Adagrad(model.parameters(), lr=LEARNING_RATE)
+    loss_fn = nn.BCEWithLogitsLoss()
+    names = collection.feature_names
+
+    def prepare(batch: dict[str, object]):
+        sparse = {n: JaggedTensor(torch.from_numpy(ids), offsets) for n, ids in zip(names, batch["ids"])}
+        return batch, collection.prepare(sparse)
+
+    def train(items) -> None:
+        for batch, prepared in items:
+            pooled = collection.lookup(prepared)
+            loss = loss_fn(model(batch["dense"], pooled.stacked()), batch["labels"])
+            loss.backward()
+            collection.apply_gradients(prepared, pooled.values.grad)
+            dense_optimizer.step()
+            dense_optimizer.zero_grad(set_to_none=True)
+
+    with contextlib.closing(iterate_in_background(map(prepare, batches[: spec["warmup"]]), 1)) as items:
+        train(items)
+    before = collection.counters()
+    started = time.perf_counter()
+    with contextlib.closing(iterate_in_background(map(prepare, batches[spec["warmup"] :]), 1)) as items:
+        train(items)
+    seconds = time.perf_counter() - started
+    after = collection.counters()
+    result = {
+        "examples_per_second": spec["steps"] * spec["batch_size"] / seconds,
+        "table_bytes": sum(c.row_bytes * c.num_embeddings for c in configs),
+        "memory_budget_bytes": sum(c.memory_estimate().ram_bytes for c in configs),
+        "baseline_rss_bytes": baseline_rss,
+    }
+    if tiered:
+        result.update(_disk_figures(before, after, configs, seconds))
+    return result
+
+
+def _disk_figures(before: dict[str, float], after: dict[str, float], configs, seconds: float) -> dict[str, float]:
+    """Hit rate and disk MB/s over the timed steps, from the tables' cumulative counters."""
+    def delta(counter: str) -> float:
+        return sum(after[f"{c.name}/{counter}"] - before[f"{c.name}/{counter}"] for c in configs)
+
+    hits, misses = delta("cache_hits"), delta("cache_misses")
+    return {
+        "hit_rate": hits / (hits + misses) if hits + misses else 0.0,
+        "disk_read_mb_s": delta("disk_read_bytes") / seconds / 1e6,
+        "disk_write_mb_s": delta("disk_written_bytes") / seconds / 1e6,
+    }
+
+
+def _pytorch(spec: dict[str, object], rows: int) -> dict[str, object]:
+    from terarec.embedding import _kernels
+
+    batches = _batches(spec, rows)
+    for batch in batches:  # the same hash terarec applies, outside the timing
+        hashed = []
+        for ids in batch["ids"]:
+            out = np.empty_like(ids)
+            _kernels.hash_to_rows(ids, rows, out)
+            hashed.append(torch.from_numpy(out))
+        batch["rows"] = hashed
+    baseline_rss = _current_rss()
+    dim, features = spec["dim"], spec["features"]
+    bags = nn.ModuleList(nn.EmbeddingBag(rows, dim, mode="sum", sparse=True) for _ in range(features))
+    model = _model(spec)
+    sparse_optimizer = torch.optim.Adagrad(bags.parameters(), lr=LEARNING_RATE)
+    dense_optimizer = torch.optim.Adagrad(model.parameters(), lr=LEARNING_RATE)
+    loss_fn = nn.BCEWithLogitsLoss()
+    offsets = torch.arange(spec["batch_size"], dtype=torch.int64)
+
+    def step(batch: dict[str, object]) -> None:
+        pooled = torch.stack([bag(r, offsets) for bag, r in zip(bags, batch["rows"])], dim=1)
+        loss_fn(model(batch["dense"], pooled), batch["labels"]).backward()
+        for optimizer in (sparse_optimizer, dense_optimizer):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    for batch in batches[: spec["warmup"]]:
+        step(batch)
+    started = time.perf_counter()
+    for batch in batches[spec["warmup"] :]:
+        step(batch)
+    seconds = time.perf_counter() - started
+    table_bytes = 2 * 4 * rows * dim * features  # weights + Adagrad state
+    return {
+        "examples_per_second": spec["steps"] * spec["batch_size"] / seconds,
+        "table_bytes": table_bytes,
+        "memory_budget_bytes": table_bytes,
+        "baseline_rss_bytes": baseline_rss,
+    }
+
+
+def _current_rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def run_child(spec: dict[str, object]) -> dict[str, object]:
+    spec["threads"] = set_threads(spec["threads"])
+    rows = spec["tiered_rows"] if spec["case"] == "tiered" else spec["ram_rows"]
+    workdir = Path(tempfile.mkdtemp(prefix="terarec-tiered-bench-", dir=spec["workdir"]))
+    try:
+        result = _pytorch(spec, rows) if spec["case"] == "pytorch" else _terarec(spec, rows, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {**result, "peak_rss_bytes": peak_rss_bytes()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small tables and few steps (under 3 minutes)")
+    parser.add_argument("--features", type=int, default=8)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--ram-rows", type=int, default=2_000_000, help="rows per table, RAM and PyTorch cases")
+    parser.add_argument("--tiered-rows", type=int, default=10_000_000, help="rows per table, tiered case")
+    parser.add_argument("--cache-fraction", type=float, default=0.1, help="RAM cache / table bytes, tiered case")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--distributions", default=",".join(DISTRIBUTIONS))
+    parser.add_argument("--workdir", default=".", help="directory on the disk to test (tables are written here)")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        import json
+
+        print(json.dumps(run_child(json.loads(args.child))))
+        return
+    if args.quick:
+        args.ram_rows, args.tiered_rows, args.steps, args.warmup = 200_000, 1_000_000, 30, 5
+    free = shutil.disk_usage(args.workdir).free
+    tiered_bytes = 8 * args.dim * args.tiered_rows * args.features
+    print(f"tiered tables: {tiered_bytes / 1e9:.1f} GB on disk; {free / 1e9:.1f} GB free in {args.workdir}")
+    if tiered_bytes > 0.9 * free:
+        raise SystemExit(f"not enough free disk in {args.workdir} for {tiered_bytes / 1e9:.1f} GB of tables")
+    results = []
+    for distribution in args.distributions.split(","):
+        for case in args.cases.split(","):
+            spec = {
+                "case": case, "distribution": distribution, "features": args.features, "dim": args.dim,
+                "batch_size": args.batch_size, "ram_rows": args.ram_rows, "tiered_rows": args.tiered_rows,
+                "cache_fraction": args.cache_fraction, "steps": args.steps, "warmup": args.warmup,
+                "threads": args.threads, "workdir": str(Path(args.workdir).resolve()),
+            }  # fmt: skip
+            print(f"running {case} / {distribution} ...", flush=True)
+            outcome = run_in_child(__file__, spec)
+            results.append({"case": case, "distribution": distribution, **outcome})
+    ram = {r["distribution"]: r.get("examples_per_second") for r in results if r["case"] == "ram"}
+    for row in results:
+        reference = ram.get(row["distribution"])
+        if row.get("examples_per_second") and reference:
+            row["vs_ram"] = row["examples_per_second"] / reference
+        for key in ("table_bytes", "memory_budget_bytes", "peak_rss_bytes", "baseline_rss_bytes"):
+            if row.get(key) is not None:
+                row[key.replace("_bytes", "_gb")] = row[key] / 1e9
+    print_table(results, [
+        ("case", "case", "s"), ("distribution", "ids", "s"), ("examples_per_second", "examples/s", ",.0f"),
+        ("vs_ram", "vs ram", ".2f"), ("table_gb", "table GB", ".1f"), ("memory_budget_gb", "budget GB", ".2f"),
+        ("peak_rss_gb", "peak RSS GB", ".2f"), ("baseline_rss_gb", "base RSS GB", ".2f"),
+        ("hit_rate", "hit rate", ".3f"), ("disk_read_mb_s", "read MB/s", ".0f"), ("disk_write_mb_s", "write MB/s", ".0f"),
+    ])  # fmt: skip
+    for row in results:
+        if "error" in row:
+            print(f"{row['case']}/{row['distribution']}: {row['error']}")
+    write_json(args.json, {"machine": machine_info(), "args": vars(args) | {"json": str(args.json)}, "results": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -33,6 +34,23 @@ def _field_types(cls: type) -> dict[str, object]:
 def _suggest(key: str, known: list[str]) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     return f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(known))}"
+
+
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgtp])(i?)b?\s*$", re.IGNORECASE)
+
+
+def _parse_integer(text: str) -> object:
+    """``"4096"``, ``"1_000_000"``, ``"2e9"``, or a size: ``"512MB"`` (10^6), ``"2GiB"`` (2^30).
+    Anything else comes back as parsed YAML for the caller to reject."""
+    size = _SIZE.match(text)
+    if size:
+        number, unit, binary = size.groups()
+        scale = (1024 if binary else 1000) ** ("kmgtp".index(unit.lower()) + 1)
+        return float(number) * scale
+    try:
+        return float(text.replace("_", "")) if any(c in text for c in ".eE") else int(text.replace("_", ""))
+    except ValueError:
+        return yaml.safe_load(text)
 
 
 def _convert(value: object, annotation: object, key: str) -> object:
@@ -77,7 +95,7 @@ def _convert(value: object, annotation: object, key: str) -> object:
         return value
     if annotation is int:
         if isinstance(value, str):
-            value = yaml.safe_load(value.replace("_", ""))
+            value = _parse_integer(value)
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool):

@@ -36,6 +36,7 @@ from terarec.embedding.types import (
     TieredConfig,
     tiered_bookkeeping_bytes,
 )
+from terarec.errors import ConfigError
 
 __all__ = ["TieredRowStorage", "TieredStats"]
 
@@ -228,7 +229,7 @@ class TieredRowStorage(RowStorage):
         if status == _k.CACHE_FULL:
             pinned = int(np.count_nonzero(self._slot_stamp >= self._tick - 1))
             needed = count + pinned - int(np.count_nonzero(self._slot_stamp == self._tick))
-            raise ValueError(
+            raise ConfigError(
                 f"{self.path.name}: the cache holds {self.cache_rows} rows but this batch needs "
                 f"{count} distinct rows while {needed - count} of the previous "
                 f"batch are in use; set cache_bytes to at least {needed * self._record_bytes} "

@@ -221,3 +221,35 @@ def test_materialized_table_reads_its_rows_from_disk_with_the_same_results(tmp_p
     assert tiered._storage.stats().rows_read == tiered._storage.stats().misses  # every miss came from disk
     with pytest.raises(ValueError, match="fresh table"):
         tiered._storage.materialize()
+
+
+def test_failed_snapshot_write_keeps_older_checkpoints_and_loses_no_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _tiered(_config(OptimizerType.ADAGRAD), cache_rows=2 * BATCH * 2 * BAG)
+    batches = _batches(30, seed=6)
+    straight = FixedTable(config, directory=tmp_path / "straight")
+    _train(straight, batches)
+    table = FixedTable(config, directory=tmp_path / "run")
+    first, failed, last = (tmp_path / name for name in ("c1", "c2", "c3"))
+    for directory in (first, failed, last):
+        directory.mkdir()
+    _train(table, batches[:10])
+    table.save(first)
+    _train(table, batches[10:20])
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(np, "savez", disk_full)
+        with pytest.raises(OSError, match="No space"):
+            table.save(failed)
+    _train(table, batches[20:])
+    table.save(last)  # its snapshot covers the changes the failed one did not record
+    for checkpoint, trained in ((first, 10), (last, 30)):
+        restored = FixedTable(config, directory=tmp_path / f"restored-{checkpoint.name}")
+        restored.load(checkpoint)
+        if trained < len(batches):
+            _train(restored, batches[trained:])
+        np.testing.assert_array_equal(restored.weights, straight.weights)

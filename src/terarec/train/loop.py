@@ -214,6 +214,8 @@ def fit(config: Config) -> TrainResult:
         "skipped_rows": splits.train.skipped_rows + splits.eval.skipped_rows,
         "threads": threads,
         "checkpoint": str(checkpoint),
+        "table_ram_bytes": sum(estimate.ram_bytes for estimate in estimates.values()),
+        "table_disk_bytes": sum(estimate.disk_bytes for estimate in estimates.values()),
         "tables": collection.counters(),
         "config": config.to_dict(),
     }

@@ -1,4 +1,4 @@
-"""The ``terarec`` command: ``train``, ``eval`` and ``prepare``.
+"""The ``terarec`` command: ``train``, ``eval``, ``prepare`` and ``plan``.
 
 Only this module reads ``argv``. Each flag is a shortcut for one dotted config key (shown in
 its help); ``--set KEY=VALUE`` reaches any other key, and ``--config FILE`` loads a YAML file
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from terarec import __version__
+from terarec.cli import plan as _plan
 from terarec.errors import TerarecError
 
 __all__ = ["main"]
@@ -82,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     prepare = commands.add_parser("prepare", help="convert raw files once into terarec's fast memory-mapped format")
     _add_data_flags(prepare, "raw input: file, comma-separated files, glob or directory")
     prepare.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory to create")
+    _plan.add_parser(commands)
     return parser
 
 
@@ -102,6 +104,7 @@ def _overrides(args: argparse.Namespace, shortcuts: dict[str, str]) -> list[tupl
 
 
 def _train(args: argparse.Namespace) -> int:
+    from terarec.embedding import format_bytes
     from terarec.train import fit, load_config
 
     config = load_config(args.config, _overrides(args, _TRAIN_SHORTCUTS))
@@ -125,8 +128,33 @@ def _train(args: argparse.Namespace) -> int:
         f"train: {metrics['train_examples']:,} examples in {metrics['steps']:,} steps, "
         f"{metrics['examples_per_second']:,.0f} examples/s; total {time.perf_counter() - started:.1f}s"
     )
+    placement = f"tables: {format_bytes(metrics['table_ram_bytes'])} in RAM"
+    if metrics["table_disk_bytes"]:
+        placement += f", {format_bytes(metrics['table_disk_bytes'])} on disk"
+    print("; ".join(filter(None, [placement, _tables_summary(metrics["tables"])])))
     print(f"wrote {result.run_dir / 'metrics.json'} and {result.checkpoint}")
     return 0
+
+
+def _tables_summary(counters: dict[str, float]) -> str:
+    """One line on dynamic and tiered tables from ``metrics.json``'s ``tables`` counters."""
+    totals: dict[str, float] = {}
+    for key, value in counters.items():
+        counter = key.rsplit("/", 1)[1]
+        totals[counter] = totals.get(counter, 0.0) + value
+    parts = []
+    if "live_rows" in totals:
+        parts.append(
+            f"{totals['live_rows']:,.0f} live rows, {totals['admitted']:,.0f} IDs admitted, "
+            f"{totals['rejected']:,.0f} rejected, {totals['evicted_ttl'] + totals['evicted_capacity']:,.0f} evicted"
+        )
+    if "cache_hits" in totals:
+        lookups = totals["cache_hits"] + totals["cache_misses"]
+        parts.append(
+            f"cache hit rate {totals['cache_hits'] / max(lookups, 1.0):.3f}, "
+            f"{totals['disk_read_bytes'] / 1e6:,.1f} MB read, {totals['disk_written_bytes'] / 1e6:,.1f} MB written"
+        )
+    return "; ".join(parts)
 
 
 def _data_settings(args: argparse.Namespace) -> dict[str, object]:
@@ -174,7 +202,7 @@ def _prepare(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``terarec`` command line; returns the process exit code."""
     args = _parser().parse_args(argv)
-    handlers = {"train": _train, "eval": _eval, "prepare": _prepare}
+    handlers = {"train": _train, "eval": _eval, "prepare": _prepare, "plan": _plan.run}
     try:
         return handlers[args.command](args)
     except TerarecError as error:
@@ -183,6 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, PermissionError, IsADirectoryError) as error:
         print(f"terarec: error: {error.strerror or error}: {error.filename}", file=sys.stderr)
         return 2
+    except OSError as error:  # e.g. a disk that filled up while a tiered table wrote rows back
+        print(f"terarec: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("terarec: interrupted", file=sys.stderr)
         return 130

@@ -1,10 +1,11 @@
 """The root configuration of a training run, and how it is loaded.
 
 One typed tree, ``Config``, with a section per layer: ``data`` (:class:`~terarec.data.DataConfig`),
-``embedding`` (:class:`EmbeddingConfig`), ``model`` (:class:`~terarec.models.ModelConfig`) and
-``train`` (:class:`TrainConfig`). It loads from a YAML file, then dotted command-line overrides
-apply on top (``train.batch_size=4096``); every field has a working default, so an empty
-config trains on synthetic data.
+``embedding`` (:class:`EmbeddingConfig`), ``model`` (:class:`~terarec.models.ModelConfig`),
+``sharding`` (:class:`~terarec.sharding.ShardingConfig`) and ``train`` (:class:`TrainConfig`).
+It loads from a YAML file, then dotted command-line overrides apply on top
+(``train.batch_size=4096``); every field has a working default, so an empty config trains on
+synthetic data.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from terarec.embedding import (
 )
 from terarec.errors import ConfigError
 from terarec.models import ModelConfig
+from terarec.sharding import ShardingConfig
 
 __all__ = ["Config", "DenseOptimizerType", "DensePrecision", "EmbeddingConfig", "TableSpec", "TrainConfig", "load_config"]
 
@@ -195,6 +197,7 @@ class Config:
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
 
     def to_dict(self) -> dict[str, object]:
         return to_mapping(self)
@@ -233,7 +236,7 @@ def load_config(path: Path | None = None, overrides: Sequence[tuple[str, object]
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (data, embedding, model, train)")
+            raise ConfigError(f"{path}: expected a mapping of sections (data, embedding, model, sharding, train)")
         raw = loaded or {}
     for key, value in overrides:
         raw = with_override(raw, key, value)  # type: ignore[arg-type]

@@ -1,0 +1,232 @@
+"""Micro-benchmarks that calibrate the cost model on this machine, saved and reused.
+
+:func:`measure_calibration` times, on the current machine:
+
+- **memory bandwidth**: gathering random 256-byte rows of a 256 MiB float32 array into a
+  buffer (what an embedding lookup does; slower than streaming copies), best of 3;
+- **dense compute**: float32 ``1024 x 1024`` matrix products with torch's threads, best of 5;
+- **collectives**: two local processes (``torch.multiprocessing.spawn``) join a gloo group
+  over localhost and time a one-float ``all_reduce`` (latency) and a 4 MiB
+  ``all_to_all_single`` (bandwidth between two ranks of one host).
+
+The result, a :class:`Calibration`, is saved as JSON (default
+``~/.cache/terarec/calibration.json``, or ``$XDG_CACHE_HOME/terarec/``) and reused by later
+plans. Inter-host network and SSD rates cannot be measured from one machine: they are given
+(``--network-gbps``) or assumed. Without a calibration, plans use
+:class:`~terarec.sharding.types.Topology`'s conservative defaults and say "uncalibrated".
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from terarec.errors import ConfigError
+
+__all__ = ["Calibration", "default_calibration_path", "load_calibration", "measure_calibration", "save_calibration"]
+
+_FORMAT = 1
+_TABLE_BYTES = 256 << 20
+_ROW_FLOATS = 64
+_GATHER_ROWS = 1 << 19
+_MATMUL = 1024
+_MESSAGE_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Rates measured on one machine, per rank.
+
+    Args:
+        memory_bandwidth (float): bytes/s gathering random embedding rows.
+        dense_flops (float): FLOP/s of float32 matrix products.
+        collective_latency (float): seconds of a tiny gloo ``all_reduce`` between two local ranks.
+        intra_host_bandwidth (float): bytes/s one rank sends another on the same host (gloo
+            ``all_to_all``).
+        machine (str): the host, CPU and core count measured on.
+        measured_at (str): ISO 8601 UTC time of the measurement.
+
+    Example::
+
+        >>> cal = Calibration(5e9, 5e10, 1e-4, 2e9, "box / cpu / 2 cpus", "2025-01-01T00:00:00+00:00")
+        >>> Calibration.from_dict(cal.to_dict()) == cal
+        True
+    """
+
+    memory_bandwidth: float
+    dense_flops: float
+    collective_latency: float
+    intra_host_bandwidth: float
+    machine: str
+    measured_at: str
+
+    def __post_init__(self) -> None:
+        for name in ("memory_bandwidth", "dense_flops", "collective_latency", "intra_host_bandwidth"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+                raise ValueError(f"Calibration.{name} must be a positive finite number, got {value!r}")
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON form saved by :func:`save_calibration`."""
+        return {"format": _FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, object]) -> Calibration:
+        """Inverts :meth:`to_dict`; raises ``ValueError`` or ``KeyError`` for anything else."""
+        if raw.get("format") != _FORMAT:
+            raise ValueError(f"unknown calibration format {raw.get('format')!r}, expected {_FORMAT}")
+        fields = ("memory_bandwidth", "dense_flops", "collective_latency", "intra_host_bandwidth")
+        return cls(*(float(raw[name]) for name in fields), str(raw["machine"]), str(raw["measured_at"]))  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        """One line for reports: when and where it was measured, and the rates."""
+        return (
+            f"calibrated {self.measured_at[:10]} on {self.machine}: gather {self.memory_bandwidth / 1e9:.1f} GB/s, "
+            f"dense {self.dense_flops / 1e9:.0f} GFLOP/s, gloo latency {self.collective_latency * 1e6:.0f} us, "
+            f"intra-host {self.intra_host_bandwidth / 1e9:.2f} GB/s"
+        )
+
+
+def _machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.node()} / {model} / {os.cpu_count()} cpus"
+
+
+def default_calibration_path() -> Path:
+    """``$XDG_CACHE_HOME/terarec/calibration.json``, else ``~/.cache/terarec/calibration.json``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "terarec" / "calibration.json"
+
+
+def save_calibration(calibration: Calibration, path: Path | None = None) -> Path:
+    """Writes ``calibration`` as JSON (atomically: a temporary file, then a rename); returns the path."""
+    target = Path(path) if path is not None else default_calibration_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=target.parent, prefix=".calibration-", delete=False) as handle:
+        json.dump(calibration.to_dict(), handle, indent=2)
+        handle.write("\n")
+    os.replace(handle.name, target)
+    return target
+
+
+def load_calibration(path: Path | None = None) -> Calibration | None:
+    """The calibration saved at ``path`` (default :func:`default_calibration_path`), or ``None`` if none is.
+
+    Raises:
+        ConfigError: if the file exists but is not a calibration terarec wrote.
+    """
+    target = Path(path) if path is not None else default_calibration_path()
+    try:
+        raw = json.loads(target.read_text())
+        return Calibration.from_dict(raw)
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ConfigError(f"{target}: not a terarec calibration ({error}); rerun with --calibrate") from None
+
+
+def _gather_bandwidth() -> float:
+    rows = _TABLE_BYTES // (4 * _ROW_FLOATS)
+    table = np.ones((rows, _ROW_FLOATS), dtype=np.float32)
+    index = np.random.default_rng(0).integers(0, rows, _GATHER_ROWS)
+    out = np.empty((_GATHER_ROWS, _ROW_FLOATS), dtype=np.float32)
+    best = math.inf
+    for _ in range(3):
+        started = time.perf_counter()
+        np.take(table, index, axis=0, out=out)
+        best = min(best, time.perf_counter() - started)
+    return out.nbytes / best
+
+
+def _dense_flops() -> float:
+    generator = torch.Generator().manual_seed(0)
+    a = torch.rand(_MATMUL, _MATMUL, generator=generator)
+    b = torch.rand(_MATMUL, _MATMUL, generator=generator)
+    torch.mm(a, b)
+    best = math.inf
+    for _ in range(5):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - started)
+    return 2 * _MATMUL**3 / best
+
+
+def _collective_worker(rank: int, world_size: int, store: str, out: str, message_bytes: int, repeats: int) -> None:
+    """One rank of the gloo micro-benchmark; rank 0 writes ``{latency, bandwidth}`` to ``out``."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    try:
+        tiny = torch.zeros(1)
+        for _ in range(5):
+            dist.all_reduce(tiny)
+        dist.barrier()
+        started = time.perf_counter()
+        for _ in range(repeats):
+            dist.all_reduce(tiny)
+        latency = (time.perf_counter() - started) / repeats
+        send = torch.zeros(world_size * message_bytes // 4)
+        receive = torch.empty_like(send)
+        dist.all_to_all_single(receive, send)
+        best = math.inf
+        for _ in range(max(repeats // 10, 3)):
+            dist.barrier()
+            started = time.perf_counter()
+            dist.all_to_all_single(receive, send)
+            best = min(best, time.perf_counter() - started)
+        seconds = torch.tensor([latency, best], dtype=torch.float64)
+        dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+        if rank == 0:
+            # each rank sent (world_size - 1) messages of message_bytes to the others
+            bandwidth = (world_size - 1) * message_bytes / max(float(seconds[1]), 1e-9)
+            Path(out).write_text(json.dumps({"latency": float(seconds[0]), "bandwidth": bandwidth}))
+    finally:
+        dist.destroy_process_group()
+
+
+def _collectives(num_processes: int, message_bytes: int, repeats: int) -> tuple[float, float]:
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory(prefix="terarec-calibrate-") as directory:
+        store, out = str(Path(directory) / "store"), str(Path(directory) / "result.json")
+        mp.spawn(
+            _collective_worker,
+            args=(num_processes, store, out, message_bytes, repeats),
+            nprocs=num_processes,
+            join=True,
+        )
+        result = json.loads(Path(out).read_text())
+    return float(result["latency"]), float(result["bandwidth"])
+
+
+def measure_calibration(num_processes: int = 2, message_bytes: int = _MESSAGE_BYTES, repeats: int = 50) -> Calibration:
+    """Measures this machine's rates (see the module docstring); takes a few seconds.
+
+    Args:
+        num_processes (int, optional): local gloo ranks for the collective benchmark. Default: ``2``
+        message_bytes (int, optional): bytes each rank sends each other in the all-to-all. Default: ``4 MiB``
+        repeats (int, optional): timed all-reduces (a tenth as many all-to-alls). Default: ``50``
+    """
+    if num_processes < 2:
+        raise ValueError(f"num_processes must be >= 2, got {num_processes}")
+    gather, flops = _gather_bandwidth(), _dense_flops()
+    latency, bandwidth = _collectives(num_processes, int(message_bytes), int(repeats))
+    stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    return Calibration(gather, flops, latency, bandwidth, _machine(), stamp)

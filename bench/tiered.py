@@ -9,7 +9,8 @@ cache over an SSD file holding the whole table), and in plain PyTorch.
 - ``pytorch``: ``nn.EmbeddingBag(sparse=True)`` + ``torch.optim.Adagrad`` at ``--ram-rows``.
 
 Every case trains the same DLRM (13 dense features, ``--features`` one-hot sparse features,
-dim ``--dim``) with Adagrad on the same pre-generated batches: Zipf(1.05) IDs over each
+dim ``--dim``, MLPerf's MLPs or ``--mlp small``) with Adagrad on the same batches (generated as they are consumed, from a seed
+per batch; terarec generates them on its prepare thread, PyTorch inline): Zipf(1.05) IDs over each
 table's row range (hot IDs scattered by the hash) or uniform IDs. terarec runs as the trainer
 does: batch ``n + 1`` is prepared (hashed, de-duplicated, and for tiered tables loaded from disk)
 on a background thread while batch ``n`` trains. Each case runs in its own process, so peak
@@ -28,6 +29,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import replace
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,7 @@ DISTRIBUTIONS = ("zipf", "uniform")
 ZIPF_EXPONENT = 1.05
 LEARNING_RATE = 0.01
 NUM_DENSE = 13
+_WARMUP_CHUNK = 10
 
 
 def _ids(rng: np.random.Generator, rows: int, size: int, distribution: str) -> np.ndarray:
@@ -54,24 +57,34 @@ def _ids(rng: np.random.Generator, rows: int, size: int, distribution: str) -> n
     return np.minimum(ranks.astype(np.int64), rows) - 1
 
 
-def _batches(spec: dict[str, object], rows: int) -> list[dict[str, object]]:
-    rng = np.random.default_rng(0)
+def _batch(spec: dict[str, object], rows: int, index: int) -> dict[str, object]:
+    """Batch ``index``, generated when needed (seeded by its index, so every case sees the same
+    batches) rather than held in memory, which would count against the peak RSS."""
+    rng = np.random.default_rng([0, index])
     batch, features = spec["batch_size"], spec["features"]
-    out = []
-    for _ in range(spec["warmup"] + spec["steps"]):
-        out.append({
-            "dense": torch.from_numpy(rng.standard_normal((batch, NUM_DENSE), dtype=np.float32)),
-            "labels": torch.from_numpy((rng.random(batch) < 0.25).astype(np.float32)),
-            "ids": [_ids(rng, rows, batch, spec["distribution"]) for _ in range(features)],
-        })  # fmt: skip
-    return out
+    return {
+        "dense": torch.from_numpy(rng.standard_normal((batch, NUM_DENSE), dtype=np.float32)),
+        "labels": torch.from_numpy((rng.random(batch) < 0.25).astype(np.float32)),
+        "ids": [_ids(rng, rows, batch, spec["distribution"]) for _ in range(features)],
+    }
+
+
+def _batches(spec: dict[str, object], rows: int, start: int, stop: int) -> Iterator[dict[str, object]]:
+    return (_batch(spec, rows, index) for index in range(start, stop))
+
+
+MLPS = {  # (bottom, top) hidden widths; DLRM appends the dim and the logit layers
+    "mlperf": ((512, 256), (1024, 1024, 512, 256)),  # MLPerf DLRM's
+    "small": ((128,), (256, 128)),
+}
 
 
 def _model(spec: dict[str, object]) -> nn.Module:
     from terarec.models import DLRM
 
     torch.manual_seed(0)
-    return DLRM(NUM_DENSE, spec["features"], spec["dim"], (128, spec["dim"]), (256, 128))
+    bottom, top = MLPS[spec["mlp"]]
+    return DLRM(NUM_DENSE, spec["features"], spec["dim"], bottom, top)
 
 
 def _terarec(spec: dict[str, object], rows: int, workdir: Path) -> dict[str, object]:
@@ -85,7 +98,6 @@ def _terarec(spec: dict[str, object], rows: int, workdir: Path) -> dict[str, obj
     )
     from terarec.sparse import JaggedTensor
 
-    batches = _batches(spec, rows)
     offsets = torch.arange(spec["batch_size"] + 1, dtype=torch.int64)
     optimizer = OptimizerConfig(OptimizerType.ADAGRAD, learning_rate=LEARNING_RATE)
     configs = [
@@ -122,11 +134,18 @@ def _terarec(spec: dict[str, object], rows: int, workdir: Path) -> dict[str, obj
             dense_optimizer.step()
             dense_optimizer.zero_grad(set_to_none=True)
 
-    with contextlib.closing(iterate_in_background(map(prepare, batches[: spec["warmup"]]), 1)) as items:
-        train(items)
+    # Warm up: at least --warmup steps; a tiered cache until it is full (steady state: every
+    # miss then evicts), at most --max-warmup steps.
+    warmup = 0
+    while warmup < spec["warmup"] or (tiered and warmup < spec["max_warmup"] and not _caches_full(collection)):
+        chunk = _batches(spec, rows, warmup, warmup + _WARMUP_CHUNK)
+        with contextlib.closing(iterate_in_background(map(prepare, chunk), 1)) as items:
+            train(items)
+        warmup += _WARMUP_CHUNK
+    total = warmup + spec["steps"]
     before = collection.counters()
     started = time.perf_counter()
-    with contextlib.closing(iterate_in_background(map(prepare, batches[spec["warmup"] :]), 1)) as items:
+    with contextlib.closing(iterate_in_background(map(prepare, _batches(spec, rows, warmup, total)), 1)) as items:
         train(items)
     seconds = time.perf_counter() - started
     after = collection.counters()
@@ -138,7 +157,12 @@ def _terarec(spec: dict[str, object], rows: int, workdir: Path) -> dict[str, obj
     }
     if tiered:
         result.update(_disk_figures(before, after, configs, seconds))
+        result["warmup_steps"] = warmup
     return result
+
+
+def _caches_full(collection) -> bool:  # noqa: ANN001
+    return all(t._storage.stats().misses >= t._storage.cache_rows for t in collection.tables.values())
 
 
 def _disk_figures(before: dict[str, float], after: dict[str, float], configs, seconds: float) -> dict[str, float]:
@@ -157,14 +181,11 @@ def _disk_figures(before: dict[str, float], after: dict[str, float], configs, se
 def _pytorch(spec: dict[str, object], rows: int) -> dict[str, object]:
     from terarec.embedding import _kernels
 
-    batches = _batches(spec, rows)
-    for batch in batches:  # the same hash terarec applies, outside the timing
-        hashed = []
-        for ids in batch["ids"]:
-            out = np.empty_like(ids)
-            _kernels.hash_to_rows(ids, rows, out)
-            hashed.append(torch.from_numpy(out))
-        batch["rows"] = hashed
+    def hashed(ids: np.ndarray) -> torch.Tensor:  # the row terarec's hash gives each ID
+        out = np.empty_like(ids)
+        _kernels.hash_to_rows(ids, rows, out)
+        return torch.from_numpy(out)
+
     baseline_rss = _current_rss()
     dim, features = spec["dim"], spec["features"]
     bags = nn.ModuleList(nn.EmbeddingBag(rows, dim, mode="sum", sparse=True) for _ in range(features))
@@ -175,16 +196,16 @@ def _pytorch(spec: dict[str, object], rows: int) -> dict[str, object]:
     offsets = torch.arange(spec["batch_size"], dtype=torch.int64)
 
     def step(batch: dict[str, object]) -> None:
-        pooled = torch.stack([bag(r, offsets) for bag, r in zip(bags, batch["rows"])], dim=1)
+        pooled = torch.stack([bag(hashed(ids), offsets) for bag, ids in zip(bags, batch["ids"])], dim=1)
         loss_fn(model(batch["dense"], pooled), batch["labels"]).backward()
         for optimizer in (sparse_optimizer, dense_optimizer):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-    for batch in batches[: spec["warmup"]]:
+    for batch in _batches(spec, rows, 0, spec["warmup"]):
         step(batch)
     started = time.perf_counter()
-    for batch in batches[spec["warmup"] :]:
+    for batch in _batches(spec, rows, spec["warmup"], spec["warmup"] + spec["steps"]):
         step(batch)
     seconds = time.perf_counter() - started
     table_bytes = 2 * 4 * rows * dim * features  # weights + Adagrad state
@@ -218,13 +239,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small tables and few steps (under 3 minutes)")
     parser.add_argument("--features", type=int, default=8)
+    parser.add_argument("--mlp", choices=sorted(MLPS), default="mlperf", help="dense network size")
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--ram-rows", type=int, default=2_000_000, help="rows per table, RAM and PyTorch cases")
     parser.add_argument("--tiered-rows", type=int, default=10_000_000, help="rows per table, tiered case")
     parser.add_argument("--cache-fraction", type=float, default=0.1, help="RAM cache / table bytes, tiered case")
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=20, help="untimed steps first (at least)")
+    parser.add_argument("--max-warmup", type=int, default=3000, help="untimed steps while a tiered cache fills")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--distributions", default=",".join(DISTRIBUTIONS))
@@ -238,7 +261,7 @@ def main() -> None:
         print(json.dumps(run_child(json.loads(args.child))))
         return
     if args.quick:
-        args.ram_rows, args.tiered_rows, args.steps, args.warmup = 200_000, 1_000_000, 30, 5
+        args.ram_rows, args.tiered_rows, args.steps, args.warmup, args.max_warmup = 200_000, 1_000_000, 20, 10, 150
     free = shutil.disk_usage(args.workdir).free
     tiered_bytes = 8 * args.dim * args.tiered_rows * args.features
     print(f"tiered tables: {tiered_bytes / 1e9:.1f} GB on disk; {free / 1e9:.1f} GB free in {args.workdir}")
@@ -248,10 +271,10 @@ def main() -> None:
     for distribution in args.distributions.split(","):
         for case in args.cases.split(","):
             spec = {
-                "case": case, "distribution": distribution, "features": args.features, "dim": args.dim,
+                "case": case, "distribution": distribution, "features": args.features, "dim": args.dim, "mlp": args.mlp,
                 "batch_size": args.batch_size, "ram_rows": args.ram_rows, "tiered_rows": args.tiered_rows,
                 "cache_fraction": args.cache_fraction, "steps": args.steps, "warmup": args.warmup,
-                "threads": args.threads, "workdir": str(Path(args.workdir).resolve()),
+                "threads": args.threads, "workdir": str(Path(args.workdir).resolve()), "max_warmup": args.max_warmup,
             }  # fmt: skip
             print(f"running {case} / {distribution} ...", flush=True)
             outcome = run_in_child(__file__, spec)
@@ -268,7 +291,7 @@ def main() -> None:
         ("case", "case", "s"), ("distribution", "ids", "s"), ("examples_per_second", "examples/s", ",.0f"),
         ("vs_ram", "vs ram", ".2f"), ("table_gb", "table GB", ".1f"), ("memory_budget_gb", "budget GB", ".2f"),
         ("peak_rss_gb", "peak RSS GB", ".2f"), ("baseline_rss_gb", "base RSS GB", ".2f"),
-        ("hit_rate", "hit rate", ".3f"), ("disk_read_mb_s", "read MB/s", ".0f"), ("disk_write_mb_s", "write MB/s", ".0f"),
+        ("warmup_steps", "warmup", "d"), ("hit_rate", "hit rate", ".3f"), ("disk_read_mb_s", "read MB/s", ".0f"), ("disk_write_mb_s", "write MB/s", ".0f"),
     ])  # fmt: skip
     for row in results:
         if "error" in row:

@@ -108,15 +108,15 @@ def test_disk_full_during_write_back_raises_and_loses_nothing(tmp_path: Path) ->
     _train(ram, batches[:6], pipelined=False)
     _train(tiered, batches[:6], pipelined=False)
     storage: TieredRowStorage = tiered._storage
-    saved_fd = os.dup(storage._fd)
+    saved_fd = os.dup(storage._write_fd)
     full = os.open("/dev/full", os.O_WRONLY)
-    os.dup2(full, storage._fd)  # every write-back now fails with ENOSPC
+    os.dup2(full, storage._write_fd)  # every write-back now fails with ENOSPC
     try:
         with pytest.raises(OSError, match="No space left on device"):
             for values, offsets, _ in batches[6:]:
                 tiered.prepare(values, offsets)
     finally:
-        os.dup2(saved_fd, storage._fd)
+        os.dup2(saved_fd, storage._write_fd)
         os.close(saved_fd)
         os.close(full)
     # Every dirty row is still cached or on disk: the table equals the RAM one.
@@ -253,3 +253,16 @@ def test_failed_snapshot_write_keeps_older_checkpoints_and_loses_no_change(
         if trained < len(batches):
             _train(restored, batches[trained:])
         np.testing.assert_array_equal(restored.weights, straight.weights)
+
+
+def test_sector_sized_rows_are_written_back_with_direct_io(tmp_path: Path) -> None:
+    config = replace(_config(OptimizerType.ADAGRAD), embedding_dim=64)  # 64 + 64 floats: one 512-byte sector
+    batches = [(v, o, torch.ones(BATCH, 64) * 0.01) for v, o, _ in _batches(20, seed=7)]
+    ram = FixedTable(config)
+    tiered = FixedTable(_tiered(config, cache_rows=2 * BATCH * 2 * BAG), directory=tmp_path)
+    assert tiered._storage._write_fd != tiered._storage._fd
+    for expected, got in zip(_train(ram, batches), _train(tiered, batches), strict=True):
+        assert torch.equal(expected, got)
+    assert tiered._storage.stats().rows_written > 0
+    tiered.flush()
+    np.testing.assert_array_equal(tiered.weights, ram.weights)

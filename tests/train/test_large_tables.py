@@ -12,7 +12,7 @@ from terarec._dataclass_codec import from_mapping
 from terarec.embedding import EmbeddingCollection, EmbeddingTableConfig
 from terarec.errors import ConfigError, PlanError
 from terarec.models import DLRM
-from terarec.train import fit, load_checkpoint
+from terarec.train import evaluate_checkpoint, fit, load_checkpoint
 from terarec.train.builders import build_model
 from terarec.train.checkpoint import read_run_spec
 from terarec.train.config import Config
@@ -93,3 +93,10 @@ def test_tiered_tables_that_do_not_fit_on_disk_are_refused(tmp_path: Path) -> No
                 embedding__min_rows=10**14,
             )
         )
+
+
+def test_eval_of_a_dynamic_tiered_checkpoint_reproduces_the_run(tmp_path: Path) -> None:
+    result = fit(tiny_config(tmp_path, train__steps=20, embedding__tiered__cache_bytes=TINY_CACHE, **DYNAMIC))
+    metrics, _ = evaluate_checkpoint(result.checkpoint)
+    assert metrics.auc == result.metrics["auc"] and metrics.logloss == result.metrics["logloss"]
+    assert not list(tmp_path.glob("checkpoints/.eval-tables-*"))  # the scratch copy is gone

@@ -31,7 +31,7 @@ __all__ = [
     "WRITE_FAILED",
     "commit_batch",
     "copy_rows",
-    "flush_dirty",
+    "mark_written",
     "gather_slots",
     "load_misses",
     "plan_batch",
@@ -63,6 +63,14 @@ def _test_bit(bits, i):
 @numba.njit(cache=True, nogil=True, inline="always")
 def _set_bit(bits, i):
     bits[i >> 3] |= np.uint8(1 << (i & 7))
+
+
+@numba.njit(cache=True, nogil=True)
+def _aligned_record(floats):
+    """A float32 buffer starting on a 512-byte boundary, as ``O_DIRECT`` I/O requires."""
+    raw = np.empty(floats + 128, dtype=np.float32)
+    shift = ((512 - raw.ctypes.data % 512) % 512) // 4
+    return raw[shift : shift + floats]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -121,7 +129,10 @@ def plan_batch(
     row_slot, slot_row, slot_stamp, referenced, free_slots, cursor, unique_rows, is_new, tick, out, miss_index,
     victims, report,
 ):  # fmt: skip
-    """First phase of making a batch resident: finds each row's slot (a hit keeps its slot; a miss
+    """First phase of making a batch resident. ``report`` accumulates ``[hits, misses, rows
+    read, rows written, failing row, errno]`` (the I/O phases fill the last four).
+
+    : finds each row's slot (a hit keeps its slot; a miss
     gets a free slot or a CLOCK victim, pinned at once so it is not chosen twice), without
     moving any data. Misses go to ``miss_index[:m]`` (positions in ``unique_rows``) with the
     row their slot held in ``victims[:m]`` (``-1`` if none); victims are unmapped at once
@@ -158,7 +169,7 @@ def plan_batch(
 def write_victims(fd, weights, state, dirty, out, miss_index, victims, start, stop, report):
     """Second phase, for misses ``[start, stop)`` (one call per I/O thread): writes each dirty
     victim's row back to the file. Touches no shared bookkeeping."""
-    record = np.empty(weights.shape[1] + state.shape[1], dtype=np.float32)
+    record = _aligned_record(weights.shape[1] + state.shape[1])
     for k in range(start, stop):
         slot = out[miss_index[k]]
         if victims[k] >= 0 and dirty[slot]:
@@ -219,21 +230,13 @@ def load_misses(
 
 
 @numba.njit(cache=True, nogil=True)
-def flush_dirty(fd, weights, state, slot_row, dirty, on_disk, changed, record, report):
-    """Writes every dirty cached row to the file; ``report`` as in :func:`resolve_rows`."""
-    for slot in range(slot_row.shape[0]):
-        row = slot_row[slot]
-        if row < 0 or not dirty[slot]:
-            continue
-        error = _write_record(fd, weights, state, slot, row, record)
-        if error != 0:
-            report[4], report[5] = row, error
-            return WRITE_FAILED
-        report[3] += 1
-        _set_bit(on_disk, row)
-        _set_bit(changed, row)
-        dirty[slot] = 0
-    return OK
+def mark_written(dirty, on_disk, changed, slots, rows):
+    """After ``rows`` were written from ``slots``: clean slots, rows recorded as in the file and
+    changed since the last snapshot."""
+    for k in range(slots.shape[0]):
+        dirty[slots[k]] = 0
+        _set_bit(on_disk, rows[k])
+        _set_bit(changed, rows[k])
 
 
 @numba.njit(cache=True, nogil=True)

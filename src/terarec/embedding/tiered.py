@@ -45,6 +45,7 @@ _MANIFEST = "tiered.json"
 # Concurrent small reads keep an SSD's queue full; 16 in flight gets most of a virtio or NVMe
 # disk's random-read rate while the threads mostly wait in the kernel, not on the 2 cores.
 _IO_THREADS = 32
+_SECTOR = 512
 _ROWS_PER_IO_TASK = 16
 _pool: ThreadPoolExecutor | None = None
 
@@ -175,7 +176,20 @@ class TieredRowStorage(RowStorage):
     def _open_slab(self, truncate: bool) -> int:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | (os.O_TRUNC if truncate else 0), 0o644)
         os.ftruncate(fd, self.num_embeddings * self._record_bytes)
+        self._write_fd = self._open_direct(fd)
         return fd
+
+    def _open_direct(self, fd: int) -> int:
+        """A second descriptor with ``O_DIRECT`` for write-backs, when records are whole 512-byte
+        sectors: a buffered write of one row into a page the kernel no longer caches reads the
+        page first (10.7k writes/s on the benchmark disk against 36.7k direct). Reads stay
+        buffered, so the page cache still serves what it holds. Else the buffered ``fd``."""
+        if self._record_bytes % _SECTOR or not hasattr(os, "O_DIRECT"):
+            return fd
+        try:
+            return os.open(self.path, os.O_WRONLY | os.O_DIRECT)
+        except OSError:  # a file system without direct I/O (tmpfs)
+            return fd
 
     def _reset_cache(self) -> None:
         capacity = self.weights.shape[0]
@@ -235,7 +249,7 @@ class TieredRowStorage(RowStorage):
                 f"batch are in use; set cache_bytes to at least {needed * self._record_bytes} "
                 f"({needed} rows x {self._record_bytes} bytes)"
             )
-        write = (self._fd, self.weights, self.state, self._dirty, slots, miss_index, victims)
+        write = (self._write_fd, self.weights, self.state, self._dirty, slots, miss_index, victims)
         try:
             self._in_parallel(_k.write_victims, write, misses, "writing rows back")
         except OSError:
@@ -284,11 +298,14 @@ class TieredRowStorage(RowStorage):
         return slots
 
     def flush(self) -> None:
-        status = _k.flush_dirty(
-            self._fd, self.weights, self.state, self._slot_row, self._dirty, self._on_disk, self._changed,
-            self._record, self._report,
-        )  # fmt: skip
-        self._raise_for(status, "flushing the cache")
+        slots = np.flatnonzero(self._dirty & (self._slot_row >= 0)).astype(np.int64)
+        rows = self._slot_row[slots]
+        order = np.argsort(rows, kind="stable")  # in file order: kinder to the disk's queue
+        slots, rows = slots[order], rows[order]
+        positions = np.arange(slots.shape[0], dtype=np.int64)
+        write = (self._write_fd, self.weights, self.state, self._dirty, slots, positions, rows)
+        self._in_parallel(_k.write_victims, write, slots.shape[0], "flushing the cache")
+        _k.mark_written(self._dirty, self._on_disk, self._changed, slots, rows)
         os.fsync(self._fd)
 
     def materialize(self, chunk_rows: int = 1 << 15) -> None:
@@ -399,7 +416,7 @@ class TieredRowStorage(RowStorage):
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.close(self._fd)
+        self.close()
         os.rename(staging, self.path)
         self._fd = self._open_slab(truncate=False)
         self._on_disk[...] = on_disk
@@ -428,13 +445,14 @@ class TieredRowStorage(RowStorage):
     def close(self) -> None:
         """Closes the slab file (the object is unusable afterwards)."""
         if self._fd >= 0:
+            if self._write_fd != self._fd:
+                os.close(self._write_fd)
             os.close(self._fd)
-            self._fd = -1
+            self._fd = self._write_fd = -1
 
     def __del__(self) -> None:
-        fd = getattr(self, "_fd", -1)
-        if fd >= 0:
-            os.close(fd)
+        if getattr(self, "_fd", -1) >= 0:
+            self.close()
 
     def __repr__(self) -> str:
         return (

@@ -75,8 +75,7 @@ def check_memory(
     budget = int(available * headroom)
     if total <= budget:
         return
-    largest = sorted(estimates.items(), key=lambda item: item[1].ram_bytes, reverse=True)[:_LARGEST_SHOWN]
-    tables = ", ".join(f"{name!r}: {est.ram_bytes} bytes ({format_bytes(est.ram_bytes)})" for name, est in largest)
+    tables = _largest({name: estimate.ram_bytes for name, estimate in estimates.items()})
     raise PlanError(
         f"embedding tables need {total} bytes ({format_bytes(total)}) of RAM, more than the budget of "
         f"{budget} bytes ({format_bytes(budget)}), {headroom:g} of the {available} bytes "
@@ -110,10 +109,15 @@ def check_disk(estimates: Mapping[str, MemoryEstimate], directory: Path, free_by
     free = shutil.disk_usage(existing).free if free_bytes is None else int(free_bytes)
     if total <= free:
         return
-    largest = sorted(estimates.items(), key=lambda item: item[1].disk_bytes, reverse=True)[:_LARGEST_SHOWN]
-    tables = ", ".join(f"{name!r}: {format_bytes(est.disk_bytes)}" for name, est in largest)
+    tables = _largest({name: estimate.disk_bytes for name, estimate in estimates.items()})
     raise PlanError(
         f"tiered tables need {total} bytes ({format_bytes(total)}) on disk at {directory}, but only {free} bytes "
         f"({format_bytes(free)}) are free; largest: {tables}. Free space, choose another train.tables_dir, or "
         f"reduce num_embeddings / embedding_dim."
     )
+
+
+def _largest(sizes: Mapping[str, int]) -> str:
+    """``"'a': 10 bytes (10 B), ..."`` for the few largest of ``sizes``."""
+    largest = sorted(sizes.items(), key=lambda item: item[1], reverse=True)[:_LARGEST_SHOWN]
+    return ", ".join(f"{name!r}: {size} bytes ({format_bytes(size)})" for name, size in largest)

@@ -5,8 +5,9 @@ Split by role, as TorchRec's planner: :mod:`~terarec.sharding.types` (``Topology
 (the cost model), :mod:`~terarec.sharding.enumerators` (each table's options and the choice
 among them), :mod:`~terarec.sharding.partitioners` (greedy placement),
 :mod:`~terarec.sharding.planner` (composes them), :mod:`~terarec.sharding.calibration`
-(micro-benchmarks of this machine) and :mod:`~terarec.sharding.presets` (models to plan on
-paper). Typical use::
+(micro-benchmarks of this machine), :mod:`~terarec.sharding.presets` (models to plan on
+paper) and :mod:`~terarec.sharding.table_wise` (tables spread over ranks, one rank per table,
+over ``torch.distributed``). Typical use::
 
     topology = build_topology(config.sharding, load_calibration())
     plan = ShardingPlanner(topology, batch_size=4096).plan(tables, dense)
@@ -47,6 +48,7 @@ from terarec.sharding.presets import (
     dlrm_dense_workload,
     get_preset,
 )
+from terarec.sharding.table_wise import ShardedPreparedBatch, TableWiseShardedCollection
 from terarec.sharding.types import (
     CommPrecision,
     DenseWorkload,
@@ -81,6 +83,7 @@ __all__ = [
     "ShardCost",
     "ShardEstimator",
     "ShardPlacement",
+    "ShardedPreparedBatch",
     "ShardingConfig",
     "ShardingOption",
     "ShardingOverride",
@@ -88,6 +91,7 @@ __all__ = [
     "ShardingType",
     "Storage",
     "TablePlacement",
+    "TableWiseShardedCollection",
     "TableWorkload",
     "Tier",
     "Topology",

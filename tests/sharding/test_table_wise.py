@@ -64,6 +64,7 @@ def _rank_main(rank: int, port: int, out: str, precision: str) -> None:
             # global-mean one, and the owners average it back over the ranks.
             sharded.apply_gradients(prepared, grad[lo:hi] * WORLD_SIZE)
         np.save(Path(out) / f"pooled-{rank}.npy", np.stack(outputs))
+        sharded.save(Path(out) / "checkpoint")
         for name, table in sharded.local.tables.items():
             np.save(Path(out) / f"{name}.npy", np.array(table.weights))
     finally:
@@ -100,3 +101,39 @@ def test_two_ranks_train_like_one_process(tmp_path: Path, precision: str) -> Non
         np.testing.assert_allclose(sharded_pooled, pooled, rtol=1e-2, atol=1e-3)
         for name, expected in weights.items():
             np.testing.assert_allclose(np.load(tmp_path / f"{name}.npy"), expected, rtol=1e-2, atol=1e-3)
+
+
+def _resume_rank_main(rank: int, port: int, out: str) -> None:
+    """Loads the checkpoint with the owners swapped and trains one more step."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
+    try:
+        swapped = {name: WORLD_SIZE - 1 - owner for name, owner in OWNERS.items()}
+        sharded = TableWiseShardedCollection(TABLES, swapped, seed=3)
+        sharded.load(Path(out) / "checkpoint")
+        sparse, grad = _global_batch(STEPS)
+        lo, hi = rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH
+        prepared = sharded.prepare({f: _rows(j, lo, hi) for f, j in sparse.items()})
+        sharded.lookup(prepared)
+        sharded.apply_gradients(prepared, grad[lo:hi] * WORLD_SIZE)
+        for name, table in sharded.local.tables.items():
+            np.save(Path(out) / f"resumed-{name}.npy", np.array(table.weights))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_checkpoint_loads_on_one_process_and_on_other_owners(tmp_path: Path) -> None:
+    """Table-wise checkpoints have one layout for every placement: resharding is loading."""
+    mp.start_processes(_rank_main, args=(_free_port(), str(tmp_path), "fp32"), nprocs=WORLD_SIZE, start_method="spawn")
+    single = EmbeddingCollection(TABLES, seed=0)
+    single.load(tmp_path / "checkpoint")  # world size 2 -> 1
+    _, weights = _reference()
+    for name, expected in weights.items():
+        np.testing.assert_array_equal(np.array(single.tables[name].weights), expected)
+    # world size 2 -> 2 with every table on the other rank, then one more step: as one process.
+    mp.start_processes(_resume_rank_main, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn")
+    sparse, grad = _global_batch(STEPS)
+    prepared = single.prepare(sparse)
+    single.lookup(prepared)
+    single.apply_gradients(prepared, grad)
+    for name in weights:
+        np.testing.assert_array_equal(np.load(tmp_path / f"resumed-{name}.npy"), np.array(single.tables[name].weights))

@@ -27,7 +27,7 @@ from terarec.embedding.types import (
 )
 from terarec.sparse import JaggedTensor
 
-__all__ = ["EmbeddingCollection", "PooledEmbeddings", "PreparedBatch"]
+__all__ = ["EmbeddingCollection", "PooledEmbeddings", "PreparedBatch", "table_directory_name"]
 
 
 @dataclass(frozen=True)
@@ -281,7 +281,7 @@ class EmbeddingCollection:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for name, table in self.tables.items():
-            sub = directory / _safe_dirname(name)
+            sub = directory / table_directory_name(name)
             sub.mkdir(exist_ok=True)
             table.save(sub)
         manifest = {"tables": {name: list(t.config.feature_names) for name, t in self.tables.items()}}
@@ -298,7 +298,7 @@ class EmbeddingCollection:
         if saved != expected:
             raise ValueError(f"{path}: saved tables {saved} do not match this collection's {expected}")
         for name, table in self.tables.items():
-            table.load(directory / _safe_dirname(name))
+            table.load(directory / table_directory_name(name))
 
     def __repr__(self) -> str:
         lines = []
@@ -345,7 +345,9 @@ def _concat_bags(features: list[JaggedTensor]) -> tuple[torch.Tensor, torch.Tens
     return values, torch.cat(parts)
 
 
-def _safe_dirname(name: str) -> str:
+def table_directory_name(name: str) -> str:
+    """The directory a saved collection keeps table ``name`` in (the name itself, refused when
+    it is not a safe directory name). Sharded collections save with the same layout."""
     if name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
         raise ValueError(f"table name {name!r} cannot be used as a directory name")
     return name

@@ -10,6 +10,7 @@ Pooled rows and gradients may travel in bf16 or fp16 (``comm_precision``); IDs s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from terarec.embedding import (
     PooledEmbeddings,
     PreparedBatch,
 )
+from terarec.embedding.collection import table_directory_name
 from terarec.sharding.types import CommPrecision
 from terarec.sparse import JaggedTensor
 
@@ -89,6 +91,8 @@ class TableWiseShardedCollection:
         bad = {name: rank for name, rank in owners.items() if not 0 <= rank < self.world_size}
         if missing or bad:
             raise ValueError(f"owners must give every table a rank in [0, {self.world_size}); missing {missing}, bad {bad}")
+        self.owners = dict(owners)
+        self._features_by_table = {t.name: list(t.feature_names) for t in tables}
         self.feature_names = tuple(f for t in tables for f in t.feature_names)
         self.embedding_dims = tuple(t.embedding_dim for t in tables for _ in t.feature_names)
         # Per rank, the features (in global order) of the tables it owns.
@@ -179,6 +183,36 @@ class TableWiseShardedCollection:
             return
         rows = torch.cat([part.view(b, mine) for part, b in zip(torch.split(received, [b * mine for b in batch_sizes]), batch_sizes)])
         self.local.apply_gradients(prepared.local, rows.float() / self.world_size)
+
+
+    def save(self, directory: Path) -> None:
+        """Each rank writes its own tables into ``directory / <table>``; rank 0 adds the
+        ``collection.json`` an unsharded :class:`~terarec.embedding.EmbeddingCollection` writes.
+        The layout does not depend on the placement, so any world size and any owners can load
+        it (and so can one process)."""
+        directory = Path(directory)
+        if self.rank == 0:
+            directory.mkdir(parents=True, exist_ok=True)
+        dist.barrier(group=self.group)
+        for name, table in (self.local.tables.items() if self.local else ()):
+            sub = directory / table_directory_name(name)
+            sub.mkdir(exist_ok=True)
+            table.save(sub)
+        if self.rank == 0:
+            (directory / "collection.json").write_text(json.dumps({"tables": self._features_by_table}, indent=2) + "\n")
+        dist.barrier(group=self.group)
+
+    def load(self, directory: Path) -> None:
+        """Loads this rank's tables from a directory saved by any placement or world size."""
+        directory = Path(directory)
+        path = directory / "collection.json"
+        if not path.is_file():
+            raise ValueError(f"{path}: missing; not a saved embedding collection")
+        saved = json.loads(path.read_text()).get("tables", {})
+        if saved != self._features_by_table:
+            raise ValueError(f"{path}: saved tables {saved} do not match this collection's {self._features_by_table}")
+        for name, table in (self.local.tables.items() if self.local else ()):
+            table.load(directory / table_directory_name(name))
 
 
 def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:

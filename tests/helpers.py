@@ -29,6 +29,11 @@ TINY = {
 }
 
 
+# A cache of 520 rows x (8 weights + 1 state) floats per table, two batches' worth for tables of
+# up to 2000 rows: rows are evicted and reloaded all the time.
+TINY_CACHE = str(520 * 36)
+
+
 def tiny_overrides(out: Path, **extra: object) -> list[tuple[str, object]]:
     """Dotted overrides for a tiny synthetic run writing to ``out``; ``extra`` uses ``__`` for dots."""
     merged: dict[str, object] = {**TINY, "train.out": str(out)}
@@ -67,3 +72,24 @@ def numba_threads(count: int) -> Iterator[None]:
         yield
     finally:
         numba.set_num_threads(previous)
+
+
+def trained_numbers(checkpoint: Path, scratch: Path) -> dict[str, np.ndarray]:
+    """Every trained number of a checkpoint whatever its tables' kinds (tiered tables keep
+    snapshot chains, not arrays): loads it as ``terarec eval`` does and reads the tables back."""
+    from terarec._dataclass_codec import from_mapping
+    from terarec.embedding import EmbeddingCollection, EmbeddingTableConfig
+    from terarec.train import load_checkpoint
+    from terarec.train.builders import build_model
+    from terarec.train.checkpoint import read_run_spec
+
+    spec = read_run_spec(checkpoint)
+    config = Config.from_dict(spec["config"])
+    tables = [from_mapping(EmbeddingTableConfig, raw) for raw in spec["tables"]]
+    collection = EmbeddingCollection(tables, seed=config.train.seed, directory=scratch)
+    model = build_model(config.model, len(spec["schema"]["dense_features"]), tables)
+    load_checkpoint(checkpoint, model, collection)
+    out = {f"model/{k}": v.numpy() for k, v in model.state_dict().items()}
+    for name, table in collection.tables.items():
+        out[f"{name}/weights"], out[f"{name}/state"] = np.array(table.weights), np.array(table.state)
+    return out

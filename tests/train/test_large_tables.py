@@ -5,44 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from terarec._dataclass_codec import from_mapping
-from terarec.embedding import EmbeddingCollection, EmbeddingTableConfig
 from terarec.errors import ConfigError, PlanError
-from terarec.models import DLRM
-from terarec.train import evaluate_checkpoint, fit, load_checkpoint
-from terarec.train.builders import build_model
-from terarec.train.checkpoint import read_run_spec
+from terarec.train import evaluate_checkpoint, fit
 from terarec.train.config import Config
-
-from tests.helpers import assert_bit_identical
+from tests.helpers import TINY_CACHE, assert_bit_identical, trained_numbers
 from tests.helpers import tiny_config as _tiny_config
 
 
 def tiny_config(out: Path, **extra: object) -> Config:
     return _tiny_config(out, train__eval_batch_size=256, **extra)
 
-# A cache of 520 rows x (8 weights + 1 state) floats per table, two batches' worth for tables of
-# up to 2000 rows: rows are evicted and reloaded all the time.
-TINY_CACHE = str(520 * 36)
 DYNAMIC = {"embedding__dynamic__min_count": 2, "embedding__dynamic__ttl_steps": 40, "embedding__dynamic__sketch_width": 4096}
-
-
-def _trained(checkpoint: Path, scratch: Path) -> dict[str, np.ndarray]:
-    """Every trained number of a checkpoint, whatever its tables' kinds."""
-    spec = read_run_spec(checkpoint)
-    config = Config.from_dict(spec["config"])
-    tables = [from_mapping(EmbeddingTableConfig, raw) for raw in spec["tables"]]
-    collection = EmbeddingCollection(tables, seed=config.train.seed, directory=scratch)
-    model = build_model(config.model, len(spec["schema"]["dense_features"]), tables)
-    assert isinstance(model, DLRM)
-    load_checkpoint(checkpoint, model, collection)
-    out = {f"model/{k}": v.numpy() for k, v in model.state_dict().items()}
-    for name, table in collection.tables.items():
-        out[f"{name}/weights"], out[f"{name}/state"] = np.array(table.weights), np.array(table.state)
-    return out
 
 
 def test_tiered_tables_train_exactly_like_ram_tables(tmp_path: Path) -> None:
@@ -50,7 +25,7 @@ def test_tiered_tables_train_exactly_like_ram_tables(tmp_path: Path) -> None:
     tiered = fit(tiny_config(tmp_path / "tiered", train__steps=25, embedding__tiered__cache_bytes=TINY_CACHE))
     for key in ("auc", "logloss", "ne", "calibration"):
         assert ram.metrics[key] == tiered.metrics[key]
-    assert_bit_identical(_trained(ram.checkpoint, tmp_path / "s1"), _trained(tiered.checkpoint, tmp_path / "s2"))
+    assert_bit_identical(trained_numbers(ram.checkpoint, tmp_path / "s1"), trained_numbers(tiered.checkpoint, tmp_path / "s2"))
     counters = tiered.metrics["tables"]
     assert 0.0 < counters["C1/cache_hit_rate"] < 1.0 and counters["C1/disk_written_bytes"] > 0
     assert (tmp_path / "tiered" / "tables" / "C1.slab").is_file()
@@ -62,7 +37,7 @@ def test_dynamic_tiered_run_resumes_exactly_and_reports_counters(tmp_path: Path)
     fit(tiny_config(tmp_path / "resumed", train__steps=25, **common))
     resumed = fit(tiny_config(tmp_path / "resumed", train__steps=45, train__resume=True, **common))
     assert resumed.metrics["auc"] == straight.metrics["auc"]
-    assert_bit_identical(_trained(straight.checkpoint, tmp_path / "s1"), _trained(resumed.checkpoint, tmp_path / "s2"))
+    assert_bit_identical(trained_numbers(straight.checkpoint, tmp_path / "s1"), trained_numbers(resumed.checkpoint, tmp_path / "s2"))
     counters = json.loads((tmp_path / "straight" / "metrics.json").read_text())["tables"]
     assert counters["C1/live_rows"] > 0 and counters["C1/rejected"] > 0 and counters["C1/evicted_ttl"] >= 0
     # The dynamic tables' counters resume exactly; cache counters restart with the process.

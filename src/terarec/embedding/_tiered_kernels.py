@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 OK, CACHE_FULL, WRITE_FAILED, READ_FAILED = 0, 1, 2, 3
+_MAX_USES = 3  # GCLOCK's saturating use count
 
 # libc's functions, linked by symbol name, so the compiled kernels can be cached on disk
 # (ctypes function pointers would force a recompile in every process). The buffer argument
@@ -105,20 +106,22 @@ def _read_record(fd, weights, state, slot, row, record):
 
 @numba.njit(cache=True, nogil=True)
 def _take_slot(slot_row, slot_stamp, referenced, free_slots, cursor, tick):
-    """A slot for a missing row: a free one, else the CLOCK victim (second chance for
-    referenced slots, never one stamped by this batch or the previous). ``cursor`` holds
-    ``[free count, clock hand]``. Returns ``-1`` when every slot is pinned."""
+    """A slot for a missing row: a free one, else the CLOCK victim, never one stamped by this
+    batch or the previous. ``referenced`` holds a small use count per slot (GCLOCK): the hand
+    decrements it and takes a slot at zero, so rows used often survive more sweeps than rows
+    used once (Zipf tails). ``cursor`` holds ``[free count, clock hand]``. Returns ``-1`` when
+    every slot is pinned."""
     if cursor[0] > 0:
         cursor[0] -= 1
         return free_slots[cursor[0]]
     capacity = slot_row.shape[0]
-    for _ in range(2 * capacity + 1):
+    for _ in range((_MAX_USES + 1) * capacity + 1):
         slot = cursor[1]
         cursor[1] = slot + 1 if slot + 1 < capacity else 0
         if slot_stamp[slot] >= tick - 1:
             continue
-        if referenced[slot]:
-            referenced[slot] = 0
+        if referenced[slot] > 0:
+            referenced[slot] -= 1
             continue
         return slot
     return -1
@@ -129,15 +132,15 @@ def plan_batch(
     row_slot, slot_row, slot_stamp, referenced, free_slots, cursor, unique_rows, is_new, tick, out, miss_index,
     victims, report,
 ):  # fmt: skip
-    """First phase of making a batch resident. ``report`` accumulates ``[hits, misses, rows
-    read, rows written, failing row, errno]`` (the I/O phases fill the last four).
+    """First phase of making a batch resident: finds each row's slot without moving any data.
 
-    : finds each row's slot (a hit keeps its slot; a miss
-    gets a free slot or a CLOCK victim, pinned at once so it is not chosen twice), without
-    moving any data. Misses go to ``miss_index[:m]`` (positions in ``unique_rows``) with the
-    row their slot held in ``victims[:m]`` (``-1`` if none); victims are unmapped at once
-    (:func:`commit_batch` does the rest, or the caller restores them if a write-back fails). A new row already cached (a
-    dynamic table re-using a row) is a miss that keeps its slot. Returns ``(status, m)``."""
+    A hit keeps its slot and counts one more use; a miss gets a free slot or a CLOCK victim,
+    pinned at once so it is not chosen twice. Misses go to ``miss_index[:m]`` (positions in
+    ``unique_rows``) with the row their slot held in ``victims[:m]`` (``-1`` if none); victims
+    are unmapped at once (:func:`commit_batch` does the rest, or the caller restores them if a
+    write-back fails). A new row already cached (a dynamic table re-using a row) is a miss that
+    keeps its slot. ``report`` accumulates ``[hits, misses, rows read, rows written, failing
+    row, errno]`` (the I/O phases fill the last four). Returns ``(status, m)``."""
     m = 0
     for i in range(unique_rows.shape[0]):
         row = unique_rows[i]
@@ -146,8 +149,11 @@ def plan_batch(
             if is_new[i]:
                 miss_index[m], victims[m] = i, -1
                 m += 1
+                referenced[slot] = 1
             else:
                 report[0] += 1
+                if referenced[slot] < _MAX_USES:
+                    referenced[slot] += 1
         else:
             slot = _take_slot(slot_row, slot_stamp, referenced, free_slots, cursor, tick)
             if slot < 0:
@@ -158,8 +164,8 @@ def plan_batch(
                 row_slot[victim] = -1  # a later row of this batch that is the victim must miss
             miss_index[m], victims[m] = i, victim
             m += 1
+            referenced[slot] = 1
         slot_stamp[slot] = tick
-        referenced[slot] = 1
         out[i] = slot
     report[1] += m
     return OK, m

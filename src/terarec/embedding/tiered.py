@@ -5,8 +5,8 @@ rows are fixed-size records addressed by a dense row index, so the file offset *
 (no keys, no B-tree, no compaction, no write amplification); a miss is one ``pread`` of
 ``4 (D + S)`` bytes and a write-back one ``pwrite``, issued from compiled code for a whole
 batch at once. The cache is a pair of NumPy arrays addressed by slot, so the pooling and
-optimizer kernels run on it unchanged, and a CLOCK hand (second chance, an LRU
-approximation) picks victims. The file is created sparse: a row never written reads as its
+optimizer kernels run on it unchanged, and a GCLOCK hand (CLOCK with a small use count per
+slot: an LRU approximation that favours rows used often) picks victims. The file is created sparse: a row never written reads as its
 initial value (computed, like a RAM table's), so a 40 GB table starts instantly.
 """
 

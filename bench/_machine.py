@@ -42,7 +42,7 @@ def machine_info() -> dict[str, object]:
         "numba_threads": numba.get_num_threads(),
         "numpy": np.__version__,
         "load_avg": [round(x, 2) for x in os.getloadavg()],
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -71,13 +71,24 @@ def peak_rss_bytes() -> int:
     the parent, so a child started by a benchmark that allocated more would report the
     parent's peak. Falls back to ``ru_maxrss`` (KiB) elsewhere.
     """
+    peak = _status_bytes("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def current_rss_bytes() -> int:
+    """This process's resident memory now (``VmRSS``; 0 where ``/proc`` is missing)."""
+    return _status_bytes("VmRSS") or 0
+
+
+def _status_bytes(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` in bytes, or ``None`` without ``/proc``."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return None
 
 
 def time_rounds(step: Callable[[int], None], warmup: int, steps: int, repeat: int) -> list[float]:

@@ -28,15 +28,22 @@ import contextlib
 import shutil
 import tempfile
 import time
-from dataclasses import replace
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import (
+    current_rss_bytes,
+    machine_info,
+    peak_rss_bytes,
+    print_table,
+    run_in_child,
+    set_threads,
+    write_json,
+)
 from torch import nn
-
-from _machine import machine_info, peak_rss_bytes, print_table, run_in_child, set_threads, write_json
 
 CASES = ("ram", "tiered", "pytorch")
 DISTRIBUTIONS = ("zipf", "uniform")
@@ -108,7 +115,7 @@ def _terarec(spec: dict[str, object], rows: int, workdir: Path) -> dict[str, obj
     if tiered:
         cache = int(configs[0].row_bytes * rows * spec["cache_fraction"])
         configs = [replace(c, tiered=TieredConfig(cache_bytes=cache)) for c in configs]
-    baseline_rss = _current_rss()
+    baseline_rss = current_rss_bytes()
     collection = EmbeddingCollection(configs, directory=workdir)
     if tiered:
         started = time.perf_counter()
@@ -161,7 +168,7 @@ def _terarec(spec: dict[str, object], rows: int, workdir: Path) -> dict[str, obj
     return result
 
 
-def _caches_full(collection) -> bool:  # noqa: ANN001
+def _caches_full(collection) -> bool:
     return all(t._storage.stats().misses >= t._storage.cache_rows for t in collection.tables.values())
 
 
@@ -186,7 +193,7 @@ def _pytorch(spec: dict[str, object], rows: int) -> dict[str, object]:
         _kernels.hash_to_rows(ids, rows, out)
         return torch.from_numpy(out)
 
-    baseline_rss = _current_rss()
+    baseline_rss = current_rss_bytes()
     dim, features = spec["dim"], spec["features"]
     bags = nn.ModuleList(nn.EmbeddingBag(rows, dim, mode="sum", sparse=True) for _ in range(features))
     model = _model(spec)
@@ -215,13 +222,6 @@ def _pytorch(spec: dict[str, object], rows: int) -> dict[str, object]:
         "memory_budget_bytes": table_bytes,
         "baseline_rss_bytes": baseline_rss,
     }
-
-
-def _current_rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def run_child(spec: dict[str, object]) -> dict[str, object]:

@@ -27,7 +27,7 @@ from terarec.embedding.types import (
 )
 from terarec.sparse import JaggedTensor
 
-__all__ = ["EmbeddingCollection", "PooledEmbeddings", "PreparedBatch", "table_directory_name"]
+__all__ = ["EmbeddingCollection", "PooledEmbeddings", "PreparedBatch", "load_tables", "save_tables"]
 
 
 @dataclass(frozen=True)
@@ -170,12 +170,6 @@ class EmbeddingCollection:
         """``train(False)``: preparing batches changes no table (for evaluation and serving)."""
         return self.train(False)
 
-    def flush(self) -> None:
-        """Writes every tiered table's cached changes to its file."""
-        for table in self.tables.values():
-            if isinstance(table, RowTable):
-                table.flush()
-
     def counters(self) -> dict[str, float]:
         """Every table's counters (see :meth:`RowTable.counters`) as ``"<table>/<counter>"``."""
         return {
@@ -278,27 +272,14 @@ class EmbeddingCollection:
 
     def save(self, directory: Path) -> None:
         """Writes each table into ``directory / <table name>`` plus a ``collection.json``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        for name, table in self.tables.items():
-            sub = directory / table_directory_name(name)
-            sub.mkdir(exist_ok=True)
-            table.save(sub)
-        manifest = {"tables": {name: list(t.config.feature_names) for name, t in self.tables.items()}}
-        (directory / "collection.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        save_tables(directory, self.tables, self._features_by_table())
 
     def load(self, directory: Path) -> None:
         """Restores what :meth:`save` wrote; refuses a directory saved for other tables."""
-        directory = Path(directory)
-        path = directory / "collection.json"
-        if not path.is_file():
-            raise ValueError(f"{path}: missing; not a saved embedding collection")
-        saved = json.loads(path.read_text()).get("tables", {})
-        expected = {name: list(t.config.feature_names) for name, t in self.tables.items()}
-        if saved != expected:
-            raise ValueError(f"{path}: saved tables {saved} do not match this collection's {expected}")
-        for name, table in self.tables.items():
-            table.load(directory / table_directory_name(name))
+        load_tables(directory, self.tables, self._features_by_table())
+
+    def _features_by_table(self) -> dict[str, list[str]]:
+        return {name: list(t.config.feature_names) for name, t in self.tables.items()}
 
     def __repr__(self) -> str:
         lines = []
@@ -345,9 +326,40 @@ def _concat_bags(features: list[JaggedTensor]) -> tuple[torch.Tensor, torch.Tens
     return values, torch.cat(parts)
 
 
-def table_directory_name(name: str) -> str:
-    """The directory a saved collection keeps table ``name`` in (the name itself, refused when
-    it is not a safe directory name). Sharded collections save with the same layout."""
+def save_tables(
+    directory: Path, tables: Mapping[str, EmbeddingTable], features_by_table: Mapping[str, list[str]] | None
+) -> None:
+    """Writes each of ``tables`` into ``directory / <table name>`` and, given
+    ``features_by_table`` (every table of the model and its features), the ``collection.json``
+    that :func:`load_tables` checks. A sharded collection calls it on every rank with that
+    rank's tables (the manifest from one rank), so the layout does not depend on the placement."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        sub = directory / _table_directory_name(name)
+        sub.mkdir(exist_ok=True)
+        table.save(sub)
+    if features_by_table is not None:
+        manifest = {"tables": {name: list(features) for name, features in features_by_table.items()}}
+        (directory / "collection.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def load_tables(directory: Path, tables: Mapping[str, EmbeddingTable], features_by_table: Mapping[str, list[str]]) -> None:
+    """Loads each of ``tables`` from a directory :func:`save_tables` wrote, after checking that
+    it was saved for the same model (``features_by_table``, every table and its features)."""
+    directory = Path(directory)
+    path = directory / "collection.json"
+    if not path.is_file():
+        raise ValueError(f"{path}: missing; not a saved embedding collection")
+    saved = json.loads(path.read_text()).get("tables", {})
+    expected = {name: list(features) for name, features in features_by_table.items()}
+    if saved != expected:
+        raise ValueError(f"{path}: saved tables {saved} do not match this collection's {expected}")
+    for name, table in tables.items():
+        table.load(directory / _table_directory_name(name))
+
+
+def _table_directory_name(name: str) -> str:
     if name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
         raise ValueError(f"table name {name!r} cannot be used as a directory name")
     return name

@@ -10,7 +10,6 @@ Pooled rows and gradients may travel in bf16 or fp16 (``comm_precision``); IDs s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from terarec.embedding import (
     PooledEmbeddings,
     PreparedBatch,
 )
-from terarec.embedding.collection import table_directory_name
+from terarec.embedding.collection import load_tables, save_tables
 from terarec.sharding.types import CommPrecision
 from terarec.sparse import JaggedTensor
 
@@ -194,25 +193,13 @@ class TableWiseShardedCollection:
         if self.rank == 0:
             directory.mkdir(parents=True, exist_ok=True)
         dist.barrier(group=self.group)
-        for name, table in (self.local.tables.items() if self.local else ()):
-            sub = directory / table_directory_name(name)
-            sub.mkdir(exist_ok=True)
-            table.save(sub)
-        if self.rank == 0:
-            (directory / "collection.json").write_text(json.dumps({"tables": self._features_by_table}, indent=2) + "\n")
+        local = self.local.tables if self.local else {}
+        save_tables(directory, local, self._features_by_table if self.rank == 0 else None)
         dist.barrier(group=self.group)
 
     def load(self, directory: Path) -> None:
         """Loads this rank's tables from a directory saved by any placement or world size."""
-        directory = Path(directory)
-        path = directory / "collection.json"
-        if not path.is_file():
-            raise ValueError(f"{path}: missing; not a saved embedding collection")
-        saved = json.loads(path.read_text()).get("tables", {})
-        if saved != self._features_by_table:
-            raise ValueError(f"{path}: saved tables {saved} do not match this collection's {self._features_by_table}")
-        for name, table in (self.local.tables.items() if self.local else ()):
-            table.load(directory / table_directory_name(name))
+        load_tables(directory, self.local.tables if self.local else {}, self._features_by_table)
 
 
 def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:

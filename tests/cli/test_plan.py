@@ -28,7 +28,7 @@ def test_plans_the_default_synthetic_run_and_writes_json(tmp_path: Path, capsys:
         "--network-gbps",
         "25",
         "--batch-size",
-        "1024",
+        "4096",
         "--comm-precision",
         "bf16",
         "--shard",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -38,6 +39,8 @@ _TRAIN_SHORTCUTS = {
     "batch_size": "train.batch_size",
     "checkpoint_every": "train.checkpoint_every",
     "threads": "train.num_threads",
+    "mode": "sharding.mode",
+    "comm_precision": "sharding.comm_precision",
 }
 _DATA_FLAGS = ("data", "format", "label", "dense", "ignore", "delimiter", "on_bad_row")
 
@@ -71,6 +74,17 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=int, metavar="N", help="checkpoint every N steps (train.checkpoint_every)")
     train.add_argument("--threads", type=int, help="torch and numba threads (train.num_threads); default: all cores")
     train.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --out")
+    train.add_argument(
+        "--nproc-per-node",
+        type=int,
+        metavar="N",
+        help="train on N processes of this machine, started by torchrun (tables sharded over them); "
+        "across machines run `torchrun --nnodes ... -m terarec train` instead",
+    )
+    train.add_argument("--mode", choices=["sync", "hybrid"], help="embedding updates with several processes (sharding.mode)")
+    train.add_argument(
+        "--comm-precision", choices=["fp32", "bf16", "fp16"], help="pooled embeddings on the wire (sharding.comm_precision)"
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set any config key, e.g. --set embedding.embedding_dim=32")
     train.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
@@ -103,6 +117,52 @@ def _overrides(args: argparse.Namespace, shortcuts: dict[str, str]) -> list[tupl
     return pairs
 
 
+def _without_launch_flag(argv: Sequence[str]) -> list[str]:
+    """``argv`` less ``--nproc-per-node N`` (or ``=N``): what each launched process runs."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc-per-node":
+            skip = True
+        elif not arg.startswith("--nproc-per-node="):
+            out.append(arg)
+    return out
+
+
+def _launch(processes: int, argv: Sequence[str]) -> int:
+    """Runs ``terarec <argv>`` on ``processes`` local ranks through torchrun's launcher; when a
+    rank fails, the launcher stops the others and this names the rank and how it ended."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    if processes < 1:
+        raise TerarecError(f"--nproc-per-node must be >= 1, got {processes}")
+    # torchrun would otherwise set 1 and warn; terarec sets its own thread counts per rank.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    launcher = get_args_parser().parse_args(
+        ["--standalone", f"--nproc-per-node={processes}", "-m", "terarec", *_without_launch_flag(argv)]
+    )
+    try:
+        run(launcher)
+    except ChildFailedError as error:
+        ended = []
+        for rank, failure in sorted(error.failures.items()):
+            how = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
+            ended.append(f"rank {rank} (pid {failure.pid}): {how}")
+        print(
+            f"terarec: error: training stopped: {'; '.join(ended)}. The other ranks were stopped; "
+            f"rerun with --resume to continue from the last checkpoint",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _is_primary_rank() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _train(args: argparse.Namespace) -> int:
     from terarec.embedding import format_bytes
     from terarec.train import fit, load_config
@@ -111,10 +171,17 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
+    if args.nproc_per_node is not None and "WORLD_SIZE" not in os.environ:
+        return _launch(args.nproc_per_node, args.argv)
+    primary = _is_primary_rank()
     source = config.data.path or "synthetic Criteo-shaped data"
-    print(f"terarec {__version__}: training {config.model.type.value} on {source} -> {config.train.out}", flush=True)
+    ranks = f" on {os.environ['WORLD_SIZE']} ranks" if "WORLD_SIZE" in os.environ else ""
+    if primary:
+        print(f"terarec {__version__}: training {config.model.type.value} on {source}{ranks} -> {config.train.out}", flush=True)
     started = time.perf_counter()
     result = fit(config)
+    if not primary:
+        return 0
     metrics = result.metrics
     if "ground_truth_auc" in metrics:
         print(f"ground-truth model (the ceiling): AUC {metrics['ground_truth_auc']:.4f}")
@@ -132,6 +199,12 @@ def _train(args: argparse.Namespace) -> int:
     if metrics["table_disk_bytes"]:
         placement += f", {format_bytes(metrics['table_disk_bytes'])} on disk"
     print("; ".join(filter(None, [placement, _tables_summary(metrics["tables"])])))
+    if "comm_bytes_per_step" in metrics:
+        print(
+            f"ranks: {metrics['world_size']}, tables placed table-wise by the planner; embedding traffic "
+            f"{metrics['comm_bytes_per_step'] / 1e6:,.2f} MB per step (predicted "
+            f"{metrics['predicted_comm_bytes_per_step'] / 1e6:,.2f})"
+        )
     print(f"wrote {result.run_dir / 'metrics.json'} and {result.checkpoint}")
     return 0
 
@@ -201,7 +274,9 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``terarec`` command line; returns the process exit code."""
-    args = _parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(raw)
+    args.argv = raw
     handlers = {"train": _train, "eval": _eval, "prepare": _prepare, "plan": _plan.run}
     try:
         return handlers[args.command](args)

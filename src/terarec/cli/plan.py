@@ -91,7 +91,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         choices=["fp32", "bf16", "fp16"],
         help="pooled embeddings on the wire (sharding.comm_precision)",
     )
-    plan.add_argument("--batch-size", type=int, metavar="N", help="examples per rank per step (train.batch_size)")
+    plan.add_argument("--batch-size", type=int, metavar="N", help="examples per step over all ranks (train.batch_size); with --preset, per rank")
     plan.add_argument(
         "--shard",
         action="append",
@@ -151,8 +151,13 @@ def _config_workloads(config: Config) -> tuple[list[TableWorkload], DenseWorkloa
         read_prepared_stats,
         resolve_path,
     )
-    from terarec.sharding import TableWorkload, dlrm_dense_workload
     from terarec.train.builders import build_table_configs
+    from terarec.train.placement import (
+        DEFAULT_ZIPF_EXPONENT,
+        dense_workload,
+        mean_bag_sizes,
+        table_workloads,
+    )
 
     data, notes = config.data, []
     skew = config.sharding.zipf_exponent
@@ -176,22 +181,14 @@ def _config_workloads(config: Config) -> tuple[list[TableWorkload], DenseWorkloa
             train, stats = splits.train, splits.stats
         features = list(train.schema.sparse_features)
         distinct = stats.distinct_ids
-        rows = max(train.num_rows, 1)
-        pooling = {
-            name: max(float(train.sparse[name].offsets[-1] - train.sparse[name].offsets[0]) / rows, 1e-3)
-            for name in features
-        }
+        pooling = mean_bag_sizes(train)
         num_dense = train.schema.num_dense
         if skew is None:
-            skew = 1.05
-            notes.append("ID skew assumed: Zipf exponent 1.05 (set sharding.zipf_exponent)")
+            skew = DEFAULT_ZIPF_EXPONENT
+            notes.append(f"ID skew assumed: Zipf exponent {DEFAULT_ZIPF_EXPONENT} (set sharding.zipf_exponent)")
     tables = build_table_configs(config.embedding, features, distinct)
-    workloads = [TableWorkload(t, tuple(pooling[f] for f in t.feature_names), skew) for t in tables]
-    model = config.model
-    dim = max(t.embedding_dim for t in tables)
-    dense = dlrm_dense_workload(
-        num_dense, model.bottom_mlp, model.top_mlp, sum(len(t.feature_names) for t in tables), dim
-    )
+    workloads = table_workloads(tables, pooling, skew)
+    dense = dense_workload(config, num_dense, tables)
     return workloads, dense, notes
 
 
@@ -222,7 +219,7 @@ def _plan_config(args: argparse.Namespace) -> Plan:
     topology = build_topology(sharding, calibration)
     planner = ShardingPlanner(
         topology,
-        config.train.batch_size,
+        max(1, config.train.batch_size // sharding.world_size),
         sharding.comm_precision,
         sharding.overrides,
         sharding.min_cache_fraction,

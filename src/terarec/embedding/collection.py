@@ -51,6 +51,11 @@ class PreparedBatch:
     groups: tuple[PreparedGroup, ...] = ()
     table_names: tuple[str, ...] = ()
 
+    @property
+    def global_batch_size(self) -> int:
+        """Examples of the step over all ranks: ``batch_size`` for one process."""
+        return self.batch_size
+
 
 @dataclass(frozen=True)
 class PooledEmbeddings:

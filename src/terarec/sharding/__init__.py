@@ -64,6 +64,7 @@ from terarec.sharding.types import (
     TableWorkload,
     Tier,
     Topology,
+    TrainingMode,
 )
 
 __all__ = [
@@ -95,6 +96,7 @@ __all__ = [
     "TableWorkload",
     "Tier",
     "Topology",
+    "TrainingMode",
     "build_topology",
     "choose_options",
     "default_calibration_path",

@@ -45,6 +45,11 @@ class ShardedPreparedBatch:
     local: PreparedBatch | None
     batch_sizes: tuple[int, ...]
 
+    @property
+    def global_batch_size(self) -> int:
+        """Examples of the step over all ranks."""
+        return sum(self.batch_sizes)
+
 
 class TableWiseShardedCollection:
     """An :class:`~terarec.embedding.EmbeddingCollection` whose tables are spread over ranks, one
@@ -65,8 +70,15 @@ class TableWiseShardedCollection:
         directory (Path, optional): where tiered tables of this rank keep their files. Default: ``None``
         comm_precision (CommPrecision, optional): format of pooled rows and gradients on the
             wire. Default: ``CommPrecision.FP32``
-        group (dist.ProcessGroup, optional): the process group; ``None`` is the default group.
-            Default: ``None``
+        group (dist.ProcessGroup, optional): the process group of :meth:`lookup`, :meth:`save`
+            and :meth:`counters`; ``None`` is the default group. Default: ``None``
+        prepare_group (dist.ProcessGroup, optional): the group :meth:`prepare` talks over, so it
+            can run on a background thread while the trainer looks up the previous batch;
+            ``None`` means ``group``. Default: ``None``
+        apply_group (dist.ProcessGroup, optional): the group :meth:`apply_gradients` talks over
+            (its own in hybrid training, where updates run on a background thread); ``None``
+            means ``group``. Default: ``None``
+
 
     Shape:
         - :meth:`prepare` input: per feature a :class:`~terarec.sparse.JaggedTensor` of ``B_r`` bags
@@ -81,8 +93,14 @@ class TableWiseShardedCollection:
         directory: Path | None = None,
         comm_precision: CommPrecision = CommPrecision.FP32,
         group: dist.ProcessGroup | None = None,
+        prepare_group: dist.ProcessGroup | None = None,
+        apply_group: dist.ProcessGroup | None = None,
     ) -> None:
+        self._groups = {"prepare": prepare_group or group, "lookup": group, "apply": apply_group or group}
+        # One counter per group: each is touched by one thread only, so no update is lost.
+        self._sent = dict.fromkeys(self._groups, 0)
         self.group = group
+        self.training = True
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
         self.comm_precision = comm_precision
@@ -109,10 +127,33 @@ class TableWiseShardedCollection:
         self._owner_order = torch.tensor(by_owner, dtype=torch.int64)
         self._output_order = torch.argsort(self._owner_order)
 
-    def _all_to_all(self, send: torch.Tensor, send_sizes: list[int], receive_sizes: list[int]) -> torch.Tensor:
+    @property
+    def comm_bytes(self) -> int:
+        """Bytes this rank has sent to other ranks so far (IDs, pooled rows, gradients)."""
+        return sum(self._sent.values())
+
+    def _all_to_all(self, send: torch.Tensor, send_sizes: list[int], receive_sizes: list[int], stage: str) -> torch.Tensor:
         received = torch.empty(sum(receive_sizes), dtype=send.dtype)
-        dist.all_to_all_single(received, send.contiguous(), receive_sizes, send_sizes, group=self.group)
+        dist.all_to_all_single(received, send.contiguous(), receive_sizes, send_sizes, group=self._groups[stage])
+        self._sent[stage] += (sum(send_sizes) - send_sizes[self.rank]) * send.element_size()
         return received
+
+    def train(self, mode: bool = True) -> TableWiseShardedCollection:
+        """Sets this rank's tables' training mode (see :meth:`EmbeddingCollection.train`)."""
+        self.training = bool(mode)
+        if self.local is not None:
+            self.local.train(mode)
+        return self
+
+    def eval(self) -> TableWiseShardedCollection:
+        """``train(False)``."""
+        return self.train(False)
+
+    def counters(self) -> dict[str, float]:
+        """Every table's counters, gathered from their owners (a collective call)."""
+        gathered: list[dict[str, float] | None] = [None] * self.world_size
+        dist.all_gather_object(gathered, self.local.counters() if self.local else {}, group=self.group)
+        return {key: value for part in gathered for key, value in (part or {}).items()}
 
     def prepare(self, sparse: Mapping[str, JaggedTensor]) -> ShardedPreparedBatch:
         """Sends every feature's bags to the owner of its table and prepares this rank's tables
@@ -122,7 +163,7 @@ class TableWiseShardedCollection:
             raise ValueError(f"sparse features {missing} are missing from the batch")
         batch = sparse[self.feature_names[0]].batch_size if self.feature_names else 0
         sizes = torch.zeros(self.world_size, dtype=torch.int64)
-        dist.all_gather_single(sizes, torch.tensor([batch], dtype=torch.int64), group=self.group)
+        dist.all_gather_single(sizes, torch.tensor([batch], dtype=torch.int64), group=self._groups["prepare"])
         batch_sizes = tuple(int(b) for b in sizes)
         lengths, values, value_counts = [], [], []
         for features in self._features_of:
@@ -131,9 +172,10 @@ class TableWiseShardedCollection:
             value_counts.append(sum(int(sparse[f].values.numel()) for f in features))
         mine = self._features_of[self.rank]
         length_sizes = [len(features) * batch for features in self._features_of]
-        received_lengths = self._all_to_all(_cat(lengths), length_sizes, [len(mine) * b for b in batch_sizes])
-        counts = self._all_to_all(torch.tensor(value_counts, dtype=torch.int64), [1] * self.world_size, [1] * self.world_size)
-        received_values = self._all_to_all(_cat(values), value_counts, [int(c) for c in counts])
+        received_lengths = self._all_to_all(_cat(lengths), length_sizes, [len(mine) * b for b in batch_sizes], "prepare")
+        ones = [1] * self.world_size
+        counts = self._all_to_all(torch.tensor(value_counts, dtype=torch.int64), ones, ones, "prepare")
+        received_values = self._all_to_all(_cat(values), value_counts, [int(c) for c in counts], "prepare")
         if self.local is None:
             return ShardedPreparedBatch(None, batch_sizes)
         # received: per source rank, its bags feature after feature; regroup feature by feature.
@@ -159,7 +201,10 @@ class TableWiseShardedCollection:
             pooled = torch.zeros(sum(batch_sizes), 0)
         batch = batch_sizes[self.rank]
         received = self._all_to_all(
-            pooled.to(wire).reshape(-1), [b * mine for b in batch_sizes], [batch * width for width in self._width_of]
+            pooled.to(wire).reshape(-1),
+            [b * mine for b in batch_sizes],
+            [batch * width for width in self._width_of],
+            "lookup",
         )
         blocks = [block.view(batch, width) for block, width in zip(torch.split(received, [batch * w for w in self._width_of]), self._width_of)]
         values = torch.cat(blocks, dim=1).float()[:, self._output_order].contiguous()
@@ -177,12 +222,13 @@ class TableWiseShardedCollection:
         blocks = torch.split(by_owner, self._width_of, dim=1)
         send = _cat([block.contiguous().view(-1) for block in blocks])
         mine = self._width_of[self.rank]
-        received = self._all_to_all(send, [batch * w for w in self._width_of], [b * mine for b in batch_sizes])
+        received = self._all_to_all(
+            send, [batch * w for w in self._width_of], [b * mine for b in batch_sizes], "apply"
+        )
         if self.local is None or prepared.local is None:
             return
         rows = torch.cat([part.view(b, mine) for part, b in zip(torch.split(received, [b * mine for b in batch_sizes]), batch_sizes)])
         self.local.apply_gradients(prepared.local, rows.float() / self.world_size)
-
 
     def save(self, directory: Path) -> None:
         """Each rank writes its own tables into ``directory / <table>``; rank 0 adds the

@@ -35,6 +35,7 @@ __all__ = [
     "TableWorkload",
     "Tier",
     "Topology",
+    "TrainingMode",
 ]
 
 
@@ -75,6 +76,19 @@ class CommPrecision(enum.Enum):
     def num_bytes(self) -> int:
         """Bytes per value: 4 or 2."""
         return 4 if self is CommPrecision.FP32 else 2
+
+
+class TrainingMode(enum.Enum):
+    """How embedding updates meet lookups when training on several ranks.
+
+    - ``SYNC``: a step's updates land before the next step's lookups; deterministic.
+    - ``HYBRID``: Persia's mode. The dense network stays synchronous; embedding gradients are
+      sent and applied on a background thread, so a lookup may miss the updates of up to
+      ``staleness`` recent steps. Faster, not bit-reproducible.
+    """
+
+    SYNC = "sync"
+    HYBRID = "hybrid"
 
 
 class Resource(enum.Enum):
@@ -139,6 +153,12 @@ class ShardingConfig:
             as a fraction of its bytes, before leftover RAM is shared out. Default: ``0.02``
         overrides (tuple[ShardingOverride, ...], optional): per-table sharding type or tier.
             Default: ``()``
+        mode (TrainingMode, optional): synchronous, or Persia-style hybrid embedding updates.
+            Default: ``TrainingMode.SYNC``
+        staleness (int, optional): in hybrid mode, the most recent steps whose embedding
+            updates a lookup may miss. Default: ``1``
+        timeout_seconds (float, optional): how long a rank waits in a collective for the others
+            before it stops with an error (a dead or stuck rank). Default: ``300``
 
     Example::
 
@@ -155,8 +175,15 @@ class ShardingConfig:
     zipf_exponent: float | None = None
     min_cache_fraction: float = 0.02
     overrides: tuple[ShardingOverride, ...] = ()
+    mode: TrainingMode = TrainingMode.SYNC
+    staleness: int = 1
+    timeout_seconds: float = 300.0
 
     def __post_init__(self) -> None:
+        if self.staleness < 0:
+            raise ConfigError(f"sharding.staleness must be >= 0, got {self.staleness}")
+        if not self.timeout_seconds > 0:
+            raise ConfigError(f"sharding.timeout_seconds must be > 0, got {self.timeout_seconds}")
         for name in ("world_size", "ranks_per_host"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"sharding.{name} must be >= 1, got {getattr(self, name)}")

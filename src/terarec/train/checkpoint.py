@@ -27,6 +27,7 @@ from torch import nn
 from terarec._files import crc32_file, fsync_path
 from terarec.embedding import EmbeddingCollection
 from terarec.errors import DataError
+from terarec.train.distributed import World
 
 __all__ = [
     "TrainerState",
@@ -102,41 +103,55 @@ def save_checkpoint(
     collection: EmbeddingCollection,
     run_spec: Mapping[str, object],
     keep: int = 2,
+    world: World = World(),
 ) -> Path:
     """Writes a checkpoint of ``state.step`` atomically and keeps only the newest ``keep``.
 
     ``run_spec`` (config, data schema, table configs; see :func:`read_run_spec`) lets
     ``terarec eval`` rebuild the model without the training data.
 
+    With several ranks (``world``), every rank calls this: rank 0 writes the dense model
+    (the same on every rank), each rank writes the tables it owns into the same staging
+    directory, and rank 0 seals the manifest over all of them and renames it into place, so
+    the checkpoint appears whole or not at all. The run directory must be one file system
+    that every rank sees (local disk for one machine; a shared mount across machines).
+
     Returns:
         Path: the new checkpoint directory.
     """
     root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step-{state.step:09d}"
-    staging = root / f".tmp-step-{state.step:09d}-{os.getpid()}"
+    staging = root / f".tmp-step-{state.step:09d}"
     try:
-        staging.mkdir()
-        torch.save(model.state_dict(), staging / "model.pt")
-        torch.save(optimizer.state_dict(), staging / "dense_optimizer.pt")
-        torch.save({"torch": torch.get_rng_state()}, staging / "rng.pt")
-        (staging / "tables").mkdir()
+        if world.is_primary:
+            root.mkdir(parents=True, exist_ok=True)
+            for stale in root.glob(".tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            staging.mkdir()
+            torch.save(model.state_dict(), staging / "model.pt")
+            torch.save(optimizer.state_dict(), staging / "dense_optimizer.pt")
+            torch.save({"torch": torch.get_rng_state()}, staging / "rng.pt")
+            (staging / "tables").mkdir()
+        world.barrier()
         collection.save(staging / "tables")
-        _write_json(staging / "trainer.json", asdict(state))
-        _write_json(staging / "run.json", run_spec)
-        _seal(staging, latest_checkpoint(run_dir))
-        if final.exists():
-            # A crash after the rename of this step but before newer progress: replace it whole.
-            shutil.rmtree(final)
-        os.rename(staging, final)
-        fsync_path(root)
+        world.barrier()
+        if world.is_primary:
+            _write_json(staging / "trainer.json", asdict(state))
+            _write_json(staging / "run.json", run_spec)
+            _seal(staging, latest_checkpoint(run_dir))
+            if final.exists():
+                # A crash after the rename of this step but before newer progress: replace it whole.
+                shutil.rmtree(final)
+            os.rename(staging, final)
+            fsync_path(root)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if world.is_primary:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
-    for old in _checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    if world.is_primary:
+        for old in _checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    world.barrier()
     return final
 
 

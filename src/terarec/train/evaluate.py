@@ -19,20 +19,31 @@ from terarec.errors import DataError
 from terarec.train.builders import build_model
 from terarec.train.checkpoint import load_checkpoint, read_run_spec, resolve_checkpoint
 from terarec.train.config import Config, DensePrecision
+from terarec.train.distributed import World, gather_arrays
 from terarec.train.metrics import ClickMetrics, compute_metrics
 
 __all__ = ["evaluate", "evaluate_checkpoint", "predict"]
 
 
 def predict(
-    model: nn.Module, collection: EmbeddingCollection, data: ColumnarData, batch_size: int, bf16: bool = False
+    model: nn.Module,
+    collection: EmbeddingCollection,
+    data: ColumnarData,
+    batch_size: int,
+    bf16: bool = False,
+    world: World = World(),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Click probabilities for every row of ``data``, in order (``bf16``: dense network under bfloat16 autocast).
+    """Click probabilities for every row of ``data`` (``bf16``: dense network under bfloat16 autocast).
+
+    With several ranks (``world``), each scores its share of every batch of ``batch_size``
+    rows, through a sharded ``collection``, and every rank gets all rows back, grouped
+    rank by rank within each batch (one process: in order).
 
     Returns:
         tuple[np.ndarray, np.ndarray]: ``(labels, probabilities)``, both :math:`(R)`.
     """
-    loader = BatchLoader(data, batch_size, shuffle=False)
+    per_rank = -(-batch_size // world.size)
+    loader = BatchLoader(data, per_rank, shuffle=False, rank=world.rank, world_size=world.size)
     labels: list[np.ndarray] = []
     probabilities: list[np.ndarray] = []
     was_training, tables_were_training = model.training, collection.training
@@ -50,15 +61,20 @@ def predict(
         model.train(was_training)
         collection.train(tables_were_training)
     if not labels:
-        return np.zeros(0, np.float32), np.zeros(0, np.float32)
-    return np.concatenate(labels), np.concatenate(probabilities)
+        labels, probabilities = [np.zeros(0, np.float32)], [np.zeros(0, np.float32)]
+    return gather_arrays(world, np.concatenate(labels), np.concatenate(probabilities))  # type: ignore[return-value]
 
 
 def evaluate(
-    model: nn.Module, collection: EmbeddingCollection, data: ColumnarData, batch_size: int, bf16: bool = False
+    model: nn.Module,
+    collection: EmbeddingCollection,
+    data: ColumnarData,
+    batch_size: int,
+    bf16: bool = False,
+    world: World = World(),
 ) -> ClickMetrics:
-    """AUC, log loss, NE and calibration of the model on ``data``."""
-    labels, probabilities = predict(model, collection, data, batch_size, bf16)
+    """AUC, log loss, NE and calibration of the model on ``data`` (every rank scores its share)."""
+    labels, probabilities = predict(model, collection, data, batch_size, bf16, world)
     return compute_metrics(labels, probabilities)
 
 

@@ -13,17 +13,21 @@ from pathlib import Path
 import numba
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from terarec._background import iterate_in_background
 from terarec._dataclass_codec import to_mapping
 from terarec.data import Batch, BatchLoader, DataSplits, load_splits
 from terarec.embedding import (
     EmbeddingCollection,
+    EmbeddingTableConfig,
     PooledEmbeddings,
+    available_memory_bytes,
     check_disk,
     check_memory,
 )
 from terarec.errors import ConfigError
+from terarec.sharding import Plan, TableWiseShardedCollection, TrainingMode
 from terarec.train.builders import (
     build_dense_optimizer,
     build_model,
@@ -37,9 +41,17 @@ from terarec.train.checkpoint import (
     save_checkpoint,
 )
 from terarec.train.config import Config, DensePrecision
+from terarec.train.distributed import World, join_world, leave_world, sum_over_ranks
 from terarec.train.evaluate import evaluate
 from terarec.train.metrics import auc
+from terarec.train.placement import plan_tables
 from terarec.train.reporting import StepReporter
+from terarec.train.updates import (
+    EmbeddingUpdates,
+    HybridUpdates,
+    SyncUpdates,
+    check_hybrid_tables,
+)
 
 __all__ = ["TrainResult", "check_cache_sizes", "configure_threads", "fit"]
 
@@ -105,11 +117,11 @@ def _segment_end(step: int, total_steps: int, checkpoint_every: int) -> int:
     return min(total_steps, (step // checkpoint_every + 1) * checkpoint_every)
 
 
-def _run_spec(config: Config, splits: DataSplits, collection: EmbeddingCollection) -> dict[str, object]:
+def _run_spec(config: Config, splits: DataSplits, tables: list[EmbeddingTableConfig]) -> dict[str, object]:
     return {
         "config": config.to_dict(),
         "schema": splits.train.schema.to_dict(),
-        "tables": [to_mapping(table.config) for table in collection.tables.values()],
+        "tables": [to_mapping(table) for table in tables],
     }
 
 
@@ -130,47 +142,120 @@ def check_cache_sizes(tables: list[EmbeddingTableConfig], batch_size: int) -> No
             )
 
 
+def _build_collection(
+    config: Config, tables: list[EmbeddingTableConfig], splits: DataSplits, world: World, tables_dir: Path
+) -> tuple[EmbeddingCollection | TableWiseShardedCollection, Plan | None]:
+    """The run's tables: all in this process, or placed table-wise over the ranks by the planner."""
+    settings = config.train
+    estimates = EmbeddingCollection.estimate_memory(tables)
+    if world.size == 1:
+        check_memory(estimates, settings.memory_budget_bytes)
+        check_disk(estimates, tables_dir)
+        return EmbeddingCollection(tables, seed=settings.seed, directory=tables_dir), None
+    plan = plan_tables(config, tables, splits.train, world.size, world.local_size, tables_dir)
+    owners = {placement.name: placement.ranks[0] for placement in plan.placements}
+    mine = {name: estimate for name, estimate in estimates.items() if owners[name] == world.rank}
+    budget = settings.memory_budget_bytes or available_memory_bytes() // world.local_size
+    check_memory(mine, budget)
+    check_disk(mine, tables_dir)
+    collection = TableWiseShardedCollection(
+        tables,
+        owners,
+        seed=settings.seed,
+        directory=tables_dir,
+        comm_precision=config.sharding.comm_precision,
+        prepare_group=world.prepare_group,
+        apply_group=world.apply_group,
+    )
+    return collection, plan
+
+
+def _comm_bytes(collection: object) -> int:
+    return getattr(collection, "comm_bytes", 0)
+
+
+def _updates(config: Config, collection: object, tables: list[EmbeddingTableConfig]) -> EmbeddingUpdates:
+    if config.sharding.mode is TrainingMode.HYBRID:
+        check_hybrid_tables(tables)
+        return HybridUpdates(collection, config.sharding.staleness)  # type: ignore[arg-type]
+    return SyncUpdates(collection)  # type: ignore[arg-type]
+
+
 def fit(config: Config) -> TrainResult:
     """Trains the model ``config`` describes, evaluates it, and writes ``OUT/metrics.json``.
 
-    Deterministic: the same config (seed included), data and thread count give bit-identical
-    weights and metrics; a run resumed from a checkpoint (``train.resume``) continues exactly
-    as if it had never stopped.
+    Deterministic: the same config (seed included), data, thread count and number of ranks
+    give bit-identical weights and metrics; a run resumed from a checkpoint
+    (``train.resume``) continues exactly as if it had never stopped.
+
+    Started by ``torchrun`` (``WORLD_SIZE`` > 1), every rank runs this: each reads its share
+    of every batch of ``train.batch_size`` examples, the tables are placed table-wise over
+    the ranks, the dense network trains under DistributedDataParallel, and rank 0 reports
+    and writes ``metrics.json``. ``sharding.mode=hybrid`` applies embedding updates
+    asynchronously (Persia), with at most ``sharding.staleness`` steps of delay.
     """
+    world = join_world(config.sharding.timeout_seconds)
+    try:
+        return _fit(config, world)
+    finally:
+        leave_world(world)
+
+
+def _fit(config: Config, world: World) -> TrainResult:
     settings = config.train
+    if settings.batch_size % world.size or settings.batch_size < world.size:
+        raise ConfigError(f"train.batch_size ({settings.batch_size}) must be a multiple of the {world.size} ranks")
     run_dir = Path(settings.out)
-    threads = configure_threads(settings.num_threads)
+    threads = configure_threads(settings.num_threads or max(1, (os.cpu_count() or 1) // world.local_size))
     splits = load_splits(config.data)
     schema = splits.train.schema
     table_configs = build_table_configs(config.embedding, schema.sparse_features, splits.stats.distinct_ids)
-    estimates = EmbeddingCollection.estimate_memory(table_configs)
-    check_memory(estimates, settings.memory_budget_bytes)
     tables_dir = Path(settings.tables_dir) if settings.tables_dir else run_dir / "tables"
-    check_disk(estimates, tables_dir)
+    # An owner prepares its tables for the global batch.
     check_cache_sizes(table_configs, max(settings.batch_size, settings.eval_batch_size))
 
     torch.manual_seed(settings.seed)
-    collection = EmbeddingCollection(table_configs, seed=settings.seed, directory=tables_dir)
+    collection, plan = _build_collection(config, table_configs, splits, world, tables_dir)
     model = build_model(config.model, schema.num_dense, table_configs)
+    trainable = DistributedDataParallel(model) if world.size > 1 else model
     optimizer = build_dense_optimizer(settings, list(model.parameters()))
-    run_spec = _run_spec(config, splits, collection)
+    run_spec = _run_spec(config, splits, table_configs)
 
     state = TrainerState()
     if settings.resume:
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None:
             raise ConfigError(f"train.resume is set but {run_dir} holds no checkpoint to resume from")
-        state = load_checkpoint(checkpoint, model, collection, optimizer, restore_rng=True)
+        state = load_checkpoint(checkpoint, model, collection, optimizer, restore_rng=True)  # type: ignore[arg-type]
 
-    loader = BatchLoader(splits.train, settings.batch_size, shuffle=settings.shuffle, seed=settings.seed)
+    # With several ranks the last, partial global batch is dropped: a rank could get no rows.
+    loader = BatchLoader(
+        splits.train,
+        settings.batch_size // world.size,
+        shuffle=settings.shuffle,
+        seed=settings.seed,
+        drop_last=world.size > 1,
+        rank=world.rank,
+        world_size=world.size,
+    )
     if loader.num_batches == 0:
-        raise ConfigError(f"data.path: the training data has no rows ({splits.train.source})")
+        raise ConfigError(
+            f"data.path: the training data ({splits.train.source}) has {splits.train.num_rows} rows, "
+            f"not one batch of {settings.batch_size}"
+        )
     total_steps = settings.steps or settings.epochs * loader.num_batches
     bf16 = settings.dense_precision is DensePrecision.BF16
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if world.is_primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    world.barrier()
+    updates = _updates(config, collection, table_configs)
     started = time.perf_counter()
-    start_examples = state.examples_seen
-    with StepReporter(run_dir, total_steps, state.step, settings.log_every, settings.progress) as reporter:
+    start_examples, start_step, start_comm = state.examples_seen, state.step, _comm_bytes(collection)
+    progress = settings.progress and world.is_primary
+    with (
+        StepReporter(run_dir, total_steps, state.step, settings.log_every, progress, world.is_primary) as reporter,
+        contextlib.closing(updates),
+    ):
         # Pipeline: while this thread trains on batch n, the loader gathers batch n+2 and a
         # second thread maps, de-duplicates and (tiered tables) loads the rows of batch n+1.
         # Results are the same as without it. A stateful table (dynamic: admission, eviction)
@@ -185,24 +270,28 @@ def fit(config: Config) -> TrainResult:
             )
             with contextlib.closing(prepared_batches) as batches:
                 for batch, prepared in batches:
-                    pooled = collection.lookup(prepared)
-                    loss = forward_backward(model, batch, pooled, bf16)
-                    collection.apply_gradients(prepared, pooled.values.grad)
+                    updates.before_lookup()
+                    pooled = collection.lookup(prepared)  # type: ignore[arg-type]
+                    loss = forward_backward(trainable, batch, pooled, bf16)
+                    updates.apply(prepared, pooled.values.grad)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                    state = advance(state, batch.batch_size, loader.num_batches)
-                    if reporter.log_step(state.step, float(loss), batch.batch_size):
+                    state = advance(state, prepared.global_batch_size, loader.num_batches)
+                    if reporter.log_step(state.step, float(loss), prepared.global_batch_size):
                         reporter.log_metrics("tables", collection.counters(), state.step)
+            updates.drain()
             if settings.checkpoint_every and state.step % settings.checkpoint_every == 0:
-                save_checkpoint(run_dir, state, model, optimizer, collection, run_spec, settings.keep_checkpoints)
+                save_checkpoint(run_dir, state, model, optimizer, collection, run_spec, settings.keep_checkpoints, world)
         train_seconds = time.perf_counter() - started
+        comm_bytes = sum_over_ranks(world, _comm_bytes(collection) - start_comm)
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None or checkpoint_step(checkpoint) != state.step:
-            checkpoint = save_checkpoint(run_dir, state, model, optimizer, collection, run_spec, settings.keep_checkpoints)
-        metrics = evaluate(model, collection, splits.eval, settings.eval_batch_size, bf16)
+            checkpoint = save_checkpoint(run_dir, state, model, optimizer, collection, run_spec, settings.keep_checkpoints, world)
+        metrics = evaluate(model, collection, splits.eval, settings.eval_batch_size, bf16, world)  # type: ignore[arg-type]
         reporter.log_metrics("eval", metrics.to_dict(), state.step)
 
     trained = state.examples_seen - start_examples
+    estimates = EmbeddingCollection.estimate_memory(table_configs)
     result: dict[str, object] = {
         **metrics.to_dict(),
         "examples_per_second": trained / train_seconds if train_seconds > 0 else 0.0,
@@ -213,13 +302,20 @@ def fit(config: Config) -> TrainResult:
         "train_rows": splits.train.num_rows,
         "skipped_rows": splits.train.skipped_rows + splits.eval.skipped_rows,
         "threads": threads,
+        "world_size": world.size,
         "checkpoint": str(checkpoint),
         "table_ram_bytes": sum(estimate.ram_bytes for estimate in estimates.values()),
         "table_disk_bytes": sum(estimate.disk_bytes for estimate in estimates.values()),
         "tables": collection.counters(),
         "config": config.to_dict(),
     }
+    if plan is not None:
+        result["placement"] = {p.name: p.ranks[0] for p in plan.placements}
+        result["predicted_step_seconds"] = plan.step_seconds
+        result["predicted_comm_bytes_per_step"] = plan.comm_bytes["ids"] + plan.comm_bytes["pooled"]
+        result["comm_bytes_per_step"] = comm_bytes / max(state.step - start_step, 1)
     if splits.eval_probabilities is not None:
         result["ground_truth_auc"] = auc(splits.eval.labels, splits.eval_probabilities)
-    (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    if world.is_primary:
+        (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     return TrainResult(metrics=result, run_dir=run_dir, checkpoint=checkpoint)

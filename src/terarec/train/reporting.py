@@ -32,13 +32,17 @@ class StepReporter:
         initial_step (int): where a resumed run starts.
         log_every (int): steps between reports.
         progress (bool): draw the progress bar.
+        events (bool, optional): write TensorBoard events (one rank of a distributed run does).
+            Default: ``True``
     """
 
-    def __init__(self, run_dir: Path, total_steps: int, initial_step: int, log_every: int, progress: bool) -> None:
+    def __init__(
+        self, run_dir: Path, total_steps: int, initial_step: int, log_every: int, progress: bool, events: bool = True
+    ) -> None:
         self.log_every = log_every
         self.bar = tqdm(total=total_steps, initial=initial_step, disable=not progress, unit="step", dynamic_ncols=True)
         self.writer = None
-        if tensorboard_available():
+        if events and tensorboard_available():
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))

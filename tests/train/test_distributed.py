@@ -1,0 +1,161 @@
+"""Training on several processes through torchrun (``terarec train --nproc-per-node N``), gloo on CPU.
+
+One process trains the Criteo sample as the reference; two ranks must train the same model up
+to float summation order, twice bit for bit, and their checkpoints must resume on one and on
+four ranks (resharding). A rank killed mid-run must stop the others with a clear error, and
+the run must then resume exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from terarec.train import fit, load_config
+from terarec.train.checkpoint import CHECKPOINTS
+from tests.helpers import (
+    CRITEO,
+    assert_bit_identical,
+    checkpoint_weights,
+    tiny_overrides,
+)
+
+pytestmark = pytest.mark.slow
+
+# 7,200 training rows in batches of 64: 112 full batches (two ranks drop the partial last one).
+STEPS = 112
+CRITEO_KEYS = {
+    "data.path": str(CRITEO / "train.tsv"),
+    "data.eval_path": f"{CRITEO / 'dev.tsv'},{CRITEO / 'test.tsv'}",
+    "train.batch_size": 64,
+    "train.steps": STEPS,
+    "train.checkpoint_every": STEPS // 2,
+    "train.keep_checkpoints": 3,
+    "train.progress": False,
+}
+
+
+def _config_file(path: Path, overrides: dict[str, object]) -> Path:
+    path.write_text(load_config(overrides=list(overrides.items())).to_yaml())
+    return path
+
+
+def _launch(config: Path, processes: int, *extra: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "terarec", "train", "--config", str(config), "--nproc-per-node", str(processes)]
+    return subprocess.Popen([*command, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _train_ranks(config: Path, processes: int, *extra: str) -> str:
+    process = _launch(config, processes, *extra)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    return output
+
+
+def _metrics(out: Path) -> dict[str, object]:
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _close(left: dict[str, np.ndarray], right: dict[str, np.ndarray]) -> None:
+    assert left.keys() == right.keys()
+    for name, value in left.items():
+        np.testing.assert_allclose(value, right[name], rtol=0, atol=2e-3, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One process, then two ranks twice, on the Criteo sample with the same config."""
+    root = tmp_path_factory.mktemp("distributed")
+    fit(load_config(overrides=[*CRITEO_KEYS.items(), ("train.out", str(root / "one")), ("train.num_threads", 2)]))
+    for name in ("two", "two_again"):
+        config = _config_file(root / f"{name}.yaml", {**CRITEO_KEYS, "train.out": str(root / name)})
+        _train_ranks(config, 2)
+    return {name: root / name for name in ("one", "two", "two_again")}
+
+
+def test_two_ranks_train_the_model_of_one_process(runs: dict[str, Path]) -> None:
+    one, two = _metrics(runs["one"]), _metrics(runs["two"])
+    assert two["world_size"] == 2 and two["steps"] == one["steps"] == STEPS
+    assert two["train_examples"] == one["train_examples"] == STEPS * 64
+    assert abs(two["auc"] - one["auc"]) < 0.002, (one["auc"], two["auc"])
+    assert two["auc"] > 0.70
+    _close(checkpoint_weights(Path(one["checkpoint"])), checkpoint_weights(Path(two["checkpoint"])))
+    # every table has one owner, and the measured traffic is what the planner predicted
+    assert sorted(set(two["placement"].values())) == [0, 1]
+    assert two["comm_bytes_per_step"] == pytest.approx(two["predicted_comm_bytes_per_step"], rel=0.1)
+
+
+def test_two_rank_runs_are_bit_identical(runs: dict[str, Path]) -> None:
+    first, second = _metrics(runs["two"]), _metrics(runs["two_again"])
+    assert first["auc"] == second["auc"] and first["logloss"] == second["logloss"]
+    assert_bit_identical(checkpoint_weights(Path(first["checkpoint"])), checkpoint_weights(Path(second["checkpoint"])))
+
+
+def _halfway_copy(run: Path, out: Path) -> None:
+    """``out`` holds ``run``'s checkpoint at half the steps, as if it had stopped there."""
+    shutil.copytree(run / CHECKPOINTS, out / CHECKPOINTS)
+    shutil.rmtree(out / CHECKPOINTS / f"step-{STEPS:09d}")
+
+
+def test_two_rank_checkpoint_resumes_on_one_and_on_four_ranks(runs: dict[str, Path], tmp_path: Path) -> None:
+    reference = checkpoint_weights(Path(_metrics(runs["one"])["checkpoint"]))
+    one = tmp_path / "one"
+    _halfway_copy(runs["two"], one)
+    fit(load_config(overrides=[*CRITEO_KEYS.items(), ("train.out", str(one)), ("train.resume", True), ("train.num_threads", 2)]))
+    _close(reference, checkpoint_weights(Path(_metrics(one)["checkpoint"])))
+
+    four = tmp_path / "four"
+    _halfway_copy(runs["two"], four)
+    _train_ranks(_config_file(tmp_path / "four.yaml", {**CRITEO_KEYS, "train.out": str(four)}), 4, "--resume")
+    metrics = _metrics(four)
+    assert metrics["world_size"] == 4 and metrics["steps"] == STEPS
+    assert abs(metrics["auc"] - _metrics(runs["one"])["auc"]) < 0.002
+    _close(reference, checkpoint_weights(Path(metrics["checkpoint"])))
+
+
+def _rank_pid(launcher: psutil.Process, rank: int) -> int:
+    for child in launcher.children(recursive=True):
+        try:
+            if child.environ().get("RANK") == str(rank) and "terarec" in " ".join(child.cmdline()):
+                return child.pid
+        except psutil.NoSuchProcess:
+            continue
+    raise AssertionError(f"no process of rank {rank} under the launcher")
+
+
+def test_killed_rank_stops_the_others_and_the_run_resumes_exactly(tmp_path: Path) -> None:
+    keys = dict(tiny_overrides(tmp_path / "ref", train__steps=240, train__checkpoint_every=40, train__batch_size=512))
+    keys.pop("train.num_threads")
+    reference = tmp_path / "ref"
+    _train_ranks(_config_file(tmp_path / "ref.yaml", keys), 2)
+
+    killed = tmp_path / "killed"
+    config = _config_file(tmp_path / "killed.yaml", {**keys, "train.out": str(killed)})
+    launcher = _launch(config, 2)
+    first = killed / CHECKPOINTS / f"step-{40:09d}"
+    deadline = time.monotonic() + 120
+    while not first.exists():
+        assert launcher.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    os.kill(_rank_pid(psutil.Process(launcher.pid), 1), signal.SIGKILL)
+    killed_at = time.monotonic()
+    output, _ = launcher.communicate(timeout=120)
+    assert time.monotonic() - killed_at < 60
+    assert launcher.returncode == 1, output
+    assert "rank 1" in output and "SIGKILL" in output and "--resume" in output
+    assert not (killed / "metrics.json").exists()
+
+    _train_ranks(config, 2, "--resume")
+    assert_bit_identical(
+        checkpoint_weights(Path(_metrics(reference)["checkpoint"])), checkpoint_weights(Path(_metrics(killed)["checkpoint"]))
+    )

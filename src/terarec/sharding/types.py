@@ -82,9 +82,9 @@ class TrainingMode(enum.Enum):
     """How embedding updates meet lookups when training on several ranks.
 
     - ``SYNC``: a step's updates land before the next step's lookups; deterministic.
-    - ``HYBRID``: Persia's mode. The dense network stays synchronous; embedding gradients are
-      sent and applied on a background thread, so a lookup may miss the updates of up to
-      ``staleness`` recent steps. Faster, not bit-reproducible.
+    - ``HYBRID``: Persia's mode. The dense network stays synchronous; a step's embedding
+      gradients are sent and applied on a background thread while later steps train, so a
+      lookup misses the updates of the last ``staleness`` steps. Deterministic too.
     """
 
     SYNC = "sync"
@@ -155,8 +155,8 @@ class ShardingConfig:
             Default: ``()``
         mode (TrainingMode, optional): synchronous, or Persia-style hybrid embedding updates.
             Default: ``TrainingMode.SYNC``
-        staleness (int, optional): in hybrid mode, the most recent steps whose embedding
-            updates a lookup may miss. Default: ``1``
+        staleness (int, optional): in hybrid mode, the recent steps whose embedding updates
+            a lookup misses (``>= 1``). Default: ``1``
         timeout_seconds (float, optional): how long a rank waits in a collective for the others
             before it stops with an error (a dead or stuck rank). Default: ``300``
 
@@ -180,8 +180,8 @@ class ShardingConfig:
     timeout_seconds: float = 300.0
 
     def __post_init__(self) -> None:
-        if self.staleness < 0:
-            raise ConfigError(f"sharding.staleness must be >= 0, got {self.staleness}")
+        if self.staleness < 1:
+            raise ConfigError(f"sharding.staleness must be >= 1, got {self.staleness}")
         if not self.timeout_seconds > 0:
             raise ConfigError(f"sharding.timeout_seconds must be > 0, got {self.timeout_seconds}")
         for name in ("world_size", "ranks_per_host"):

@@ -272,6 +272,7 @@ def _fit(config: Config, world: World) -> TrainResult:
                 for batch, prepared in batches:
                     updates.before_lookup()
                     pooled = collection.lookup(prepared)  # type: ignore[arg-type]
+                    updates.after_lookup()
                     loss = forward_backward(trainable, batch, pooled, bf16)
                     updates.apply(prepared, pooled.values.grad)
                     optimizer.step()

@@ -1,9 +1,9 @@
 """When the embedding tables take a step's gradients: at once (synchronous), or on a background
-thread that may fall a bounded number of steps behind the lookups (Persia's hybrid training).
+thread, a fixed number of steps late (Persia's hybrid training, made deterministic).
 
-Both expose the same three calls the loop makes, in this order each step:
-:meth:`before_lookup`, then :meth:`apply` once the dense backward has filled the gradient,
-and :meth:`drain` before anything that must see every update (a checkpoint, evaluation).
+Both expose the calls the loop makes each step, in this order: :meth:`before_lookup`, the
+lookup, :meth:`after_lookup`, the dense forward and backward, then :meth:`apply` with the
+gradient; and :meth:`drain` before anything that must see every update (a checkpoint, evaluation).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ class EmbeddingUpdates(Protocol):
 
     def before_lookup(self) -> None: ...
 
+    def after_lookup(self) -> None: ...
+
     def apply(self, prepared: object, grad: torch.Tensor) -> None: ...
 
     def drain(self) -> None: ...
@@ -37,13 +39,16 @@ class EmbeddingUpdates(Protocol):
 
 
 class SyncUpdates:
-    """Applies each step's gradients before returning: the next lookup sees them (deterministic)."""
+    """Applies each step's gradients before returning: the next lookup sees them."""
 
     def __init__(self, collection: _Collection) -> None:
         self.collection = collection
 
     def before_lookup(self) -> None:
         """Nothing to wait for."""
+
+    def after_lookup(self) -> None:
+        """Nothing to start."""
 
     def apply(self, prepared: object, grad: torch.Tensor) -> None:
         """Sends and applies the gradients now."""
@@ -57,42 +62,70 @@ class SyncUpdates:
 
 
 class HybridUpdates:
-    """Sends and applies gradients on one background thread, in step order, while the loop goes
-    on: a lookup waits only until at most ``staleness`` steps' updates are still pending, so
-    rows it reads may lack the updates of the last ``staleness`` steps (and, being read while
-    the thread writes, may mix two versions of a row, as Persia's embedding workers do).
+    """Applies step ``t``'s embedding gradients on a background thread while step
+    ``t + staleness`` runs its dense forward and backward, so the embedding side's exchange
+    and optimizer overlap the dense network's work.
 
-    ``staleness=0`` waits for every update: the same results as :class:`SyncUpdates`, with the
-    update moved to another thread.
+    The lookup of step ``t`` sees exactly the updates of steps up to ``t - staleness - 1``:
+    each update starts only after that lookup and ends before the next one, so no row is read
+    while it is written and runs are reproducible, like Persia's bounded staleness without its
+    races. :meth:`drain` (before a checkpoint) applies everything pending, after which lookups
+    are briefly fresher; a run resumed from a checkpoint matches one that did not stop.
 
     Args:
         collection: a collection with ``apply_gradients(prepared, grad)``; in a distributed
             run, one whose gradient exchange uses its own process group.
-        staleness (int): most steps of updates a lookup may miss.
+        staleness (int): steps of updates each lookup misses, ``>= 1``.
+
+    Example::
+
+        >>> class Log:
+        ...     applied = []
+        ...     def apply_gradients(self, step, grad): self.applied.append(step)
+        >>> updates, seen = HybridUpdates(Log(), staleness=2), []
+        >>> for step in range(5):
+        ...     updates.before_lookup(); seen.append(list(Log.applied)); updates.after_lookup()
+        ...     updates.apply(step, torch.zeros(1))
+        >>> updates.close()
+        >>> seen  # what each step's lookup saw
+        [[], [], [], [0], [0, 1]]
     """
 
     def __init__(self, collection: _Collection, staleness: int) -> None:
+        if staleness < 1:
+            raise ValueError(f"staleness must be >= 1, got {staleness}")
         self.collection = collection
         self.staleness = staleness
-        self._pending: deque[Future[None]] = deque()
+        self._waiting: deque[tuple[object, torch.Tensor]] = deque()
+        self._running: Future[None] | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="terarec-hybrid-update")
 
+    def _wait(self) -> None:
+        if self._running is not None:
+            running, self._running = self._running, None
+            running.result()
+
     def before_lookup(self) -> None:
-        """Waits until no more than ``staleness`` updates are pending (re-raising their errors)."""
-        while len(self._pending) > self.staleness:
-            self._pending.popleft().result()
+        """Waits for the update started after the previous lookup (re-raising its error)."""
+        self._wait()
+
+    def after_lookup(self) -> None:
+        """Starts the update of the step ``staleness`` steps back."""
+        if len(self._waiting) == self.staleness:
+            self._running = self._worker.submit(self.collection.apply_gradients, *self._waiting.popleft())
 
     def apply(self, prepared: object, grad: torch.Tensor) -> None:
-        """Queues the update; ``grad`` must not be changed afterwards."""
-        self._pending.append(self._worker.submit(self.collection.apply_gradients, prepared, grad))
+        """Queues this step's gradients; ``grad`` must not change afterwards."""
+        self._waiting.append((prepared, grad))
 
     def drain(self) -> None:
-        """Waits for every queued update."""
-        while self._pending:
-            self._pending.popleft().result()
+        """Applies every queued update, in step order."""
+        self._wait()
+        while self._waiting:
+            self.collection.apply_gradients(*self._waiting.popleft())
 
     def close(self) -> None:
-        """Waits for queued updates, then stops the thread."""
+        """Drains, then stops the thread."""
         try:
             self.drain()
         finally:

@@ -118,6 +118,10 @@ class RamRowStorage(RowStorage):
         seed (int): the table's seed, taken modulo ``2^64`` (see
             :func:`~terarec.embedding._kernels.derive_table_seed`).
         initial_state (float, optional): starting value of every state float. Default: ``0.0``
+        first_row (int, optional): the table row slot 0 holds, for a shard of rows
+            ``first_row ... first_row + R - 1`` of a larger table. Default: ``0``
+        total_rows (int, optional): rows of that whole table (initial values depend on it);
+            ``None`` means ``R``. Default: ``None``
 
     Attributes:
         weights (np.ndarray): :math:`(R, D)` ``float32``.
@@ -140,6 +144,8 @@ class RamRowStorage(RowStorage):
         init: InitConfig,
         seed: int,
         initial_state: float = 0.0,
+        first_row: int = 0,
+        total_rows: int | None = None,
     ) -> None:
         if num_embeddings < 1 or embedding_dim < 1 or state_width < 0:
             raise ValueError(
@@ -148,7 +154,7 @@ class RamRowStorage(RowStorage):
             )
         seed64 = np.uint64(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
         self.weights = np.empty((num_embeddings, embedding_dim), dtype=np.float32)
-        initialize_rows(self.weights, 0, init, num_embeddings, seed64)
+        initialize_rows(self.weights, first_row, init, total_rows or num_embeddings, seed64)
         self.state = np.full((num_embeddings, state_width), initial_state, dtype=np.float32)
         self._reset_args = (seed64, *init_arguments(init, num_embeddings), np.float32(initial_state))
 

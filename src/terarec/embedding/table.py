@@ -30,7 +30,7 @@ from terarec.embedding.types import (
     PreparedIds,
 )
 
-__all__ = ["FixedTable", "RowTable", "build_storage", "jagged_arrays"]
+__all__ = ["FixedTable", "RowTable", "build_storage", "jagged_arrays", "storage_arguments"]
 
 _FORMAT_VERSION = 1
 
@@ -69,9 +69,9 @@ def jagged_arrays(values: torch.Tensor, offsets: torch.Tensor) -> tuple[np.ndarr
     return ids, bounds
 
 
-def build_storage(config: EmbeddingTableConfig, seed: int, directory: Path | None) -> RowStorage:
-    """The storage ``config`` asks for: all rows in RAM, or (``config.tiered``) a RAM cache over
-    a file in ``directory``. Row ``r`` starts identically in both."""
+def storage_arguments(config: EmbeddingTableConfig, seed: int) -> tuple[tuple[object, ...], float]:
+    """``((rows, dim, state width, init, table seed), initial state)``: what any storage of
+    ``config``'s rows is built from."""
     optimizer = config.optimizer
     adagrad = optimizer.type in (OptimizerType.ADAGRAD, OptimizerType.ROWWISE_ADAGRAD)
     args = (
@@ -81,7 +81,13 @@ def build_storage(config: EmbeddingTableConfig, seed: int, directory: Path | Non
         config.init,
         _kernels.derive_table_seed(seed, config.name),
     )
-    initial_state = optimizer.initial_accumulator_value if adagrad else 0.0
+    return args, optimizer.initial_accumulator_value if adagrad else 0.0
+
+
+def build_storage(config: EmbeddingTableConfig, seed: int, directory: Path | None) -> RowStorage:
+    """The storage ``config`` asks for: all rows in RAM, or (``config.tiered``) a RAM cache over
+    a file in ``directory``. Row ``r`` starts identically in both."""
+    args, initial_state = storage_arguments(config, seed)
     if config.tiered is None:
         return RamRowStorage(*args, initial_state=initial_state)
     if directory is None:
@@ -92,7 +98,7 @@ def build_storage(config: EmbeddingTableConfig, seed: int, directory: Path | Non
 class RowTable(EmbeddingTable):
     """The shared machinery of tables built from a :class:`RowMapper` and a :class:`RowStorage`.
 
-    Subclasses choose the mapper; the storage follows ``config.tiered``. Preparing a batch maps
+    Subclasses choose the mapper; the storage follows ``config.tiered`` unless one is given. Preparing a batch maps
     its IDs (a stateful mapper counts, admits and evicts there), de-duplicates the rows and makes
     them resident in the storage, so a tiered table's disk reads for batch ``n + 1`` happen on
     the prepare thread while batch ``n`` trains.
@@ -102,13 +108,18 @@ class RowTable(EmbeddingTable):
     _rows_may_be_missing = False
 
     def __init__(
-        self, config: EmbeddingTableConfig, mapper: RowMapper, seed: int = 0, directory: Path | None = None
+        self,
+        config: EmbeddingTableConfig,
+        mapper: RowMapper,
+        seed: int = 0,
+        directory: Path | None = None,
+        storage: RowStorage | None = None,
     ) -> None:
         self.config = config
         self.seed = int(seed)
         self.step = 0
         self._mapper = mapper
-        self._storage = build_storage(config, self.seed, directory)
+        self._storage = storage if storage is not None else build_storage(config, self.seed, directory)
 
     @property
     def weights(self) -> np.ndarray:

@@ -6,8 +6,8 @@ Split by role, as TorchRec's planner: :mod:`~terarec.sharding.types` (``Topology
 among them), :mod:`~terarec.sharding.partitioners` (greedy placement),
 :mod:`~terarec.sharding.planner` (composes them), :mod:`~terarec.sharding.calibration`
 (micro-benchmarks of this machine), :mod:`~terarec.sharding.presets` (models to plan on
-paper) and :mod:`~terarec.sharding.table_wise` (tables spread over ranks, one rank per table,
-over ``torch.distributed``). Typical use::
+paper) and :mod:`~terarec.sharding.sharded` (tables spread over ranks table-wise, row-wise or
+data-parallel, over ``torch.distributed``). Typical use::
 
     topology = build_topology(config.sharding, load_calibration())
     plan = ShardingPlanner(topology, batch_size=4096).plan(tables, dense)
@@ -48,7 +48,7 @@ from terarec.sharding.presets import (
     dlrm_dense_workload,
     get_preset,
 )
-from terarec.sharding.table_wise import ShardedPreparedBatch, TableWiseShardedCollection
+from terarec.sharding.sharded import ShardedEmbeddingCollection, ShardedPreparedBatch, TableSharding
 from terarec.sharding.types import (
     CommPrecision,
     DenseWorkload,
@@ -84,6 +84,7 @@ __all__ = [
     "ShardCost",
     "ShardEstimator",
     "ShardPlacement",
+    "ShardedEmbeddingCollection",
     "ShardedPreparedBatch",
     "ShardingConfig",
     "ShardingOption",
@@ -92,7 +93,7 @@ __all__ = [
     "ShardingType",
     "Storage",
     "TablePlacement",
-    "TableWiseShardedCollection",
+    "TableSharding",
     "TableWorkload",
     "Tier",
     "Topology",

@@ -117,6 +117,7 @@ def enumerate_options(
     capacity: Storage,
     override: ShardingOverride | None = None,
     min_cache_fraction: float = 0.02,
+    sharding_types: Sequence[ShardingType] = tuple(ShardingType),
 ) -> list[ShardingOption]:
     """Every sensible :class:`ShardingOption` of ``table`` (all of them, fitting or not).
 
@@ -127,6 +128,8 @@ def enumerate_options(
         override (ShardingOverride, optional): a pinned sharding type and/or tier. Default: ``None``
         min_cache_fraction (float, optional): RAM cache of an SSD shard, as a fraction of its
             bytes, while placing. Default: ``0.02``
+        sharding_types (Sequence[ShardingType], optional): the types to consider when none is
+            pinned. Default: all
     """
     topo = estimator.topology
     configured_ssd = table.config.tiered is not None
@@ -142,7 +145,7 @@ def enumerate_options(
     elif topo.world_size == 1:
         kinds = [ShardingType.TABLE_WISE]
     else:
-        kinds = list(ShardingType)
+        kinds = list(sharding_types)
     rows, dim = table.config.num_embeddings, table.config.embedding_dim
     options = []
     for kind in kinds:

@@ -92,6 +92,8 @@ class ShardingPlanner:
             as a fraction of its bytes; leftover RAM is added afterwards. Default: ``0.02``
         calibration (str, optional): where the topology's rates came from, for the report.
             Default: :data:`UNCALIBRATED`
+        sharding_types (Sequence[ShardingType], optional): the types to choose among for tables
+            not pinned by an override (training executes some only). Default: all
 
     Example::
 
@@ -116,8 +118,10 @@ class ShardingPlanner:
         overrides: Sequence[ShardingOverride] = (),
         min_cache_fraction: float = 0.02,
         calibration: str = UNCALIBRATED,
+        sharding_types: Sequence[ShardingType] = tuple(ShardingType),
     ) -> None:
         self.topology = topology
+        self.sharding_types = tuple(sharding_types)
         self.batch_size = batch_size
         self.comm_precision = comm_precision
         self.overrides = tuple(overrides)
@@ -126,7 +130,13 @@ class ShardingPlanner:
 
     def _with(self, topology: Topology) -> ShardingPlanner:
         return ShardingPlanner(
-            topology, self.batch_size, self.comm_precision, self.overrides, self.min_cache_fraction, self.calibration
+            topology,
+            self.batch_size,
+            self.comm_precision,
+            self.overrides,
+            self.min_cache_fraction,
+            self.calibration,
+            self.sharding_types,
         )
 
     def _partition(
@@ -157,7 +167,10 @@ class ShardingPlanner:
         capacity = Storage(room, topo.ssd_budget)
         estimator = ShardEstimator(topo, self.batch_size, self.comm_precision)
         options = [
-            enumerate_options(t, estimator, capacity, by_name.get(t.name), self.min_cache_fraction) for t in tables
+            enumerate_options(
+                t, estimator, capacity, by_name.get(t.name), self.min_cache_fraction, self.sharding_types
+            )
+            for t in tables
         ]
         chosen = choose_options(options, capacity, topo.world_size)
         partitioner = GreedyPartitioner(estimator, capacity, self.min_cache_fraction)

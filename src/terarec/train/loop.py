@@ -22,12 +22,9 @@ from terarec.embedding import (
     EmbeddingCollection,
     EmbeddingTableConfig,
     PooledEmbeddings,
-    available_memory_bytes,
-    check_disk,
-    check_memory,
 )
 from terarec.errors import ConfigError
-from terarec.sharding import Plan, TableWiseShardedCollection, TrainingMode
+from terarec.sharding import TrainingMode
 from terarec.train.builders import (
     build_dense_optimizer,
     build_model,
@@ -44,7 +41,7 @@ from terarec.train.config import Config, DensePrecision
 from terarec.train.distributed import World, join_world, leave_world, sum_over_ranks
 from terarec.train.evaluate import evaluate
 from terarec.train.metrics import auc
-from terarec.train.placement import plan_tables
+from terarec.train.placement import Placement, build_collection, saved_placement
 from terarec.train.reporting import StepReporter
 from terarec.train.updates import (
     EmbeddingUpdates,
@@ -117,11 +114,15 @@ def _segment_end(step: int, total_steps: int, checkpoint_every: int) -> int:
     return min(total_steps, (step // checkpoint_every + 1) * checkpoint_every)
 
 
-def _run_spec(config: Config, splits: DataSplits, tables: list[EmbeddingTableConfig]) -> dict[str, object]:
+def _run_spec(
+    config: Config, splits: DataSplits, tables: list[EmbeddingTableConfig], world: World, placement: Placement
+) -> dict[str, object]:
     return {
         "config": config.to_dict(),
         "schema": splits.train.schema.to_dict(),
         "tables": [to_mapping(table) for table in tables],
+        "world_size": world.size,
+        "placement": placement,
     }
 
 
@@ -140,34 +141,6 @@ def check_cache_sizes(tables: list[EmbeddingTableConfig], batch_size: int) -> No
                 f"{len(table.feature_names)} feature(s) may need {needed} rows; set embedding.tiered.cache_bytes "
                 f">= {needed * table.row_bytes} (or lower train.batch_size / train.eval_batch_size)"
             )
-
-
-def _build_collection(
-    config: Config, tables: list[EmbeddingTableConfig], splits: DataSplits, world: World, tables_dir: Path
-) -> tuple[EmbeddingCollection | TableWiseShardedCollection, Plan | None]:
-    """The run's tables: all in this process, or placed table-wise over the ranks by the planner."""
-    settings = config.train
-    estimates = EmbeddingCollection.estimate_memory(tables)
-    if world.size == 1:
-        check_memory(estimates, settings.memory_budget_bytes)
-        check_disk(estimates, tables_dir)
-        return EmbeddingCollection(tables, seed=settings.seed, directory=tables_dir), None
-    plan = plan_tables(config, tables, splits.train, world.size, world.local_size, tables_dir)
-    owners = {placement.name: placement.ranks[0] for placement in plan.placements}
-    mine = {name: estimate for name, estimate in estimates.items() if owners[name] == world.rank}
-    budget = settings.memory_budget_bytes or available_memory_bytes() // world.local_size
-    check_memory(mine, budget)
-    check_disk(mine, tables_dir)
-    collection = TableWiseShardedCollection(
-        tables,
-        owners,
-        seed=settings.seed,
-        directory=tables_dir,
-        comm_precision=config.sharding.comm_precision,
-        prepare_group=world.prepare_group,
-        apply_group=world.apply_group,
-    )
-    return collection, plan
 
 
 def _comm_bytes(collection: object) -> int:
@@ -214,18 +187,19 @@ def _fit(config: Config, world: World) -> TrainResult:
     # An owner prepares its tables for the global batch.
     check_cache_sizes(table_configs, max(settings.batch_size, settings.eval_batch_size))
 
+    checkpoint = latest_checkpoint(run_dir) if settings.resume else None
+    if settings.resume and checkpoint is None:
+        raise ConfigError(f"train.resume is set but {run_dir} holds no checkpoint to resume from")
     torch.manual_seed(settings.seed)
-    collection, plan = _build_collection(config, table_configs, splits, world, tables_dir)
+    collection, plan, placement = build_collection(
+        config, table_configs, splits.train, world, tables_dir, saved_placement(checkpoint, world.size)
+    )
     model = build_model(config.model, schema.num_dense, table_configs)
     trainable = DistributedDataParallel(model) if world.size > 1 else model
     optimizer = build_dense_optimizer(settings, list(model.parameters()))
-    run_spec = _run_spec(config, splits, table_configs)
-
+    run_spec = _run_spec(config, splits, table_configs, world, placement)
     state = TrainerState()
-    if settings.resume:
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is None:
-            raise ConfigError(f"train.resume is set but {run_dir} holds no checkpoint to resume from")
+    if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, collection, optimizer, restore_rng=True)  # type: ignore[arg-type]
 
     # With several ranks the last, partial global batch is dropped: a rank could get no rows.
@@ -311,7 +285,7 @@ def _fit(config: Config, world: World) -> TrainResult:
         "config": config.to_dict(),
     }
     if plan is not None:
-        result["placement"] = {p.name: p.ranks[0] for p in plan.placements}
+        result["placement"] = placement
         result["predicted_step_seconds"] = plan.step_seconds
         result["predicted_comm_bytes_per_step"] = plan.comm_bytes["ids"] + plan.comm_bytes["pooled"]
         result["comm_bytes_per_step"] = comm_bytes / max(state.step - start_step, 1)

@@ -1,10 +1,11 @@
 """Where a run's embedding tables live when it trains on several ranks, and what the planner
 predicts for it.
 
-``terarec train`` executes table-wise sharding: each table whole on one rank, chosen by the
-:class:`~terarec.sharding.ShardingPlanner` to balance its cost model over the ranks (largest
-first). The tier is the table's own config (``tiered`` tables on SSD behind their cache).
-The other sharding types are planned by ``terarec plan`` but not executed yet.
+``terarec train`` lets the :class:`~terarec.sharding.ShardingPlanner` choose, per table, among
+the sharding types training executes (table-wise, row-wise, data-parallel; see
+:mod:`terarec.sharding.sharded`) and the ranks, balancing its cost model (largest first).
+Dynamic and tiered tables stay table-wise, and a table's tier is its own config. Column-wise
+and table-row-wise sharding are planned by ``terarec plan`` but not executed.
 """
 
 from __future__ import annotations
@@ -14,25 +15,51 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch.distributed as dist
+
 from terarec.data import ColumnarData
-from terarec.embedding import EmbeddingTableConfig
-from terarec.errors import ConfigError
+from terarec.embedding import (
+    EmbeddingCollection,
+    EmbeddingTableConfig,
+    available_memory_bytes,
+    check_disk,
+    check_memory,
+    format_bytes,
+)
+from terarec.errors import ConfigError, PlanError
 from terarec.sharding import (
     UNCALIBRATED,
     DenseWorkload,
     Plan,
+    ShardedEmbeddingCollection,
     ShardingOverride,
     ShardingPlanner,
     ShardingType,
+    TableSharding,
     TableWorkload,
     Tier,
     build_topology,
     dlrm_dense_workload,
     load_calibration,
 )
+from terarec.sharding.sharded import EXECUTED_TYPES
+from terarec.train.checkpoint import read_run_spec
 from terarec.train.config import Config
+from terarec.train.distributed import World
 
-__all__ = ["DEFAULT_ZIPF_EXPONENT", "dense_workload", "mean_bag_sizes", "plan_tables", "table_workloads"]
+__all__ = [
+    "DEFAULT_ZIPF_EXPONENT",
+    "Placement",
+    "build_collection",
+    "dense_workload",
+    "mean_bag_sizes",
+    "plan_tables",
+    "saved_placement",
+    "table_workloads",
+]
+
+Placement = dict[str, dict[str, object]]
+"""Per table ``{"sharding": <ShardingType value>, "ranks": [...]}``, as ``run.json`` records it."""
 
 DEFAULT_ZIPF_EXPONENT = 1.05
 """ID skew assumed for real data when ``sharding.zipf_exponent`` is not set."""
@@ -67,16 +94,26 @@ def _zipf_exponent(config: Config) -> float:
 
 
 def _executable_overrides(config: Config, tables: Sequence[EmbeddingTableConfig]) -> tuple[ShardingOverride, ...]:
-    """Pins every table table-wise, on the tier its own config asks for."""
-    for index, override in enumerate(config.sharding.overrides):
-        if override.sharding_type not in (None, ShardingType.TABLE_WISE):
-            raise ConfigError(
-                f"sharding.overrides[{index}]: table {override.table!r} is {override.sharding_type.value}; "
-                f"`terarec plan` plans that, but `terarec train` executes table_wise sharding only"
+    """The config's overrides, checked against what training executes, plus each table's tier;
+    dynamic and tiered tables pinned table-wise."""
+    pinned = {override.table: (index, override) for index, override in enumerate(config.sharding.overrides)}
+    overrides = []
+    for table in tables:
+        index, override = pinned.get(table.name, (None, ShardingOverride(table.name)))
+        kind = override.sharding_type
+        moving = table.dynamic is not None or table.tiered is not None
+        if kind is not None and (kind not in EXECUTED_TYPES or (moving and kind is not ShardingType.TABLE_WISE)):
+            what = "dynamic and tiered tables train table_wise" if moving else "training executes " + ", ".join(
+                t.value for t in EXECUTED_TYPES
             )
-    return tuple(
-        ShardingOverride(t.name, ShardingType.TABLE_WISE, Tier.SSD if t.tiered is not None else Tier.RAM) for t in tables
-    )
+            raise ConfigError(
+                f"sharding.overrides[{index}]: table {table.name!r} is {kind.value}, but {what} "
+                f"(`terarec plan` plans every type)"
+            )
+        if moving:
+            kind = ShardingType.TABLE_WISE
+        overrides.append(ShardingOverride(table.name, kind, Tier.SSD if table.tiered is not None else Tier.RAM))
+    return tuple(overrides)
 
 
 def plan_tables(
@@ -87,7 +124,7 @@ def plan_tables(
     ranks_per_host: int,
     tables_dir: Path,
 ) -> Plan:
-    """Places ``tables`` table-wise over ``world_size`` ranks and predicts the step.
+    """Places ``tables`` over ``world_size`` ranks as training can run them and predicts the step.
 
     Rates come from this machine's calibration (``terarec plan --calibrate``) when one is
     saved, else the planner's defaults; the SSD per rank is the free disk under ``tables_dir``.
@@ -112,6 +149,69 @@ def plan_tables(
         _executable_overrides(config, tables),
         sharding.min_cache_fraction,
         calibration.describe() if calibration else UNCALIBRATED,
+        EXECUTED_TYPES,
     )
     workloads = table_workloads(tables, mean_bag_sizes(data), _zipf_exponent(config))
     return planner.plan(workloads, dense_workload(config, data.schema.num_dense, tables))
+
+
+def saved_placement(checkpoint: Path | None, world_size: int) -> Placement | None:
+    """The placement ``checkpoint`` was trained with, if it had ``world_size`` ranks: a resumed
+    run keeps it (and so its summation order), even if the planner would now choose otherwise."""
+    if checkpoint is None:
+        return None
+    spec = read_run_spec(checkpoint)
+    return spec.get("placement") if spec.get("world_size") == world_size else None  # type: ignore[return-value]
+
+
+def build_collection(
+    config: Config,
+    tables: list[EmbeddingTableConfig],
+    data: ColumnarData,
+    world: World,
+    tables_dir: Path,
+    placement: Placement | None = None,
+) -> tuple[EmbeddingCollection | ShardedEmbeddingCollection, Plan | None, Placement]:
+    """The run's tables: all in this process, or spread over the ranks as ``placement`` says
+    (else as the planner places them), with the plan's predictions and the placement used.
+
+    Raises:
+        PlanError: when this rank's share does not fit its RAM or disk.
+    """
+    settings = config.train
+    estimates = EmbeddingCollection.estimate_memory(tables)
+    if world.size == 1:
+        check_memory(estimates, settings.memory_budget_bytes)
+        check_disk(estimates, tables_dir)
+        return EmbeddingCollection(tables, seed=settings.seed, directory=tables_dir), None, {}
+    plan = plan_tables(config, tables, data, world.size, world.local_size, tables_dir)
+    if placement is None:
+        placement = {p.name: {"sharding": p.sharding_type.value, "ranks": list(p.ranks)} for p in plan.placements}
+        # Rank 0's plan binds all ranks: inputs such as the free disk may differ between them.
+        chosen = [placement]
+        dist.broadcast_object_list(chosen, src=0)
+        placement = chosen[0]
+    shardings = {
+        name: TableSharding(ShardingType(where["sharding"]), tuple(where["ranks"]))  # type: ignore[arg-type]
+        for name, where in placement.items()
+    }
+    mine = {name: e for name, e in estimates.items() if world.rank in shardings[name].ranks}
+    ram = sum(e.ram_bytes // len(shardings[name].ranks) if shardings[name].sharding_type is ShardingType.ROW_WISE
+              else e.ram_bytes for name, e in mine.items())
+    budget = settings.memory_budget_bytes or available_memory_bytes() // world.local_size
+    if ram > 0.9 * budget:
+        raise PlanError(
+            f"rank {world.rank}: its share of the tables needs {format_bytes(ram)} of RAM, more than 90% of its "
+            f"{format_bytes(budget)}; use more ranks, tiered tables (embedding.tiered) or a smaller embedding_dim"
+        )
+    check_disk(mine, tables_dir)
+    collection = ShardedEmbeddingCollection(
+        tables,
+        shardings,
+        seed=settings.seed,
+        directory=tables_dir,
+        comm_precision=config.sharding.comm_precision,
+        prepare_group=world.prepare_group,
+        apply_group=world.apply_group,
+    )
+    return collection, plan, placement

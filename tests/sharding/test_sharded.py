@@ -1,0 +1,169 @@
+"""Sharded embeddings over gloo: two ranks train the tables as one process would, whatever the
+placement (table-wise, row-wise, data-parallel), and checkpoints load under any other placement."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from terarec.embedding import (
+    EmbeddingCollection,
+    EmbeddingTableConfig,
+    OptimizerConfig,
+    OptimizerType,
+    PoolingType,
+)
+from terarec.sharding import ShardedEmbeddingCollection, ShardingType, TableSharding
+from terarec.sharding.types import CommPrecision
+from terarec.sparse import JaggedTensor
+
+WORLD_SIZE, LOCAL_BATCH, STEPS = 2, 32, 4
+TABLES = [
+    EmbeddingTableConfig("t_user", 500, 8, ("user",), optimizer=OptimizerConfig(OptimizerType.ADAGRAD, 0.1)),
+    EmbeddingTableConfig("t_item", 800, 8, ("item", "seen"), optimizer=OptimizerConfig(OptimizerType.SGD, 0.1)),
+    EmbeddingTableConfig("t_ctx", 300, 4, ("ctx",), pooling=PoolingType.MEAN),
+]
+TW, RW, DP = ShardingType.TABLE_WISE, ShardingType.ROW_WISE, ShardingType.DATA_PARALLEL
+PLACEMENTS = {
+    "table_wise": {"t_user": TableSharding(TW, (1,)), "t_item": TableSharding(TW, (0,)), "t_ctx": TableSharding(TW, (1,))},
+    "mixed": {"t_user": TableSharding(RW, (1, 0)), "t_item": TableSharding(DP, (0, 1)), "t_ctx": TableSharding(RW, (0, 1))},
+    "other": {"t_user": TableSharding(TW, (0,)), "t_item": TableSharding(RW, (1, 0)), "t_ctx": TableSharding(DP, (0, 1))},
+}
+FEATURES = ("user", "item", "seen", "ctx")
+WIDTH = 8 + 8 + 8 + 4
+
+
+def _global_batch(step: int) -> tuple[dict[str, JaggedTensor], torch.Tensor]:
+    """The global batch of ``step`` (ragged bags, some empty) and a gradient for its pooled rows."""
+    rng = np.random.default_rng(step)
+    size = WORLD_SIZE * LOCAL_BATCH
+    sparse = {}
+    for feature in FEATURES:
+        lengths = torch.from_numpy(rng.integers(0, 4, size))
+        values = torch.from_numpy(rng.integers(-(2**40), 2**40, int(lengths.sum())))
+        sparse[feature] = JaggedTensor.from_lengths(values, lengths)
+    return sparse, torch.from_numpy(rng.standard_normal((size, WIDTH)).astype(np.float32))
+
+
+def _rows(jagged: JaggedTensor, start: int, stop: int) -> JaggedTensor:
+    offsets = jagged.offsets
+    return JaggedTensor.from_lengths(jagged.values[offsets[start] : offsets[stop]], jagged.lengths()[start:stop])
+
+
+def _rank_main(rank: int, port: int, out: str, placement: str, precision: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
+    try:
+        sharded = ShardedEmbeddingCollection(TABLES, PLACEMENTS[placement], seed=3, comm_precision=CommPrecision(precision))
+        lo, hi = rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH
+        outputs = []
+        for step in range(STEPS):
+            sparse, grad = _global_batch(step)
+            prepared = sharded.prepare({f: _rows(j, lo, hi) for f, j in sparse.items()})
+            pooled = sharded.lookup(prepared)
+            outputs.append(pooled.values.detach().numpy())
+            # Each rank's loss is the mean over its own examples: its gradient is W times the
+            # global-mean one, and the pieces average it back over the ranks.
+            sharded.apply_gradients(prepared, grad[lo:hi] * WORLD_SIZE)
+        np.save(Path(out) / f"pooled-{rank}.npy", np.stack(outputs))
+        sharded.save(Path(out) / "checkpoint")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _reference() -> tuple[np.ndarray, EmbeddingCollection]:
+    collection = EmbeddingCollection(TABLES, seed=3)
+    outputs = []
+    for step in range(STEPS):
+        sparse, grad = _global_batch(step)
+        prepared = collection.prepare(sparse)
+        outputs.append(collection.lookup(prepared).values.detach().numpy())
+        collection.apply_gradients(prepared, grad)
+    return np.stack(outputs), collection
+
+
+def _saved(directory: Path) -> EmbeddingCollection:
+    """What a sharded run saved, loaded into one process."""
+    collection = EmbeddingCollection(TABLES, seed=0)
+    collection.load(directory)
+    return collection
+
+
+def _train(tmp_path: Path, placement: str, precision: str = "fp32") -> tuple[np.ndarray, EmbeddingCollection]:
+    args = (_free_port(), str(tmp_path), placement, precision)
+    mp.start_processes(_rank_main, args=args, nprocs=WORLD_SIZE, start_method="spawn")
+    pooled = np.concatenate([np.load(tmp_path / f"pooled-{r}.npy") for r in range(WORLD_SIZE)], axis=1)
+    return pooled, _saved(tmp_path / "checkpoint")
+
+
+def _assert_tables(actual: EmbeddingCollection, expected: EmbeddingCollection, exact: bool) -> None:
+    for name, table in expected.tables.items():
+        for field in ("weights", "state"):
+            got, want = np.array(getattr(actual.tables[name], field)), np.array(getattr(table, field))
+            if exact:
+                np.testing.assert_array_equal(got, want, err_msg=f"{name}.{field}")
+            else:
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f"{name}.{field}")
+
+
+@pytest.mark.parametrize("placement", ["table_wise", "mixed"])
+def test_two_ranks_train_like_one_process(tmp_path: Path, placement: str) -> None:
+    pooled, saved = _train(tmp_path, placement)
+    reference_pooled, reference = _reference()
+    # Table-wise tables are exact; row-wise partial sums and the replicas' all-reduced row
+    # gradients add up in another order.
+    exact = placement == "table_wise"
+    if exact:
+        np.testing.assert_array_equal(pooled, reference_pooled)
+    else:
+        np.testing.assert_allclose(pooled, reference_pooled, rtol=1e-5, atol=1e-6)
+    _assert_tables(saved, reference, exact)
+
+
+def test_bf16_on_the_wire_stays_close(tmp_path: Path) -> None:
+    pooled, saved = _train(tmp_path, "mixed", "bf16")
+    reference_pooled, reference = _reference()
+    np.testing.assert_allclose(pooled, reference_pooled, rtol=1e-2, atol=1e-3)  # bf16: 8 mantissa bits
+    for name, table in reference.tables.items():
+        np.testing.assert_allclose(np.array(saved.tables[name].weights), np.array(table.weights), rtol=1e-2, atol=1e-3)
+
+
+def _resume_rank_main(rank: int, port: int, out: str) -> None:
+    """Loads the checkpoint under another placement and trains one more step."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
+    try:
+        sharded = ShardedEmbeddingCollection(TABLES, PLACEMENTS["other"], seed=3)
+        sharded.load(Path(out) / "checkpoint")
+        sparse, grad = _global_batch(STEPS)
+        lo, hi = rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH
+        prepared = sharded.prepare({f: _rows(j, lo, hi) for f, j in sparse.items()})
+        sharded.lookup(prepared)
+        sharded.apply_gradients(prepared, grad[lo:hi] * WORLD_SIZE)
+        sharded.save(Path(out) / "resumed")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_checkpoint_loads_on_one_process_and_under_another_placement(tmp_path: Path) -> None:
+    """Checkpoints have one layout for every placement: resharding is loading."""
+    _, saved = _train(tmp_path, "table_wise")  # world size 2 -> 1
+    _, reference = _reference()
+    _assert_tables(saved, reference, exact=True)
+    # table-wise -> row-wise / data-parallel / table-wise, one more step: as one process.
+    mp.start_processes(_resume_rank_main, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn")
+    sparse, grad = _global_batch(STEPS)
+    prepared = reference.prepare(sparse)
+    reference.lookup(prepared)
+    reference.apply_gradients(prepared, grad)
+    _assert_tables(_saved(tmp_path / "resumed"), reference, exact=False)

@@ -1,5 +1,6 @@
 """Sharded embeddings over gloo: two ranks train the tables as one process would, whatever the
-placement (table-wise, row-wise, data-parallel), and checkpoints load under any other placement."""
+placement (table-wise, row-wise, column-wise, data-parallel), and checkpoints load under any
+other placement."""
 
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ TABLES = [
     EmbeddingTableConfig("t_ctx", 300, 4, ("ctx",), pooling=PoolingType.MEAN),
 ]
 TW, RW, DP = ShardingType.TABLE_WISE, ShardingType.ROW_WISE, ShardingType.DATA_PARALLEL
+CW = ShardingType.COLUMN_WISE
 PLACEMENTS = {
     "table_wise": {"t_user": TableSharding(TW, (1,)), "t_item": TableSharding(TW, (0,)), "t_ctx": TableSharding(TW, (1,))},
+    "column_wise": {"t_user": TableSharding(CW, (1, 0)), "t_item": TableSharding(CW, (0, 1)), "t_ctx": TableSharding(TW, (0,))},
     "mixed": {"t_user": TableSharding(RW, (1, 0)), "t_item": TableSharding(DP, (0, 1)), "t_ctx": TableSharding(RW, (0, 1))},
     "other": {"t_user": TableSharding(TW, (0,)), "t_item": TableSharding(RW, (1, 0)), "t_ctx": TableSharding(DP, (0, 1))},
 }
@@ -117,13 +120,13 @@ def _assert_tables(actual: EmbeddingCollection, expected: EmbeddingCollection, e
                 np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f"{name}.{field}")
 
 
-@pytest.mark.parametrize("placement", ["table_wise", "mixed"])
+@pytest.mark.parametrize("placement", ["table_wise", "column_wise", "mixed"])
 def test_two_ranks_train_like_one_process(tmp_path: Path, placement: str) -> None:
     pooled, saved = _train(tmp_path, placement)
     reference_pooled, reference = _reference()
-    # Table-wise tables are exact; row-wise partial sums and the replicas' all-reduced row
-    # gradients add up in another order.
-    exact = placement == "table_wise"
+    # Whole rows and column blocks are exact; row-wise partial sums and the replicas'
+    # all-reduced row gradients add up in another order.
+    exact = placement != "mixed"
     if exact:
         np.testing.assert_array_equal(pooled, reference_pooled)
     else:
@@ -157,10 +160,10 @@ def _resume_rank_main(rank: int, port: int, out: str) -> None:
 
 def test_checkpoint_loads_on_one_process_and_under_another_placement(tmp_path: Path) -> None:
     """Checkpoints have one layout for every placement: resharding is loading."""
-    _, saved = _train(tmp_path, "table_wise")  # world size 2 -> 1
+    _, saved = _train(tmp_path, "column_wise")  # world size 2 -> 1
     _, reference = _reference()
     _assert_tables(saved, reference, exact=True)
-    # table-wise -> row-wise / data-parallel / table-wise, one more step: as one process.
+    # column-wise -> table-wise / row-wise / data-parallel, one more step: as one process.
     mp.start_processes(_resume_rank_main, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn")
     sparse, grad = _global_batch(STEPS)
     prepared = reference.prepare(sparse)

@@ -48,7 +48,11 @@ from terarec.sharding.presets import (
     dlrm_dense_workload,
     get_preset,
 )
-from terarec.sharding.sharded import ShardedEmbeddingCollection, ShardedPreparedBatch, TableSharding
+from terarec.sharding.sharded import (
+    ShardedEmbeddingCollection,
+    ShardedPreparedBatch,
+    TableSharding,
+)
 from terarec.sharding.types import (
     CommPrecision,
     DenseWorkload,

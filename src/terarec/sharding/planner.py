@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import psutil
 
@@ -92,8 +92,9 @@ class ShardingPlanner:
             as a fraction of its bytes; leftover RAM is added afterwards. Default: ``0.02``
         calibration (str, optional): where the topology's rates came from, for the report.
             Default: :data:`UNCALIBRATED`
-        sharding_types (Sequence[ShardingType], optional): the types to choose among for tables
-            not pinned by an override (training executes some only). Default: all
+        sharding_types (Mapping[str, Sequence[ShardingType]], optional): per table, the types to
+            choose among when no override pins one (what training can run for it); a table not
+            named may take any. Default: ``None``
 
     Example::
 
@@ -118,10 +119,10 @@ class ShardingPlanner:
         overrides: Sequence[ShardingOverride] = (),
         min_cache_fraction: float = 0.02,
         calibration: str = UNCALIBRATED,
-        sharding_types: Sequence[ShardingType] = tuple(ShardingType),
+        sharding_types: Mapping[str, Sequence[ShardingType]] | None = None,
     ) -> None:
         self.topology = topology
-        self.sharding_types = tuple(sharding_types)
+        self.sharding_types = dict(sharding_types or {})
         self.batch_size = batch_size
         self.comm_precision = comm_precision
         self.overrides = tuple(overrides)
@@ -168,7 +169,12 @@ class ShardingPlanner:
         estimator = ShardEstimator(topo, self.batch_size, self.comm_precision)
         options = [
             enumerate_options(
-                t, estimator, capacity, by_name.get(t.name), self.min_cache_fraction, self.sharding_types
+                t,
+                estimator,
+                capacity,
+                by_name.get(t.name),
+                self.min_cache_fraction,
+                self.sharding_types.get(t.name, tuple(ShardingType)),
             )
             for t in tables
         ]

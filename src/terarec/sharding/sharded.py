@@ -1,20 +1,22 @@
-"""Embedding tables sharded over ``torch.distributed`` ranks: per table, table-wise, row-wise or
-data-parallel, behind the ``prepare`` / ``lookup`` / ``apply_gradients`` interface of an
-:class:`~terarec.embedding.EmbeddingCollection`.
+"""Embedding tables sharded over ``torch.distributed`` ranks: per table, table-wise, row-wise,
+column-wise or data-parallel, behind the ``prepare`` / ``lookup`` / ``apply_gradients``
+interface of an :class:`~terarec.embedding.EmbeddingCollection`.
 
 Each table is cut into pieces, each held by one rank:
 
 - **table-wise**: one piece, the whole table (any kind: fixed, dynamic, tiered);
 - **row-wise**: one piece per rank of a contiguous range of rows (a fixed in-RAM table); the
   sender hashes each ID to its row, and the rank holding that row gets it;
+- **column-wise**: one piece per rank of a contiguous range of every row's columns (a fixed
+  in-RAM table with an element-wise optimizer); each gets all the table's IDs;
 - **data-parallel**: a whole replica on every rank (a small fixed in-RAM table; see
   :mod:`terarec.sharding.replicated`): looked up locally, its row gradients all-reduced.
 
 A step makes three exchanges, each one ``all_to_all`` (TorchRec's pattern): (1) every rank sends
 the bags of its local batch to the pieces that read them, and each piece prepares the global
 batch, bags of rank 0 first; (2) each piece pools the global batch and returns every rank the
-rows of its own examples: whole rows from table-wise pieces, partial sums from row-wise pieces,
-which the receiver adds up (the reduce-scatter); (3) in backward each rank sends its examples'
+rows of its own examples: whole rows from table-wise pieces, their columns from column-wise
+ones, partial sums from row-wise ones, which the receiver adds up (the reduce-scatter); (3) in backward each rank sends its examples'
 gradients to every piece of the table, and each piece applies its fused optimizer once for the
 global batch, with gradients averaged over ranks as DDP averages dense ones. Row-wise pieces
 pool by sum; the receiver divides for mean pooling. Pooled rows and gradients may travel in
@@ -34,6 +36,7 @@ import torch.distributed as dist
 from terarec.embedding import (
     EmbeddingCollection,
     EmbeddingTableConfig,
+    OptimizerType,
     PooledEmbeddings,
     PoolingType,
     PreparedBatch,
@@ -41,17 +44,33 @@ from terarec.embedding import (
 from terarec.embedding.collection import load_tables, save_tables
 from terarec.embedding.dynamic_table import DynamicTable
 from terarec.embedding.row_mapping import HashedRowMapper
-from terarec.embedding.row_shard import RowShardTable
+from terarec.embedding.shards import ColumnShardTable, RowShardTable
 from terarec.embedding.table import FixedTable
 from terarec.embedding.types import EmbeddingTable, PreparedIds
 from terarec.sharding.replicated import ReplicatedTables
 from terarec.sharding.types import CommPrecision, ShardingType
 from terarec.sparse import JaggedTensor
 
-__all__ = ["EXECUTED_TYPES", "ShardedEmbeddingCollection", "ShardedPreparedBatch", "TableSharding"]
+__all__ = ["EXECUTED_TYPES", "ShardedEmbeddingCollection", "ShardedPreparedBatch", "TableSharding", "executable_types"]
 
 _WIRE_DTYPE = {CommPrecision.FP32: torch.float32, CommPrecision.BF16: torch.bfloat16, CommPrecision.FP16: torch.float16}
-EXECUTED_TYPES = (ShardingType.TABLE_WISE, ShardingType.ROW_WISE, ShardingType.DATA_PARALLEL)
+EXECUTED_TYPES = (ShardingType.TABLE_WISE, ShardingType.ROW_WISE, ShardingType.COLUMN_WISE, ShardingType.DATA_PARALLEL)
+
+
+def executable_types(table: EmbeddingTableConfig) -> tuple[ShardingType, ...]:
+    """The sharding types training runs for ``table``: dynamic and tiered tables only whole
+    (their rows move), row-wise Adagrad not column-wise (its state spans the columns).
+
+    Example::
+
+        >>> [t.value for t in executable_types(EmbeddingTableConfig("t", 10, 4, ("f",)))]
+        ['table_wise', 'row_wise', 'data_parallel']
+    """
+    if table.dynamic is not None or table.tiered is not None:
+        return (ShardingType.TABLE_WISE,)
+    if table.optimizer.type is OptimizerType.ROWWISE_ADAGRAD:
+        return tuple(t for t in EXECUTED_TYPES if t is not ShardingType.COLUMN_WISE)
+    return EXECUTED_TYPES
 
 
 @dataclass(frozen=True)
@@ -59,9 +78,10 @@ class TableSharding:
     """How one table is spread over the ranks.
 
     Args:
-        sharding_type (ShardingType): table-wise, row-wise or data-parallel.
+        sharding_type (ShardingType): table-wise, row-wise, column-wise or data-parallel.
         ranks (tuple[int, ...]): the rank of a table-wise table; the ranks holding the row
-            ranges of a row-wise one, in row order; every rank for a data-parallel one.
+            (column) ranges of a row-wise (column-wise) one, in order; every rank for a
+            data-parallel one. Ranges are near-equal, the first ones one longer.
 
     Example::
 
@@ -81,8 +101,14 @@ class _Piece:
     rank: int
     first_row: int
     num_rows: int
+    first_column: int
+    num_columns: int
     column: int  # first column of the table in the pooled output
-    width: int  # the table's columns: features x embedding dim
+
+    @property
+    def width(self) -> int:
+        """Pooled columns of this piece: features x its columns."""
+        return len(self.table.feature_names) * self.num_columns
 
 
 @dataclass(frozen=True)
@@ -173,7 +199,7 @@ class ShardedEmbeddingCollection:
         self.replicas = ReplicatedTables([p.table for p in replicated], seed)
         self._replica_columns = _columns(replicated)
         self._row_wise = {
-            t.name: (HashedRowMapper(t.num_embeddings), _row_bounds(t.num_embeddings, len(shardings[t.name].ranks)))
+            t.name: (HashedRowMapper(t.num_embeddings), _bounds(t.num_embeddings, len(shardings[t.name].ranks)))
             for t in tables
             if shardings[t.name].sharding_type is ShardingType.ROW_WISE
         }
@@ -338,8 +364,8 @@ class ShardedEmbeddingCollection:
 
     def save(self, directory: Path) -> None:
         """Writes the tables into ``directory`` in an unsharded collection's layout: each rank
-        its table-wise tables and row ranges (the first range creates the table's files, the
-        others then fill theirs in), rank 0 the replicas and ``collection.json``."""
+        its table-wise tables and row or column blocks (the first block creates the table's
+        files, the others then fill theirs in), rank 0 the replicas and ``collection.json``."""
         directory = Path(directory)
         if self.rank == 0:
             directory.mkdir(parents=True, exist_ok=True)
@@ -349,7 +375,8 @@ class ShardedEmbeddingCollection:
             first.update(self.replicas.tables)
         save_tables(directory, first, self._features_by_table if self.rank == 0 else None)
         dist.barrier(group=self.group)
-        save_tables(directory, self._local_tables(lambda p: p.index > 0 and p.sharding_type is ShardingType.ROW_WISE), None)
+        blocks = self._local_tables(lambda p: p.index > 0 and p.sharding_type in (ShardingType.ROW_WISE, ShardingType.COLUMN_WISE))
+        save_tables(directory, blocks, None)
         dist.barrier(group=self.group)
 
     def _local_tables(self, keep: Callable[[_Piece], bool]) -> dict[str, EmbeddingTable]:
@@ -370,48 +397,57 @@ def _cut(tables: Sequence[EmbeddingTableConfig], shardings: Mapping[str, TableSh
     pieces, column = [], 0
     for table in tables:
         kind, ranks = shardings[table.name].sharding_type, shardings[table.name].ranks
-        width = table.embedding_dim * len(table.feature_names)
         _check_sharding(table, kind, ranks, world_size)
-        bounds = _row_bounds(table.num_embeddings, len(ranks)) if kind is ShardingType.ROW_WISE else None
+        rows = _bounds(table.num_embeddings, len(ranks) if kind is ShardingType.ROW_WISE else 1)
+        columns = _bounds(table.embedding_dim, len(ranks) if kind is ShardingType.COLUMN_WISE else 1)
         for index, rank in enumerate(ranks):
-            first, count = (int(bounds[index]), int(bounds[index + 1] - bounds[index])) if bounds is not None else (0, table.num_embeddings)
-            pieces.append(_Piece(table, kind, index, rank, first, count, column, width))
-        column += width
+            r = index if len(rows) > 2 else 0
+            c = index if len(columns) > 2 else 0
+            block = (int(rows[r]), int(rows[r + 1] - rows[r]), int(columns[c]), int(columns[c + 1] - columns[c]))
+            pieces.append(_Piece(table, kind, index, rank, *block, column))
+        column += table.embedding_dim * len(table.feature_names)
     return pieces
 
 
 def _check_sharding(table: EmbeddingTableConfig, kind: ShardingType, ranks: tuple[int, ...], world_size: int) -> None:
     where = f"table {table.name!r} ({kind.value} on ranks {list(ranks)})"
-    if kind not in EXECUTED_TYPES:
-        raise ValueError(f"{where}: training executes {', '.join(t.value for t in EXECUTED_TYPES)} sharding only")
+    allowed = executable_types(table)
+    if kind not in allowed:
+        raise ValueError(f"{where}: this table trains {', '.join(t.value for t in allowed)} only")
     if not ranks or len(set(ranks)) != len(ranks) or not all(0 <= r < world_size for r in ranks):
         raise ValueError(f"{where}: needs distinct ranks in [0, {world_size})")
     if kind is ShardingType.TABLE_WISE and len(ranks) != 1:
         raise ValueError(f"{where}: a table-wise table lives on one rank")
     if kind is ShardingType.DATA_PARALLEL and sorted(ranks) != list(range(world_size)):
         raise ValueError(f"{where}: a data-parallel table has a replica on every rank")
-    if kind is not ShardingType.TABLE_WISE and (table.dynamic is not None or table.tiered is not None):
-        raise ValueError(f"{where}: only fixed in-RAM tables can be {kind.value}; dynamic and tiered ones are table-wise")
     if kind is ShardingType.ROW_WISE and table.num_embeddings < len(ranks):
         raise ValueError(f"{where}: has fewer rows ({table.num_embeddings}) than ranks")
+    if kind is ShardingType.COLUMN_WISE and table.embedding_dim < len(ranks):
+        raise ValueError(f"{where}: has fewer columns ({table.embedding_dim}) than ranks")
 
 
-def _row_bounds(num_rows: int, shards: int) -> np.ndarray:
-    """First row of each of ``shards`` near-equal ranges, and ``num_rows``: :math:`(shards + 1)`."""
-    return np.array([num_rows * i // shards for i in range(shards + 1)], dtype=np.int64)
+def _bounds(total: int, parts: int) -> np.ndarray:
+    """Starts of ``parts`` contiguous ranges of ``total``, then ``total``: :math:`(parts + 1)`;
+    sizes differ by at most one, the first ones longer (as the planner splits)."""
+    base, extra = divmod(total, parts)
+    return np.concatenate([[0], np.cumsum([base + (i < extra) for i in range(parts)])]).astype(np.int64)
 
 
 def _piece_table(piece: _Piece, seed: int, directory: Path | None) -> EmbeddingTable:
     if piece.sharding_type is ShardingType.ROW_WISE:
         return RowShardTable(piece.table, piece.first_row, piece.num_rows, seed)
+    if piece.sharding_type is ShardingType.COLUMN_WISE:
+        return ColumnShardTable(piece.table, piece.first_column, piece.num_columns, seed)
     if piece.table.dynamic is not None:
         return DynamicTable(piece.table, seed, directory)
     return FixedTable(piece.table, seed, directory)
 
 
 def _columns(pieces: Sequence[_Piece]) -> torch.Tensor:
-    """The pooled output's columns of ``pieces``' tables, piece after piece."""
-    return torch.tensor([c for p in pieces for c in range(p.column, p.column + p.width)], dtype=torch.int64)
+    """The pooled output's columns of ``pieces``, piece after piece, feature after feature."""
+    starts = [p.column + f * p.table.embedding_dim + p.first_column for p in pieces for f in range(len(p.table.feature_names))]
+    widths = [p.num_columns for p in pieces for _ in p.table.feature_names]
+    return torch.tensor([c for start, width in zip(starts, widths) for c in range(start, start + width)], dtype=torch.int64)
 
 
 def _cat(tensors: list[torch.Tensor], dtype: torch.dtype = torch.int64) -> torch.Tensor:

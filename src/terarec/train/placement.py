@@ -2,10 +2,10 @@
 predicts for it.
 
 ``terarec train`` lets the :class:`~terarec.sharding.ShardingPlanner` choose, per table, among
-the sharding types training executes (table-wise, row-wise, data-parallel; see
-:mod:`terarec.sharding.sharded`) and the ranks, balancing its cost model (largest first).
-Dynamic and tiered tables stay table-wise, and a table's tier is its own config. Column-wise
-and table-row-wise sharding are planned by ``terarec plan`` but not executed.
+the sharding types training runs for it (table-wise, row-wise, column-wise, data-parallel; see
+:func:`terarec.sharding.sharded.executable_types`) and the ranks, balancing its cost model
+(largest first). A table's tier is its own config. Table-row-wise sharding is planned by
+``terarec plan`` but not executed.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from terarec.sharding import (
     dlrm_dense_workload,
     load_calibration,
 )
-from terarec.sharding.sharded import EXECUTED_TYPES
+from terarec.sharding.sharded import executable_types
 from terarec.train.checkpoint import read_run_spec
 from terarec.train.config import Config
 from terarec.train.distributed import World
@@ -94,25 +94,20 @@ def _zipf_exponent(config: Config) -> float:
 
 
 def _executable_overrides(config: Config, tables: Sequence[EmbeddingTableConfig]) -> tuple[ShardingOverride, ...]:
-    """The config's overrides, checked against what training executes, plus each table's tier;
-    dynamic and tiered tables pinned table-wise."""
+    """The config's overrides, checked against what training runs for each table, with every
+    table's tier set by its own config."""
     pinned = {override.table: (index, override) for index, override in enumerate(config.sharding.overrides)}
     overrides = []
     for table in tables:
         index, override = pinned.get(table.name, (None, ShardingOverride(table.name)))
-        kind = override.sharding_type
-        moving = table.dynamic is not None or table.tiered is not None
-        if kind is not None and (kind not in EXECUTED_TYPES or (moving and kind is not ShardingType.TABLE_WISE)):
-            what = "dynamic and tiered tables train table_wise" if moving else "training executes " + ", ".join(
-                t.value for t in EXECUTED_TYPES
-            )
+        allowed = executable_types(table)
+        if override.sharding_type is not None and override.sharding_type not in allowed:
             raise ConfigError(
-                f"sharding.overrides[{index}]: table {table.name!r} is {kind.value}, but {what} "
-                f"(`terarec plan` plans every type)"
+                f"sharding.overrides[{index}]: table {table.name!r} is {override.sharding_type.value}, but training "
+                f"runs it {' or '.join(t.value for t in allowed)} only (`terarec plan` plans every type)"
             )
-        if moving:
-            kind = ShardingType.TABLE_WISE
-        overrides.append(ShardingOverride(table.name, kind, Tier.SSD if table.tiered is not None else Tier.RAM))
+        tier = Tier.SSD if table.tiered is not None else Tier.RAM
+        overrides.append(ShardingOverride(table.name, override.sharding_type, tier))
     return tuple(overrides)
 
 
@@ -149,7 +144,7 @@ def plan_tables(
         _executable_overrides(config, tables),
         sharding.min_cache_fraction,
         calibration.describe() if calibration else UNCALIBRATED,
-        EXECUTED_TYPES,
+        {t.name: executable_types(t) for t in tables},
     )
     workloads = table_workloads(tables, mean_bag_sizes(data), _zipf_exponent(config))
     return planner.plan(workloads, dense_workload(config, data.schema.num_dense, tables))
@@ -196,8 +191,11 @@ def build_collection(
         for name, where in placement.items()
     }
     mine = {name: e for name, e in estimates.items() if world.rank in shardings[name].ranks}
-    ram = sum(e.ram_bytes // len(shardings[name].ranks) if shardings[name].sharding_type is ShardingType.ROW_WISE
-              else e.ram_bytes for name, e in mine.items())
+    split = (ShardingType.ROW_WISE, ShardingType.COLUMN_WISE)
+    ram = sum(
+        e.ram_bytes // len(shardings[name].ranks) if shardings[name].sharding_type in split else e.ram_bytes
+        for name, e in mine.items()
+    )
     budget = settings.memory_budget_bytes or available_memory_bytes() // world.local_size
     if ram > 0.9 * budget:
         raise PlanError(

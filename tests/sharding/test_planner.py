@@ -141,7 +141,7 @@ def test_topology_from_config_and_calibration() -> None:
     assert topology.memory_bandwidth == Topology(1, 1).memory_bandwidth  # uncalibrated defaults
     calibration = Calibration(7e9, 2e11, 5e-5, 3e9, "box", "2025-01-01T00:00:00+00:00")
     measured = build_topology(config, calibration)
-    assert (measured.memory_bandwidth, measured.dense_flops) == (7e9, 2e11)
+    assert (measured.memory_bandwidth, measured.dense_flops) == (7e9 / 2, 2e11 / 2)  # 2 ranks share a host
     assert (measured.collective_latency, measured.intra_host_bandwidth) == (5e-5, 3e9)
     assert build_topology(ShardingConfig(ranks_per_host=1)).ram_per_rank > 0  # this machine's RAM
 

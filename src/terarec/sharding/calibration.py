@@ -2,17 +2,24 @@
 
 :func:`measure_calibration` times, on the current machine:
 
-- **memory bandwidth**: gathering random 256-byte rows of a 256 MiB float32 array into a
-  buffer (what an embedding lookup does; slower than streaming copies), best of 3;
-- **dense compute**: float32 ``1024 x 1024`` matrix products with torch's threads, best of 5;
+- **memory bandwidth**: the bytes the cost model counts for a step of terarec's own embedding
+  kernels (hash, de-duplicate, pool, fused row-wise Adagrad update of a 1M x 64 table fed
+  106k Zipf IDs) over the time that step takes, best of 3: an effective rate, lower than a
+  plain gather's, that makes predicted lookup times match the kernels;
+- **dense compute**: the FLOPs the cost model counts for a step of terarec's DLRM (default
+  MLPs, 26 sparse features of dim 64, batch 4096: forward, loss, backward with the gradient of
+  the pooled embeddings, Adam) over its time, best of 6: small MLPs and the interaction reach a
+  fraction of a matrix product's peak;
 - **collectives**: two local processes (``torch.multiprocessing.spawn``) join a gloo group
   over localhost and time a one-float ``all_reduce`` (latency) and a 4 MiB
   ``all_to_all_single`` (bandwidth between two ranks of one host).
 
 The result, a :class:`Calibration`, is saved as JSON (default
 ``~/.cache/terarec/calibration.json``, or ``$XDG_CACHE_HOME/terarec/``) and reused by later
-plans. Inter-host network and SSD rates cannot be measured from one machine: they are given
-(``--network-gbps``) or assumed. Without a calibration, plans use
+plans. The rates are the whole machine's (every core); the ranks of one host share them
+(see :func:`~terarec.sharding.planner.build_topology`). Inter-host network and SSD rates cannot
+be measured from one machine: they are given (``--network-gbps``) or assumed. A file of an
+older format is ignored (the plan says "uncalibrated"): measure again. Without a calibration, plans use
 :class:`~terarec.sharding.types.Topology`'s conservative defaults and say "uncalibrated".
 """
 
@@ -31,15 +38,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from terarec.embedding import EmbeddingTableConfig
+from terarec.embedding.table import FixedTable
 from terarec.errors import ConfigError
+from terarec.sharding.presets import dlrm_dense_workload
 
 __all__ = ["Calibration", "default_calibration_path", "load_calibration", "measure_calibration", "save_calibration"]
 
-_FORMAT = 1
-_TABLE_BYTES = 256 << 20
-_ROW_FLOATS = 64
-_GATHER_ROWS = 1 << 19
-_MATMUL = 1024
+_FORMAT = 2
+_TABLE_ROWS = 1 << 20
+_DIM = 64
+_BATCH = 4096
+_FEATURES = 26
 _MESSAGE_BYTES = 4 << 20
 
 
@@ -48,8 +58,8 @@ class Calibration:
     """Rates measured on one machine, per rank.
 
     Args:
-        memory_bandwidth (float): bytes/s gathering random embedding rows.
-        dense_flops (float): FLOP/s of float32 matrix products.
+        memory_bandwidth (float): effective bytes/s of the embedding kernels (see the module docstring).
+        dense_flops (float): effective FLOP/s of a DLRM dense training step.
         collective_latency (float): seconds of a tiny gloo ``all_reduce`` between two local ranks.
         intra_host_bandwidth (float): bytes/s one rank sends another on the same host (gloo
             ``all_to_all``).
@@ -135,6 +145,8 @@ def load_calibration(path: Path | None = None) -> Calibration | None:
     target = Path(path) if path is not None else default_calibration_path()
     try:
         raw = json.loads(target.read_text())
+        if isinstance(raw, dict) and isinstance(raw.get("format"), int) and raw["format"] < _FORMAT:
+            return None
         return Calibration.from_dict(raw)
     except FileNotFoundError:
         return None
@@ -142,30 +154,45 @@ def load_calibration(path: Path | None = None) -> Calibration | None:
         raise ConfigError(f"{target}: not a terarec calibration ({error}); rerun with --calibrate") from None
 
 
-def _gather_bandwidth() -> float:
-    rows = _TABLE_BYTES // (4 * _ROW_FLOATS)
-    table = np.ones((rows, _ROW_FLOATS), dtype=np.float32)
-    index = np.random.default_rng(0).integers(0, rows, _GATHER_ROWS)
-    out = np.empty((_GATHER_ROWS, _ROW_FLOATS), dtype=np.float32)
-    best = math.inf
-    for _ in range(3):
+def _embedding_bandwidth() -> float:
+    config = EmbeddingTableConfig("calibration", _TABLE_ROWS, _DIM, ("f",))
+    table = FixedTable(config)
+    ids = torch.from_numpy(np.random.default_rng(0).zipf(1.05, _BATCH * _FEATURES).astype(np.int64))
+    offsets = torch.arange(ids.numel() + 1, dtype=torch.int64)
+    grad = torch.full((ids.numel(), _DIM), 1e-3)
+    best, unique = math.inf, 0
+    for _ in range(4):  # the first compiles or loads the kernels
         started = time.perf_counter()
-        np.take(table, index, axis=0, out=out)
-        best = min(best, time.perf_counter() - started)
-    return out.nbytes / best
+        prepared = table.prepare(ids, offsets)
+        table.lookup_prepared(prepared)
+        table.apply_gradients_prepared(prepared, grad)
+        best, unique = min(best, time.perf_counter() - started), prepared.unique_rows.size
+    state = config.optimizer.state_width(_DIM)
+    # the bytes ShardEstimator.cost counts: pooled reads and writes, rows and state read and written
+    return 4 * (2 * ids.numel() * _DIM + 2 * unique * (_DIM + state)) / best
 
 
 def _dense_flops() -> float:
+    from torch import nn
+
+    from terarec.models import DLRM, ModelConfig
+
     generator = torch.Generator().manual_seed(0)
-    a = torch.rand(_MATMUL, _MATMUL, generator=generator)
-    b = torch.rand(_MATMUL, _MATMUL, generator=generator)
-    torch.mm(a, b)
+    config = ModelConfig()
+    model = DLRM.from_config(config, 13, _FEATURES, _DIM)
+    optimizer = torch.optim.Adam(model.parameters())
+    dense = torch.rand(_BATCH, 13, generator=generator)
+    sparse = torch.rand(_BATCH, _FEATURES, _DIM, generator=generator, requires_grad=True)
+    labels = torch.randint(0, 2, (_BATCH,), generator=generator).float()
     best = math.inf
-    for _ in range(5):
+    for _ in range(6):
         started = time.perf_counter()
-        torch.mm(a, b)
+        nn.functional.binary_cross_entropy_with_logits(model(dense, sparse).float(), labels).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         best = min(best, time.perf_counter() - started)
-    return 2 * _MATMUL**3 / best
+    workload = dlrm_dense_workload(13, config.bottom_mlp, config.top_mlp, _FEATURES, _DIM)
+    return _BATCH * workload.flops_per_example / best
 
 
 def _collective_worker(rank: int, world_size: int, store: str, out: str, message_bytes: int, repeats: int) -> None:
@@ -226,7 +253,7 @@ def measure_calibration(num_processes: int = 2, message_bytes: int = _MESSAGE_BY
     """
     if num_processes < 2:
         raise ValueError(f"num_processes must be >= 2, got {num_processes}")
-    gather, flops = _gather_bandwidth(), _dense_flops()
+    gather, flops = _embedding_bandwidth(), _dense_flops()
     latency, bandwidth = _collectives(num_processes, int(message_bytes), int(repeats))
     stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     return Calibration(gather, flops, latency, bandwidth, _machine(), stamp)

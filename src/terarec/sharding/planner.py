@@ -50,8 +50,9 @@ def build_topology(config: ShardingConfig, calibration: Calibration | None = Non
     """The :class:`Topology` a ``sharding`` config describes, with measured rates when given.
 
     Unset RAM is this machine's total RAM shared by ``ranks_per_host`` ranks; unset network
-    bandwidth is :data:`DEFAULT_NETWORK_GBPS`; memory bandwidth, dense FLOP/s, collective
-    latency and intra-host bandwidth come from ``calibration``, else Topology's defaults.
+    bandwidth is :data:`DEFAULT_NETWORK_GBPS`; collective latency and intra-host bandwidth come
+    from ``calibration``, and so do memory bandwidth and dense FLOP/s, each shared by the
+    ``ranks_per_host`` ranks of a host; without one, Topology's defaults.
 
     Example::
 
@@ -62,9 +63,10 @@ def build_topology(config: ShardingConfig, calibration: Calibration | None = Non
     ram = config.ram_per_rank or int(psutil.virtual_memory().total) // config.ranks_per_host
     rates: dict[str, float] = {}
     if calibration is not None:
+        # measured with every core of the machine, which the ranks of a host share
         rates = {
-            "memory_bandwidth": calibration.memory_bandwidth,
-            "dense_flops": calibration.dense_flops,
+            "memory_bandwidth": calibration.memory_bandwidth / config.ranks_per_host,
+            "dense_flops": calibration.dense_flops / config.ranks_per_host,
             "collective_latency": calibration.collective_latency,
             "intra_host_bandwidth": calibration.intra_host_bandwidth,
         }

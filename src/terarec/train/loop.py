@@ -195,7 +195,8 @@ def _fit(config: Config, world: World) -> TrainResult:
         config, table_configs, splits.train, world, tables_dir, saved_placement(checkpoint, world.size)
     )
     model = build_model(config.model, schema.num_dense, table_configs)
-    trainable = DistributedDataParallel(model) if world.size > 1 else model
+    # DLRM has no buffers to keep in step: skip the broadcast DDP would make before every forward.
+    trainable = DistributedDataParallel(model, broadcast_buffers=False) if world.size > 1 else model
     optimizer = build_dense_optimizer(settings, list(model.parameters()))
     run_spec = _run_spec(config, splits, table_configs, world, placement)
     state = TrainerState()

@@ -120,7 +120,28 @@ class RowShardStorage(RamRowStorage):
             getattr(self, name)[...] = rows
 
 
-class RowShardTable(RowTable):
+class _BlockTable(RowTable):
+    """What row and column blocks share: saved, a block is indistinguishable from the whole
+    table ``self.table`` (its manifest names the whole table's sizes), and the first block
+    of a table writes that manifest and creates the files the others then fill in."""
+
+    kind = "fixed"
+    table: EmbeddingTableConfig
+    first_block: bool
+
+    def _manifest(self) -> dict[str, object]:
+        whole = {"num_embeddings": self.table.num_embeddings, "embedding_dim": self.table.embedding_dim}
+        return {**super()._manifest(), **whole}
+
+    def save(self, directory: Path) -> None:
+        """Writes this block into the table's files; the first block must be saved first."""
+        if self.first_block:
+            super().save(directory)
+        else:
+            self._storage.save(directory)
+
+
+class RowShardTable(_BlockTable):
     """Rows ``first_row ... first_row + num_rows - 1`` of the fixed in-RAM table ``table``.
 
     It is prepared with rows of the whole table (not raw IDs) and pools by sum: the ranks
@@ -145,8 +166,6 @@ class RowShardTable(RowTable):
         torch.Size([1, 4])
     """
 
-    kind = "fixed"
-
     def __init__(self, table: EmbeddingTableConfig, first_row: int, num_rows: int, seed: int = 0) -> None:
         if table.dynamic is not None or table.tiered is not None:
             raise ValueError(f"table {table.name!r}: row-wise shards hold fixed in-RAM tables only")
@@ -154,22 +173,11 @@ class RowShardTable(RowTable):
             raise ValueError(
                 f"table {table.name!r}: rows [{first_row}, {first_row + num_rows}) are not inside [0, {table.num_embeddings})"
             )
-        self.table = table
+        self.table, self.first_block = table, first_row == 0
         args, initial_state = storage_arguments(table, seed)
         storage = RowShardStorage(first_row, table.num_embeddings, num_rows, *args[1:], initial_state=initial_state)
         shard = dataclasses.replace(table, num_embeddings=num_rows, pooling=PoolingType.SUM)
         super().__init__(shard, RowRangeMapper(first_row, num_rows), seed, storage=storage)
-
-    def _manifest(self) -> dict[str, object]:
-        return {**super()._manifest(), "num_embeddings": self.table.num_embeddings}
-
-    def save(self, directory: Path) -> None:
-        """Writes this range into the table's files; the first range creates them (and the
-        table's manifest) and must be saved before the others."""
-        if self._storage.first_row == 0:  # type: ignore[attr-defined]
-            super().save(directory)
-        else:
-            self._storage.save(directory)
 
 
 class ColumnShardStorage(RamRowStorage):
@@ -225,7 +233,7 @@ class ColumnShardStorage(RamRowStorage):
             self.state[:, mine] = block
 
 
-class ColumnShardTable(RowTable):
+class ColumnShardTable(_BlockTable):
     """Columns ``first_column ... first_column + num_columns - 1`` of the fixed in-RAM table
     ``table``: every row, hashed from raw IDs as the whole table does, pooled with its pooling.
     Saved, it is indistinguishable from the whole table. Row-wise Adagrad keeps one state value
@@ -241,8 +249,6 @@ class ColumnShardTable(RowTable):
         (True, (10, 4))
     """
 
-    kind = "fixed"
-
     def __init__(self, table: EmbeddingTableConfig, first_column: int, num_columns: int, seed: int = 0) -> None:
         if table.dynamic is not None or table.tiered is not None:
             raise ValueError(f"table {table.name!r}: column-wise shards hold fixed in-RAM tables only")
@@ -257,19 +263,8 @@ class ColumnShardTable(RowTable):
                 f"table {table.name!r}: columns [{first_column}, {first_column + num_columns}) are not inside "
                 f"[0, {table.embedding_dim})"
             )
-        self.table = table
+        self.table, self.first_block = table, first_column == 0
         initial_state = storage_arguments(table, seed)[1]
         storage = ColumnShardStorage(table, seed, first_column, num_columns, blocks, initial_state)
         shard = dataclasses.replace(table, embedding_dim=num_columns)
         super().__init__(shard, HashedRowMapper(table.num_embeddings), seed, storage=storage)
-
-    def _manifest(self) -> dict[str, object]:
-        return {**super()._manifest(), "embedding_dim": self.table.embedding_dim}
-
-    def save(self, directory: Path) -> None:
-        """Writes these columns into the table's files; the first block creates them (and the
-        table's manifest) and must be saved before the others."""
-        if self._storage.first_column == 0:  # type: ignore[attr-defined]
-            super().save(directory)
-        else:
-            self._storage.save(directory)

@@ -209,8 +209,10 @@ class ShardedEmbeddingCollection:
             if p.sharding_type is ShardingType.ROW_WISE and p.index == 0 and p.table.pooling is PoolingType.MEAN
             for i, f in enumerate(p.table.feature_names)
         }
-        # The output columns of each rank's pieces, in the order that rank's collection pools them.
+        # The output columns of each rank's pieces, in the order that rank's collection pools them,
+        # and the same as runs of consecutive columns (whole tables mostly: a few slices to copy).
         self._columns_on = [_columns(pieces) for pieces in self._on]
+        self._runs_on = [_runs(columns) for columns in self._columns_on]
 
     @property
     def comm_bytes(self) -> int:
@@ -349,7 +351,7 @@ class ShardedEmbeddingCollection:
             grad = grad.clone()
             for feature, (column, dim) in self._mean_columns.items():
                 grad[:, column : column + dim] /= prepared.mean_divisors[feature]
-        send = [grad[:, columns].to(wire).reshape(-1) for columns in self._columns_on]
+        send = [_gather_runs(grad, runs).to(wire).reshape(-1) for runs in self._runs_on]
         mine = len(self._columns_on[self.rank])
         received = self._all_to_all(_cat(send, wire), [t.numel() for t in send], [b * mine for b in batch_sizes], "apply")
         if len(self._replica_columns):
@@ -358,9 +360,10 @@ class ShardedEmbeddingCollection:
             )
         if self.local is None or prepared.local is None:
             return
-        parts = torch.split(received, [b * mine for b in batch_sizes])
-        rows = torch.cat([part.view(b, mine) for part, b in zip(parts, batch_sizes)])
-        self.local.apply_gradients(prepared.local, rows.float() / self.world_size)
+        # source after source, each (B_s, mine): already the (G, mine) rows of the global batch;
+        # .float() copies a half-precision buffer and returns a float32 one as it is, ours to scale
+        rows = received.view(sum(batch_sizes), mine).float().div_(self.world_size)
+        self.local.apply_gradients(prepared.local, rows)
 
     def save(self, directory: Path) -> None:
         """Writes the tables into ``directory`` in an unsharded collection's layout: each rank
@@ -448,6 +451,22 @@ def _columns(pieces: Sequence[_Piece]) -> torch.Tensor:
     starts = [p.column + f * p.table.embedding_dim + p.first_column for p in pieces for f in range(len(p.table.feature_names))]
     widths = [p.num_columns for p in pieces for _ in p.table.feature_names]
     return torch.tensor([c for start, width in zip(starts, widths) for c in range(start, start + width)], dtype=torch.int64)
+
+
+def _runs(columns: torch.Tensor) -> list[tuple[int, int]]:
+    """``columns`` as ``[start, stop)`` runs of consecutive values, in order."""
+    values = columns.tolist()
+    breaks = [i for i in range(1, len(values)) if values[i] != values[i - 1] + 1]
+    starts, stops = [0, *breaks], [*breaks, len(values)]
+    return [(values[a], values[b - 1] + 1) for a, b in zip(starts, stops) if b > a]
+
+
+def _gather_runs(matrix: torch.Tensor, runs: list[tuple[int, int]]) -> torch.Tensor:
+    """The columns ``runs`` cover, side by side: :math:`(B, \\sum (stop - start))`, contiguous.
+    Slices and one copy: much faster than indexing column by column."""
+    if not runs:
+        return matrix.new_empty(matrix.shape[0], 0)
+    return torch.cat([matrix[:, start:stop] for start, stop in runs], dim=1)
 
 
 def _cat(tensors: list[torch.Tensor], dtype: torch.dtype = torch.int64) -> torch.Tensor:

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+import torch.multiprocessing as mp
 
 from terarec.train import fit, load_config
 from terarec.train.checkpoint import CHECKPOINTS
@@ -167,3 +169,18 @@ def test_hybrid_mode_on_two_ranks_learns_like_sync(runs: dict[str, Path], tmp_pa
     hybrid, sync = _metrics(out), _metrics(runs["two"])
     assert hybrid["config"]["sharding"]["mode"] == "hybrid" and hybrid["steps"] == STEPS
     assert abs(hybrid["auc"] - sync["auc"]) < 0.01, (sync["auc"], hybrid["auc"])
+
+
+def _two_fits(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+    for run in ("first", "second"):
+        fit(load_config(overrides=tiny_overrides(Path(out) / run, train__steps=3, train__num_threads=1)))
+
+
+def test_one_process_group_serves_several_runs(tmp_path: Path) -> None:
+    """A Python program under torchrun may call fit() again: the second run reuses the group."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.start_processes(_two_fits, args=(port, str(tmp_path)), nprocs=2, start_method="spawn", join=True)
+    assert _metrics(tmp_path / "first")["world_size"] == _metrics(tmp_path / "second")["world_size"] == 2

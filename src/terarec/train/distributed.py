@@ -8,6 +8,7 @@ the run is one process and nothing here talks to anyone. CPU ranks talk over glo
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -68,6 +69,7 @@ def join_world(timeout_seconds: float) -> World:
     timeout = timedelta(seconds=timeout_seconds)
     if not dist.is_initialized():
         dist.init_process_group("gloo", timeout=timeout)
+        atexit.register(_leave_default_group)
     # Separate groups let the prepare thread and the hybrid update thread talk while the main
     # thread runs its own collectives: calls on one group must come in the same order on all
     # ranks, and two threads sharing a group could not promise that.
@@ -83,8 +85,16 @@ def join_world(timeout_seconds: float) -> World:
 
 
 def leave_world(world: World) -> None:
-    """Leaves the process group :func:`join_world` joined."""
-    if world.size > 1 and dist.is_initialized():
+    """Releases the groups :func:`join_world` made for one run. The default group stays for
+    the next run in this process (joining anew would rendezvous on torchrun's store again and
+    read the first rendezvous' keys) and is destroyed when the process exits."""
+    for group in (world.prepare_group, world.apply_group):
+        if group is not None and dist.is_initialized():
+            dist.destroy_process_group(group)
+
+
+def _leave_default_group() -> None:
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 

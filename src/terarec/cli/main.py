@@ -8,6 +8,7 @@ underneath them. Errors the user can fix print as one line, not a traceback.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import sys
@@ -200,9 +201,10 @@ def _train(args: argparse.Namespace) -> int:
         placement += f", {format_bytes(metrics['table_disk_bytes'])} on disk"
     print("; ".join(filter(None, [placement, _tables_summary(metrics["tables"])])))
     if "comm_bytes_per_step" in metrics:
+        kinds = collections.Counter(where["sharding"] for where in metrics["placement"].values())
         print(
-            f"ranks: {metrics['world_size']}, tables placed table-wise by the planner; embedding traffic "
-            f"{metrics['comm_bytes_per_step'] / 1e6:,.2f} MB per step (predicted "
+            f"ranks: {metrics['world_size']}; tables {', '.join(f'{n} {kind}' for kind, n in sorted(kinds.items()))}; "
+            f"embedding traffic {metrics['comm_bytes_per_step'] / 1e6:,.2f} MB per step (predicted "
             f"{metrics['predicted_comm_bytes_per_step'] / 1e6:,.2f})"
         )
     print(f"wrote {result.run_dir / 'metrics.json'} and {result.checkpoint}")

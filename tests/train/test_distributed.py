@@ -184,3 +184,24 @@ def test_one_process_group_serves_several_runs(tmp_path: Path) -> None:
         port = probe.getsockname()[1]
     mp.start_processes(_two_fits, args=(port, str(tmp_path)), nprocs=2, start_method="spawn", join=True)
     assert _metrics(tmp_path / "first")["world_size"] == _metrics(tmp_path / "second")["world_size"] == 2
+
+
+def test_pinned_row_column_and_replicated_tables_train_and_evaluate_in_one_process(tmp_path: Path) -> None:
+    """Every executed sharding type through the trainer; `terarec eval` of the checkpoint in one
+    process reproduces the run's metrics (the checkpoint layout does not depend on the placement)."""
+    out = tmp_path / "pinned"
+    keys = dict(tiny_overrides(out, train__steps=12, embedding__optimizer__type="adagrad"))
+    keys.pop("train.num_threads")
+    keys["sharding.overrides"] = [
+        {"table": "C1", "sharding_type": "row_wise"},
+        {"table": "C2", "sharding_type": "column_wise"},
+        {"table": "C3", "sharding_type": "data_parallel"},
+    ]
+    _train_ranks(_config_file(tmp_path / "pinned.yaml", keys), 2)
+    metrics = _metrics(out)
+    assert [metrics["placement"][t]["sharding"] for t in ("C1", "C2", "C3")] == ["row_wise", "column_wise", "data_parallel"]
+    report = tmp_path / "eval.json"
+    command = [sys.executable, "-m", "terarec", "eval", "--checkpoint", str(out), "--json", str(report)]
+    subprocess.run(command, check=True, capture_output=True)
+    evaluated = json.loads(report.read_text())
+    assert evaluated["auc"] == metrics["auc"] and evaluated["logloss"] == metrics["logloss"]

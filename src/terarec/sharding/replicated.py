@@ -34,6 +34,20 @@ class ReplicatedTables:
     Attributes:
         tables (dict[str, FixedTable]): this rank's replicas.
         width (int): pooled columns of all the tables, :math:`\\sum_t F_t D_t`.
+
+    Shape:
+        - :meth:`lookup` output and the ``grad`` of :meth:`apply_gradients`: :math:`(B, width)`
+
+    Example::
+
+        >>> from terarec.sparse import JaggedTensor
+        >>> replicas = ReplicatedTables([EmbeddingTableConfig("t_day", 7, 4, ("day",))])
+        >>> bags = {"day": JaggedTensor(torch.tensor([3, 3, 5]), torch.tensor([0, 2, 3]))}
+        >>> prepared = replicas.prepare(bags)
+        >>> pooled = replicas.lookup(prepared, batch=2)
+        >>> pooled.shape
+        torch.Size([2, 4])
+        >>> replicas.apply_gradients(prepared, torch.ones(2, 4), world_size=1, group=None)  # one rank: nothing to reduce
     """
 
     def __init__(self, tables: Sequence[EmbeddingTableConfig], seed: int = 0) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from terarec.embedding import format_bytes
+from terarec.embedding import format_bytes, free_disk_bytes
 from terarec.errors import PlanError, TerarecError
 
 if TYPE_CHECKING:
@@ -192,14 +191,6 @@ def _config_workloads(config: Config) -> tuple[list[TableWorkload], DenseWorkloa
     return workloads, dense, notes
 
 
-def _free_disk(path: Path) -> int:
-    """Free bytes on the file system that holds ``path`` (or its nearest existing parent)."""
-    for candidate in (path.resolve(), *path.resolve().parents):
-        if candidate.exists():
-            return int(shutil.disk_usage(candidate).free)
-    return 0
-
-
 def _plan_config(args: argparse.Namespace) -> Plan:
     from terarec.sharding import UNCALIBRATED, ShardingPlanner, build_topology
     from terarec.train import load_config
@@ -213,7 +204,7 @@ def _plan_config(args: argparse.Namespace) -> Plan:
     if sharding.ram_per_rank is None:
         notes.append("RAM per rank: this machine's total RAM over ranks_per_host (set --ram-per-rank)")
     if sharding.ssd_per_rank == 0 and any(w.config.tiered is not None for w in workloads):
-        free = _free_disk(Path(config.train.tables_dir or config.train.out))
+        free = free_disk_bytes(Path(config.train.tables_dir or config.train.out))
         sharding = dataclasses.replace(sharding, ssd_per_rank=free // sharding.ranks_per_host)
         notes.append(f"SSD per rank: the free disk where tiered tables go, {format_bytes(free)} (set --ssd-per-rank)")
     topology = build_topology(sharding, calibration)

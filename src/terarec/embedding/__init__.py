@@ -17,6 +17,7 @@ from terarec.embedding.memory import (
     check_disk,
     check_memory,
     format_bytes,
+    free_disk_bytes,
 )
 from terarec.embedding.row_mapping import HashedRowMapper, RowMapper, RowMapping
 from terarec.embedding.storage import RamRowStorage, RowStorage
@@ -68,6 +69,7 @@ __all__ = [
     "TieredRowStorage",
     "TieredStats",
     "available_memory_bytes",
+    "free_disk_bytes",
     "check_disk",
     "check_memory",
     "format_bytes",

@@ -27,6 +27,21 @@ def available_memory_bytes() -> int:
     return int(psutil.virtual_memory().available)
 
 
+def free_disk_bytes(path: Path) -> int:
+    """Free bytes on the file system holding ``path``, or its nearest existing parent (``path``
+    need not exist yet).
+
+    Example::
+
+        >>> free_disk_bytes(Path("not/made/yet")) > 0
+        True
+    """
+    existing = Path(path).resolve()
+    while not existing.exists():
+        existing = existing.parent
+    return int(shutil.disk_usage(existing).free)
+
+
 def format_bytes(num_bytes: int) -> str:
     """Human-readable binary size.
 
@@ -103,10 +118,7 @@ def check_disk(estimates: Mapping[str, MemoryEstimate], directory: Path, free_by
     total = sum(estimate.disk_bytes for estimate in estimates.values())
     if total == 0:
         return
-    existing = Path(directory).resolve()
-    while not existing.exists():
-        existing = existing.parent
-    free = shutil.disk_usage(existing).free if free_bytes is None else int(free_bytes)
+    free = free_disk_bytes(directory) if free_bytes is None else int(free_bytes)
     if total <= free:
         return
     tables = _largest({name: estimate.disk_bytes for name, estimate in estimates.items()})

@@ -11,7 +11,6 @@ the sharding types training runs for it (table-wise, row-wise, column-wise, data
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from terarec.embedding import (
     check_disk,
     check_memory,
     format_bytes,
+    free_disk_bytes,
 )
 from terarec.errors import ConfigError, PlanError
 from terarec.sharding import (
@@ -140,8 +140,7 @@ def plan_tables(
     batch_per_rank = config.train.batch_size // world_size
     ssd = 0
     if any(t.tiered is not None for t in tables):
-        existing = next(p for p in (tables_dir.resolve(), *tables_dir.resolve().parents) if p.exists())
-        ssd = int(shutil.disk_usage(existing).free) // ranks_per_host
+        ssd = free_disk_bytes(tables_dir) // ranks_per_host
     sharding = dataclasses.replace(
         config.sharding, world_size=world_size, ranks_per_host=ranks_per_host, ssd_per_rank=ssd
     )

@@ -158,6 +158,78 @@ _RADIX_BITS = 11
 _RADIX = 1 << _RADIX_BITS
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bit_length(value):
+    bits = 1
+    while (value >> bits) > 0:
+        bits += 1
+    return bits
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _radix_pass(source, target, shift, counts):
+    """One stable counting-sort pass of ``source`` into ``target`` by bits ``[shift, shift + 11)``."""
+    mask = np.uint64(_RADIX - 1)
+    counts[:] = 0
+    for i in range(source.shape[0]):
+        counts[((np.uint64(source[i]) >> shift) & mask) + 1] += 1
+    for d in range(_RADIX):
+        counts[d + 1] += counts[d]
+    for i in range(source.shape[0]):
+        digit = (np.uint64(source[i]) >> shift) & mask
+        target[counts[digit]] = source[i]
+        counts[digit] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _sort_packed(rows, row_bits, position_bits, order, scratch):
+    """Radix-sorts ``row << position_bits | position`` keys on their row bits only: the sort
+    moves one sequential word per ID instead of gathering ``rows[order[i]]`` at random, 1.6x
+    faster on 102,400 Zipf IDs. Stable, so positions stay ascending within a row. Leaves the
+    positions in ``order`` and the rows, in the same order, in ``scratch``."""
+    n = rows.shape[0]
+    keys, spare = order.view(np.uint64), scratch.view(np.uint64)
+    shift_positions = np.uint64(position_bits)
+    for i in range(n):
+        keys[i] = (np.uint64(rows[i]) << shift_positions) | np.uint64(i)
+    counts = np.empty(_RADIX + 1, dtype=np.int64)
+    source, target = keys, spare
+    for shift in range(position_bits, position_bits + row_bits, _RADIX_BITS):
+        _radix_pass(source, target, np.uint64(shift), counts)
+        source, target = target, source
+    mask = (np.uint64(1) << shift_positions) - np.uint64(1)
+    for k in range(n):  # reads source[k] before writing index k of either buffer
+        key = source[k]
+        order[k] = np.int64(key & mask)
+        scratch[k] = np.int64(key >> shift_positions)
+
+
+@numba.njit(cache=True, nogil=True)
+def _sort_indirect(rows, row_bits, order, scratch):
+    """:func:`_sort_packed` for keys wider than 64 bits: sorts positions, gathering each one's
+    row in every pass."""
+    n = rows.shape[0]
+    for i in range(n):
+        order[i] = i
+    counts = np.empty(_RADIX + 1, dtype=np.int64)
+    source, target = order, scratch
+    for shift in range(0, row_bits, _RADIX_BITS):
+        counts[:] = 0
+        for i in range(n):
+            counts[((rows[source[i]] >> shift) & (_RADIX - 1)) + 1] += 1
+        for d in range(_RADIX):
+            counts[d + 1] += counts[d]
+        for i in range(n):
+            digit = (rows[source[i]] >> shift) & (_RADIX - 1)
+            target[counts[digit]] = source[i]
+            counts[digit] += 1
+        source, target = target, source
+    if source is not order:
+        order[:] = source
+    for k in range(n):
+        scratch[k] = rows[order[k]]
+
+
 @numba.njit(cache=True, nogil=True)
 def group_rows(rows, offsets, max_row, order, scratch, unique_out, occurrence_offsets, bag_of):
     """Groups equal ``rows`` (all in ``[0, max_row]``) by a stable LSD radix sort, in ``O(N)`` per pass.
@@ -169,36 +241,21 @@ def group_rows(rows, offsets, max_row, order, scratch, unique_out, occurrence_of
     ``bag_of``; returns ``U``. Ascending rows make the update kernels walk memory forwards.
     """
     n = rows.shape[0]
-    for i in range(n):
-        order[i] = i
-    bits = 1
-    while (max_row >> bits) > 0:
-        bits += 1
-    counts = np.empty(_RADIX + 1, dtype=np.int64)
-    passes = 0
-    for shift in range(0, bits, _RADIX_BITS):
-        source, target = (order, scratch) if passes % 2 == 0 else (scratch, order)
-        counts[:] = 0
-        for i in range(n):
-            counts[((rows[source[i]] >> shift) & (_RADIX - 1)) + 1] += 1
-        for d in range(_RADIX):
-            counts[d + 1] += counts[d]
-        for i in range(n):
-            digit = (rows[source[i]] >> shift) & (_RADIX - 1)
-            target[counts[digit]] = source[i]
-            counts[digit] += 1
-        passes += 1
-    if passes % 2 == 1:
-        order[:] = scratch
+    row_bits, position_bits = _bit_length(max_row), _bit_length(max(n - 1, 0))
+    if row_bits + position_bits <= 64:
+        _sort_packed(rows, row_bits, position_bits, order, scratch)
+    else:
+        _sort_indirect(rows, row_bits, order, scratch)
     u = 0
     occurrence_offsets[0] = 0
+    previous = -1  # rows are non-negative
     for k in range(n):
-        row = rows[order[k]]
-        if k == 0 or row != unique_out[u - 1]:
-            if u > 0:
-                occurrence_offsets[u] = k
+        row = scratch[k]
+        if row != previous:
+            occurrence_offsets[u] = k
             unique_out[u] = row
             u += 1
+            previous = row
     occurrence_offsets[u] = n
     for b in range(offsets.shape[0] - 1):
         for i in range(offsets[b], offsets[b + 1]):
@@ -226,25 +283,23 @@ def dedupe(
     return unique_rows[:u], occurrence_offsets[: u + 1], occurrences, bag_of
 
 
-_PREFETCH_DISTANCE = 8  # rows ahead; measured 15-20% faster pooling over 1 GB tables
+_PREFETCH_DISTANCE = 12  # rows ahead; measured 15-20% faster pooling over 1 GB tables
+_CACHE_LINE_BYTES = 64
 
 
 @intrinsic
-def _prefetch_row(typingctx, array, row):  # type: ignore[no-untyped-def]
-    """Hints the CPU to start loading ``array[row, 0]`` (LLVM's ``llvm.prefetch``: read, high
-    locality). Rows are read in an order the hardware prefetcher cannot guess; asking a few
-    rows ahead overlaps their memory latency with the current row's arithmetic. A hint never
-    faults and changes no result."""
-    signature = types.void(array, row)
+def _prefetch_line(typingctx, array, row, column):  # type: ignore[no-untyped-def]
+    """Hints the CPU to start loading the cache line of ``array[row, column]`` (LLVM's
+    ``llvm.prefetch``: read, high locality). A hint never faults and changes no result."""
+    signature = types.void(array, row, column)
 
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
         array_type = sig.args[0]
         view = context.make_array(array_type)(context, builder, args[0])
-        zero = context.get_constant(types.intp, 0)
         pointer = cgutils.get_item_pointer2(
             context, builder, data=view.data, shape=cgutils.unpack_tuple(builder, view.shape),
             strides=cgutils.unpack_tuple(builder, view.strides), layout=array_type.layout,
-            inds=[args[1], zero], wraparound=False,
+            inds=[args[1], args[2]], wraparound=False,
         )  # fmt: skip
         byte_pointer = ir.IntType(8).as_pointer()
         i32 = ir.IntType(32)
@@ -255,6 +310,24 @@ def _prefetch_row(typingctx, array, row):  # type: ignore[no-untyped-def]
         return context.get_dummy_value()
 
     return signature, codegen
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _prefetch_row(array, row):
+    """Prefetches every 64-byte line of ``array[row]``. Rows are read in an order the hardware
+    prefetcher cannot guess; asking a few rows ahead overlaps their memory latency with the
+    current row's arithmetic. All lines, not only the first: a 128-float row spans eight, and
+    the first-line hint alone left the update waiting on the other seven (update of 60k Zipf
+    rows, dim 128: 6.9 ms with the first line, 4.5 ms with all of them)."""
+    _prefetch_columns(array, row, 0, array.shape[1])
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _prefetch_columns(array, row, first, count):
+    """Prefetches every 64-byte line of ``array[row, first:first + count]``."""
+    step = max(1, _CACHE_LINE_BYTES // array.itemsize)
+    for column in range(first, first + count, step):
+        _prefetch_line(array, row, column)
 
 
 @numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
@@ -311,7 +384,13 @@ def _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, col,
     dim = g.shape[0]
     for j in range(dim):
         g[j] = np.float32(0.0)
+    ahead = occurrences.shape[0] - _PREFETCH_DISTANCE
     for p in range(occurrence_offsets[k], occurrence_offsets[k + 1]):
+        # The rows of grad_pooled come in bag order, random to the prefetcher: fetching them
+        # ahead cut the accumulation of 219k multi-hot Zipf IDs from 4.6 to 2.7 ms. Past the
+        # row's last occurrence it fetches the next rows' (or another table's: harmless).
+        if p < ahead:
+            _prefetch_columns(grad_pooled, bag_of[occurrences[p + _PREFETCH_DISTANCE]], col, dim)
         b = bag_of[occurrences[p]]
         # A view, not grad_pooled[b, col + j]: an index LLVM cannot prove non-negative gets
         # numba's wraparound select on every element, which stops vectorisation (3x slower).

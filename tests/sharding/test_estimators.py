@@ -194,6 +194,19 @@ def test_table_row_wise_reduces_inside_the_host_before_the_network() -> None:
     assert table_row_wise.ranks[0].network_seconds < row_wise.ranks[0].network_seconds
 
 
+def test_table_row_wise_traffic_is_what_the_sharded_collection_sends() -> None:
+    plan = _plan(ShardingType.TABLE_ROW_WISE, [0, 1], world=4, per_host=2)
+    ids, row = B * (0.5 + 1) * 8, B * 16 * 4
+    assert plan.comm_bytes["ids"] == 6 * ids  # as row-wise: ranks 1, 2, 3 to owner 0 and 0, 2, 3 to owner 1
+    # inside host 0 each owner sends the other its partial sums of the G / 2 examples that one
+    # serves, and later forwards it the gradients of its own; owner 0 serves ranks 0 and 2, owner
+    # 1 ranks 1 and 3: one reduced row per bag to the other host, its gradient back
+    assert plan.comm_bytes["pooled"] == 2 * 2 * (4 * B / 2) * 16 * 4 + 2 * 2 * row
+    assert plan.ranks[2].received_bytes == row and plan.ranks[3].received_bytes == row
+    assert plan.ranks[2].sent_bytes == 2 * ids + row
+    assert plan.ranks[0].sent_bytes == ids + 2 * (2 * B * 16 * 4) + row  # to owner 1 IDs and both ways; to rank 2
+
+
 def test_step_is_the_slowest_rank_and_names_what_binds() -> None:
     topology = Topology(1, ram_per_rank=1 << 30, dense_flops=1e9)
     estimator = ShardEstimator(topology, 1000)

@@ -187,8 +187,10 @@ def test_one_process_group_serves_several_runs(tmp_path: Path) -> None:
 
 
 def test_pinned_row_column_and_replicated_tables_train_and_evaluate_in_one_process(tmp_path: Path) -> None:
-    """Every executed sharding type through the trainer; `terarec eval` of the checkpoint in one
-    process reproduces the run's metrics (the checkpoint layout does not depend on the placement)."""
+    """Every executed sharding type through the trainer (table-row-wise on this one host: row-wise
+    over its ranks, its partial sums reduced in the host stage); `terarec eval` of the checkpoint
+    in one process reproduces the run's metrics (the checkpoint layout does not depend on the
+    placement)."""
     out = tmp_path / "pinned"
     keys = dict(tiny_overrides(out, train__steps=12, embedding__optimizer__type="adagrad"))
     keys.pop("train.num_threads")
@@ -196,10 +198,15 @@ def test_pinned_row_column_and_replicated_tables_train_and_evaluate_in_one_proce
         {"table": "C1", "sharding_type": "row_wise"},
         {"table": "C2", "sharding_type": "column_wise"},
         {"table": "C3", "sharding_type": "data_parallel"},
+        {"table": "C4", "sharding_type": "table_row_wise"},
     ]
     _train_ranks(_config_file(tmp_path / "pinned.yaml", keys), 2)
     metrics = _metrics(out)
-    assert [metrics["placement"][t]["sharding"] for t in ("C1", "C2", "C3")] == ["row_wise", "column_wise", "data_parallel"]
+    shardings = [metrics["placement"][t]["sharding"] for t in ("C1", "C2", "C3", "C4")]
+    assert shardings == ["row_wise", "column_wise", "data_parallel", "table_row_wise"]
+    assert metrics["placement"]["C4"]["ranks"] == [0, 1]
+    # the host stage's bytes are counted too (IDs follow the mean bag size, pooled rows are exact)
+    assert metrics["comm_bytes_per_step"] == pytest.approx(metrics["predicted_comm_bytes_per_step"], rel=0.1)
     report = tmp_path / "eval.json"
     command = [sys.executable, "-m", "terarec", "eval", "--checkpoint", str(out), "--json", str(report)]
     subprocess.run(command, check=True, capture_output=True)

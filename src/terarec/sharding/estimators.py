@@ -22,8 +22,11 @@ and ``p`` bytes per communicated value (:class:`~terarec.sharding.types.CommPrec
   each rank to a table-wise owner (``L / k`` IDs but every length to each of ``k`` row-wise
   owners). Pooled embeddings ``B * F * d * p`` per rank and shard travel back, gradients
   mirror them; row-wise owners send each rank the partial sums of its examples (a
-  reduce-scatter when the table spans every rank); table-row-wise owners first reduce inside
-  their host (``G / k`` examples to each other owner) so each sends ``1 / k`` of the result.
+  reduce-scatter when the table spans every rank). Table-row-wise owners (the ``k`` ranks of
+  one host) first reduce inside their host: the owner of local index ``l`` serves the ranks of
+  local index ``l`` (``G / k`` examples), and gets every other owner's partial sums of them;
+  it then sends each rank it serves on another host its reduced rows, ``B * F * d * p``, and
+  gets their gradients back, which it forwards to every other owner (``G / k`` examples each).
 - **all-reduce**: data-parallel gradients (``R * D * 4``) and the dense network (``P * 4``) use a
   hierarchical ring: ``2 (h - 1) / h`` of the bytes inside a host, ``2 (H - 1) / H`` per host
   over the network.
@@ -322,12 +325,12 @@ class ShardEstimator:
         ids = others * b * (length / num_owners + features) * ID_BYTES
         if sharding_type is ShardingType.ROW_WISE:
             return (ids + others * pooled) / (2 * self._rank_bandwidth())
-        # inside the host, each owner sends every other the partial sums of its G / k examples
-        # (forward) and receives as many gradients back (backward), and the reverse
+        # inside the host, each owner receives every other's partial sums of its G / k examples
+        # and sends it its own of theirs (forward), and the reverse for gradients (backward); across
+        # hosts, it serves one rank per other host
         intra = 4 * (num_owners - 1) * self.global_batch_size / num_owners * features * embedding_dim * p
-        return (ids + others * pooled / num_owners) / (2 * self._rank_bandwidth()) + intra / (
-            2 * topo.intra_host_bandwidth
-        )
+        served = max(topo.world_size / num_owners - 1, 0.0)
+        return (ids + served * pooled) / (2 * self._rank_bandwidth()) + intra / (2 * topo.intra_host_bandwidth)
 
     def consumer_comm_seconds(self, table: TableWorkload, sharding_type: ShardingType, num_owners: int) -> float:
         """Time every rank spends sending IDs and gradients to a table's owners and receiving
@@ -418,11 +421,18 @@ def _add_table_traffic(
         traffic.add("pooled", owners * b * features * dim * p, ones)
         traffic.add("pooled", ones * b * features * dim * p, owners)
         return
-    reduce = estimator.global_batch_size / k * features * dim * p  # inside the host, both ways
+    # Table-row-wise, as ShardedEmbeddingCollection runs it: inside the host each owner sends
+    # every other its partial sums of the G / k examples that one serves, and later forwards it
+    # the gradients of its own G / k; the owner of local index l serves the ranks of local index
+    # l, one row per bag each way (none to itself: its rows come out of the reduction).
+    reduce = estimator.global_batch_size / k * features * dim * p
     traffic.add("pooled", owners * reduce, owners)
     traffic.add("pooled", owners * reduce, owners)
-    traffic.add("pooled", owners * b * features * dim * p / k, ones)
-    traffic.add("pooled", ones * b * features * dim * p / k, owners)
+    local = np.arange(w) % topo.ranks_per_host
+    for rank in ranks:
+        owner, served = _indicator([rank], w), (local == rank % topo.ranks_per_host).astype(np.float64)
+        traffic.add("pooled", owner * b * features * dim * p, served)
+        traffic.add("pooled", served * b * features * dim * p, owner)
 
 
 def estimate_plan(

@@ -1,12 +1,15 @@
 """Embedding tables sharded over ``torch.distributed`` ranks: per table, table-wise, row-wise,
-column-wise or data-parallel, behind the ``prepare`` / ``lookup`` / ``apply_gradients``
-interface of an :class:`~terarec.embedding.EmbeddingCollection`.
+table-row-wise, column-wise or data-parallel, behind the ``prepare`` / ``lookup`` /
+``apply_gradients`` interface of an :class:`~terarec.embedding.EmbeddingCollection`.
 
 Each table is cut into pieces, each held by one rank:
 
 - **table-wise**: one piece, the whole table (any kind: fixed, dynamic, tiered);
 - **row-wise**: one piece per rank of a contiguous range of rows (a fixed in-RAM table); the
   sender hashes each ID to its row, and the rank holding that row gets it;
+- **table-row-wise** (TorchRec's TWRW): row-wise over every rank of one host (ranks
+  ``h * local_size ...``), but the partial sums are added up inside the host before they
+  leave it (below);
 - **column-wise**: one piece per rank of a contiguous range of every row's columns (a fixed
   in-RAM table with an element-wise optimizer); each gets all the table's IDs;
 - **data-parallel**: a whole replica on every rank (a small fixed in-RAM table; see
@@ -16,11 +19,21 @@ A step makes three exchanges, each one ``all_to_all`` (TorchRec's pattern): (1) 
 the bags of its local batch to the pieces that read them, and each piece prepares the global
 batch, bags of rank 0 first; (2) each piece pools the global batch and returns every rank the
 rows of its own examples: whole rows from table-wise pieces, their columns from column-wise
-ones, partial sums from row-wise ones, which the receiver adds up (the reduce-scatter); (3) in backward each rank sends its examples'
-gradients to every piece of the table, and each piece applies its fused optimizer once for the
-global batch, with gradients averaged over ranks as DDP averages dense ones. Row-wise pieces
-pool by sum; the receiver divides for mean pooling. Pooled rows and gradients may travel in
-bf16 or fp16.
+ones, partial sums from row-wise ones, which the receiver adds up (the reduce-scatter); (3) in
+backward each rank sends its examples' gradients to every piece of the table, and each piece
+applies its fused optimizer once for the global batch, with gradients averaged over ranks as
+DDP averages dense ones. Row-wise and table-row-wise pieces pool by sum; the receiver divides
+for mean pooling. Pooled rows and gradients may travel in bf16 or fp16.
+
+Table-row-wise tables add one ``all_to_all`` to each direction, between the ranks of a host.
+The owner with local index ``l`` (``rank % local_size``) serves the requesters with the same
+local index on every host (``G / local_size`` examples). Forward, before (2), each owner sends
+every other owner of its host its partial sums of that owner's examples, and each adds the
+ones it receives; in (2) it sends each requester it serves the reduced rows, so one pooled
+row per bag leaves the host, not one per owner (a requester on the owner's host is served by
+itself, and gets its sums from the reduction). Backward, in (3) a requester sends a bag's
+gradient to the one owner serving it, which then forwards it to the other owners of its
+host; every owner then applies its optimizer to its rows for the global batch.
 """
 
 from __future__ import annotations
@@ -54,7 +67,15 @@ from terarec.sparse import JaggedTensor
 __all__ = ["EXECUTED_TYPES", "ShardedEmbeddingCollection", "ShardedPreparedBatch", "TableSharding", "executable_types"]
 
 _WIRE_DTYPE = {CommPrecision.FP32: torch.float32, CommPrecision.BF16: torch.bfloat16, CommPrecision.FP16: torch.float16}
-EXECUTED_TYPES = (ShardingType.TABLE_WISE, ShardingType.ROW_WISE, ShardingType.COLUMN_WISE, ShardingType.DATA_PARALLEL)
+EXECUTED_TYPES = (
+    ShardingType.TABLE_WISE,
+    ShardingType.ROW_WISE,
+    ShardingType.TABLE_ROW_WISE,
+    ShardingType.COLUMN_WISE,
+    ShardingType.DATA_PARALLEL,
+)
+_ROW_TYPES = (ShardingType.ROW_WISE, ShardingType.TABLE_ROW_WISE)  # pieces are row blocks, prepared with rows
+_TWRW = ShardingType.TABLE_ROW_WISE
 
 
 def executable_types(table: EmbeddingTableConfig) -> tuple[ShardingType, ...]:
@@ -64,7 +85,7 @@ def executable_types(table: EmbeddingTableConfig) -> tuple[ShardingType, ...]:
     Example::
 
         >>> [t.value for t in executable_types(EmbeddingTableConfig("t", 10, 4, ("f",)))]
-        ['table_wise', 'row_wise', 'data_parallel']
+        ['table_wise', 'row_wise', 'table_row_wise', 'data_parallel']
     """
     if table.dynamic is not None or table.tiered is not None:
         return (ShardingType.TABLE_WISE,)
@@ -78,9 +99,11 @@ class TableSharding:
     """How one table is spread over the ranks.
 
     Args:
-        sharding_type (ShardingType): table-wise, row-wise, column-wise or data-parallel.
+        sharding_type (ShardingType): table-wise, row-wise, table-row-wise, column-wise or
+            data-parallel.
         ranks (tuple[int, ...]): the rank of a table-wise table; the ranks holding the row
-            (column) ranges of a row-wise (column-wise) one, in order; every rank for a
+            (column) ranges of a row-wise (column-wise) one, in order; every rank of one host,
+            in the order of their row ranges, for a table-row-wise one; every rank for a
             data-parallel one. Ranges are near-equal, the first ones one longer.
 
     Example::
@@ -120,7 +143,7 @@ class ShardedPreparedBatch:
             (``None`` when it holds none).
         replicas (list[PreparedIds]): this rank's own bags of each data-parallel table.
         batch_sizes (tuple[int, ...]): every rank's local batch size, in rank order.
-        mean_divisors (dict[str, torch.Tensor]): per feature of a row-wise mean-pooled table,
+        mean_divisors (dict[str, torch.Tensor]): per feature of a (table-)row-wise mean-pooled table,
             its local bags' lengths (at least 1), :math:`(B_r, 1)`.
     """
 
@@ -143,9 +166,9 @@ class ShardedEmbeddingCollection:
     of the same ``tables`` has. ``W`` ranks with local batches ``B_r`` train the tables as one
     process would with the concatenated batch: bit for bit in fp32 for table-wise and
     data-parallel tables when ``W`` is a power of two, up to float summation order for
-    row-wise ones. Collective calls must come in the same order on every rank. Checkpoints
-    (:meth:`save`) have the layout of an unsharded collection, whatever the placement, so any
-    world size and placement (or one process) loads them.
+    row-wise and table-row-wise ones. Collective calls must come in the same order on every
+    rank. Checkpoints (:meth:`save`) have the layout of an unsharded collection, whatever the
+    placement, so any world size and placement (or one process) loads them.
 
     Args:
         tables (Sequence[EmbeddingTableConfig]): every table, the same list on every rank.
@@ -161,6 +184,10 @@ class ShardedEmbeddingCollection:
             run on a background thread; ``None`` means ``group``. Default: ``None``
         apply_group (dist.ProcessGroup, optional): the group of :meth:`apply_gradients` (a
             background thread's in hybrid training); ``None`` means ``group``. Default: ``None``
+        local_size (int, optional): ranks per host: host ``h`` is ranks ``h * local_size ...``,
+            which a table-row-wise table spans (:attr:`World.local_size
+            <terarec.train.distributed.World>` in training; a test may pretend). ``None`` is one
+            host of every rank. Default: ``None``
 
     Shape:
         - :meth:`prepare` input: per feature a :class:`~terarec.sparse.JaggedTensor` of ``B_r`` bags
@@ -177,6 +204,7 @@ class ShardedEmbeddingCollection:
         group: dist.ProcessGroup | None = None,
         prepare_group: dist.ProcessGroup | None = None,
         apply_group: dist.ProcessGroup | None = None,
+        local_size: int | None = None,
     ) -> None:
         self.group = group
         self._groups = {"prepare": prepare_group or group, "lookup": group, "apply": apply_group or group}
@@ -184,16 +212,25 @@ class ShardedEmbeddingCollection:
         self._sent = dict.fromkeys(self._groups, 0)
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
+        self.local_size = self.world_size if local_size is None else int(local_size)
+        if self.local_size < 1 or self.world_size % self.local_size:
+            raise ValueError(f"local_size ({self.local_size}) must divide the world size ({self.world_size})")
         self.comm_precision = comm_precision
         self.training = True
         self._features_by_table = {t.name: list(t.feature_names) for t in tables}
         self.feature_names = tuple(f for t in tables for f in t.feature_names)
         self.embedding_dims = tuple(t.embedding_dim for t in tables for _ in t.feature_names)
         self._width = sum(self.embedding_dims)
-        pieces = _cut(tables, shardings, self.world_size)
+        pieces = _cut(tables, shardings, self.world_size, self.local_size)
         replicated = [p for p in pieces if p.sharding_type is ShardingType.DATA_PARALLEL and p.index == 0]
         self._pieces = [p for p in pieces if p.sharding_type is not ShardingType.DATA_PARALLEL]
-        self._on = [[p for p in self._pieces if p.rank == r] for r in range(self.world_size)]
+        # A rank's table-row-wise pieces pool last: their partial sums are then one block of
+        # columns to reduce inside the host, after the columns that go straight to the requesters.
+        self._on = [
+            [p for p in self._pieces if p.rank == r and p.sharding_type is not _TWRW]
+            + [p for p in self._pieces if p.rank == r and p.sharding_type is _TWRW]
+            for r in range(self.world_size)
+        ]
         mine = self._on[self.rank]
         self.local = EmbeddingCollection.from_tables([_piece_table(p, seed, directory) for p in mine]) if mine else None
         self.replicas = ReplicatedTables([p.table for p in replicated], seed)
@@ -201,23 +238,59 @@ class ShardedEmbeddingCollection:
         self._row_wise = {
             t.name: (HashedRowMapper(t.num_embeddings), _bounds(t.num_embeddings, len(shardings[t.name].ranks)))
             for t in tables
-            if shardings[t.name].sharding_type is ShardingType.ROW_WISE
+            if shardings[t.name].sharding_type in _ROW_TYPES
         }
         self._mean_columns = {
             f: (p.column + i * p.table.embedding_dim, p.table.embedding_dim)
             for p in self._pieces
-            if p.sharding_type is ShardingType.ROW_WISE and p.index == 0 and p.table.pooling is PoolingType.MEAN
+            if p.sharding_type in _ROW_TYPES and p.index == 0 and p.table.pooling is PoolingType.MEAN
             for i, f in enumerate(p.table.feature_names)
         }
-        # The output columns of each rank's pieces, in the order that rank's collection pools them,
-        # and the same as runs of consecutive columns (whole tables mostly: a few slices to copy).
+        # The output columns of each rank's pieces, in the order that rank's collection pools them.
         self._columns_on = [_columns(pieces) for pieces in self._on]
-        self._runs_on = [_runs(columns) for columns in self._columns_on]
+        self._init_host_stage()
+
+    def _init_host_stage(self) -> None:
+        """What the table-row-wise exchange inside each host needs (nothing changes without one)."""
+        w, size = self.world_size, self.local_size
+        twrw = [p for p in self._pieces if p.sharding_type is _TWRW and p.index == 0]
+        # The output columns of each host's table-row-wise tables: every rank of the host pools
+        # them (a table spans the host), last and in table order, so in this order.
+        self._host_columns = [_columns([p for p in twrw if p.rank // size == h]) for h in range(w // size)]
+        self._host_stage = bool(twrw)
+        self._host_width = len(self._host_columns[self.rank // size])
+        self._direct_width = len(self._columns_on[self.rank]) - self._host_width
+
+        def serves(owner: int, requester: int) -> bool:
+            return len(self._host_columns[owner // size]) > 0 and owner % size == requester % size
+
+        # Per rank s, the columns this rank gets from s in the pooled exchange (and sends s as
+        # gradients): those of s's other pieces, then the reduced sums of s's host's table-row-wise
+        # tables if s serves this rank; without table-row-wise tables, all of s's columns.
+        self._in_columns = [
+            torch.cat(
+                [
+                    self._columns_on[s][: len(self._columns_on[s]) - len(self._host_columns[s // size])],
+                    self._host_columns[s // size][: len(self._host_columns[s // size]) * serves(s, self.rank)],
+                ]
+            )
+            for s in range(w)
+        ]
+        # the same as runs of consecutive columns (whole tables mostly: a few slices to copy)
+        self._in_runs = [_runs(columns) for columns in self._in_columns]
+        # Per requester, the columns of each of its examples this rank sends it.
+        self._out_widths = [self._direct_width + self._host_width * serves(self.rank, c) for c in range(w)]
 
     @property
     def comm_bytes(self) -> int:
         """Bytes this rank has sent to other ranks so far (IDs, pooled rows, gradients)."""
         return sum(self._sent.values())
+
+    @property
+    def comm_bytes_by_kind(self) -> dict[str, int]:
+        """:attr:`comm_bytes` split as the plan's ``comm_bytes`` is: ``"ids"`` (IDs, bag lengths
+        and their counts) and ``"pooled"`` (pooled rows and gradients, inside hosts included)."""
+        return {"ids": self._sent["prepare"], "pooled": self._sent["lookup"] + self._sent["apply"]}
 
     def train(self, mode: bool = True) -> ShardedEmbeddingCollection:
         """Sets this rank's pieces' training mode (see :meth:`EmbeddingCollection.train`)."""
@@ -283,7 +356,9 @@ class ShardedEmbeddingCollection:
         bags = self._bags_for(sparse, batch)
         lengths, values, value_counts = [], [], []
         for pieces in self._on:
-            parts = [bags[f, p.index if p.sharding_type is ShardingType.ROW_WISE else 0] for p in pieces for f in p.table.feature_names]
+            parts = [
+                bags[f, p.index if p.sharding_type in _ROW_TYPES else 0] for p in pieces for f in p.table.feature_names
+            ]
             lengths += [part[0] for part in parts]
             values += [part[1] for part in parts]
             value_counts.append(sum(int(part[1].numel()) for part in parts))
@@ -314,22 +389,23 @@ class ShardedEmbeddingCollection:
 
     def lookup(self, prepared: ShardedPreparedBatch) -> PooledEmbeddings:
         """Pools this rank's pieces for the global batch and returns every rank its own rows,
-        partial sums of row-wise tables added up."""
+        partial sums of row-wise tables added up (of table-row-wise ones, inside their host first)."""
         batch_sizes, wire = prepared.batch_sizes, _WIRE_DTYPE[self.comm_precision]
         batch = batch_sizes[self.rank]
         if self.local is not None and prepared.local is not None:
             pooled = self.local.lookup(prepared.local).values.detach()
         else:
             pooled = torch.zeros(sum(batch_sizes), 0)
-        widths = [len(columns) for columns in self._columns_on]
+        send = self._served_rows(pooled, batch_sizes, wire) if self._host_stage else pooled.to(wire).reshape(-1)
+        widths = [len(columns) for columns in self._in_columns]
         received = self._all_to_all(
-            pooled.to(wire).reshape(-1),
-            [b * widths[self.rank] for b in batch_sizes],
+            send,
+            [b * width for b, width in zip(batch_sizes, self._out_widths)],
             [batch * width for width in widths],
             "lookup",
         )
         values = torch.zeros(batch, self._width)
-        for columns, block in zip(self._columns_on, torch.split(received, [batch * width for width in widths])):
+        for columns, block in zip(self._in_columns, torch.split(received, [batch * width for width in widths])):
             if len(columns):
                 values.index_add_(1, columns, block.view(batch, len(columns)).float())
         if len(self._replica_columns):
@@ -351,9 +427,12 @@ class ShardedEmbeddingCollection:
             grad = grad.clone()
             for feature, (column, dim) in self._mean_columns.items():
                 grad[:, column : column + dim] /= prepared.mean_divisors[feature]
-        send = [_gather_runs(grad, runs).to(wire).reshape(-1) for runs in self._runs_on]
+        send = [_gather_runs(grad, runs).to(wire).reshape(-1) for runs in self._in_runs]
         mine = len(self._columns_on[self.rank])
-        received = self._all_to_all(_cat(send, wire), [t.numel() for t in send], [b * mine for b in batch_sizes], "apply")
+        receive_sizes = [b * width for b, width in zip(batch_sizes, self._out_widths)]
+        received = self._all_to_all(_cat(send, wire), [t.numel() for t in send], receive_sizes, "apply")
+        if self._host_stage:  # every rank, in this order: collectives on the apply group
+            received = self._forward_in_host(received, batch_sizes, wire)
         if len(self._replica_columns):
             self.replicas.apply_gradients(
                 prepared.replicas, grad[:, self._replica_columns], self.world_size, self._groups["apply"]
@@ -364,6 +443,75 @@ class ShardedEmbeddingCollection:
         # .float() copies a half-precision buffer and returns a float32 one as it is, ours to scale
         rows = received.view(sum(batch_sizes), mine).float().div_(self.world_size)
         self.local.apply_gradients(prepared.local, rows)
+
+    def _host_order(self, batch_sizes: tuple[int, ...]) -> tuple[torch.Tensor, list[int]]:
+        """The global batch's rows grouped by the local index of the owners serving them (each
+        group requester after requester, as the owner holds them), and each group's size."""
+        requester = np.repeat(np.arange(self.world_size), batch_sizes) % self.local_size
+        order = torch.from_numpy(np.argsort(requester, kind="stable"))
+        return order, np.bincount(requester, minlength=self.local_size).tolist()
+
+    def _host_sizes(self, per_rank: list[int]) -> list[int]:
+        """``per_rank`` (one value per rank of this host) as all_to_all sizes: 0 off the host."""
+        sizes = [0] * self.world_size
+        first = self.rank // self.local_size * self.local_size
+        sizes[first : first + self.local_size] = per_rank
+        return sizes
+
+    def _served_rows(self, pooled: torch.Tensor, batch_sizes: tuple[int, ...], wire: torch.dtype) -> torch.Tensor:
+        """What the pooled exchange sends, requester after requester, when some host has
+        table-row-wise tables: the columns of this rank's other pieces, then for a requester it
+        serves the sums of its host's table-row-wise tables, reduced over the host here first.
+
+        The reduction is an all_to_all over the lookup group, not over a group of the host's
+        ranks: every rank calls it, ranks off the host with nothing to send. Host groups would
+        have to be created by every rank, two per host (the lookup thread and the apply thread
+        each need their own, as the prepare thread has) and destroyed with the run, and could not
+        be made from a ``group`` other than the default one without mapping its ranks; the
+        zero-sized messages off the host carry no bytes, and the planner counts this exchange
+        as one more collective over all ranks."""
+        direct, width, size = self._direct_width, self._host_width, self.local_size
+        order, served = self._host_order(batch_sizes)
+        count = served[self.rank % size] if width else 0  # rows of the requesters this rank serves
+        # per owner of this host, the partial sums of the requesters it serves (none off the host)
+        send = pooled[order, direct:].to(wire).reshape(-1) if width else torch.empty(0, dtype=wire)
+        send_sizes = self._host_sizes([n * width for n in served])
+        received = self._all_to_all(send, send_sizes, self._host_sizes([count * width] * size), "lookup")
+        reduced = torch.zeros(count, width)
+        for block in received.view(size, count, width):
+            reduced += block.float()  # owner after owner: the same order on every run
+        reduced = reduced.to(wire)
+        direct_rows = pooled[:, :direct].to(wire)
+        starts, parts, done = np.cumsum([0, *batch_sizes]), [], 0
+        for requester, width_out in enumerate(self._out_widths):
+            rows = direct_rows[starts[requester] : starts[requester + 1]]
+            if width_out > direct:  # served here: its reduced rows are the next ones
+                rows = torch.cat([rows, reduced[done : done + batch_sizes[requester]]], dim=1)
+                done += batch_sizes[requester]
+            parts.append(rows.reshape(-1))
+        return _cat(parts, wire)
+
+    def _forward_in_host(self, received: torch.Tensor, batch_sizes: tuple[int, ...], wire: torch.dtype) -> torch.Tensor:
+        """The ``(G, mine)`` gradients of this rank's pieces, from what the gradient exchange
+        brought (per requester its other pieces' columns, then the table-row-wise ones if this
+        rank serves it): each owner sends every other owner of its host the table-row-wise
+        gradients of the requesters it serves (an all_to_all over the apply group, for the
+        reasons :meth:`_served_rows` gives), so each has them for the global batch."""
+        direct, width, size = self._direct_width, self._host_width, self.local_size
+        sizes = [b * out for b, out in zip(batch_sizes, self._out_widths)]
+        parts = torch.split(received, sizes)
+        blocks = [part.view(b, out) for b, out, part in zip(batch_sizes, self._out_widths, parts)]
+        order, served = self._host_order(batch_sizes)
+        # the gradients of the requesters this rank serves, requester after requester
+        own = _cat([block[:, direct:].reshape(-1) for block in blocks if block.shape[1] > direct], wire)
+        send = own.repeat(size)  # the same rows to every owner of the host, itself included
+        receive_sizes = self._host_sizes([n * width for n in served])
+        gathered = self._all_to_all(send, self._host_sizes([own.numel()] * size), receive_sizes, "apply")
+        rows = torch.empty(sum(batch_sizes), direct + width, dtype=wire)
+        rows[:, :direct] = torch.cat([block[:, :direct] for block in blocks])
+        if width:
+            rows[order, direct:] = gathered.view(-1, width)
+        return rows.reshape(-1)
 
     def save(self, directory: Path) -> None:
         """Writes the tables into ``directory`` in an unsharded collection's layout: each rank
@@ -378,7 +526,8 @@ class ShardedEmbeddingCollection:
             first.update(self.replicas.tables)
         save_tables(directory, first, self._features_by_table if self.rank == 0 else None)
         dist.barrier(group=self.group)
-        blocks = self._local_tables(lambda p: p.index > 0 and p.sharding_type in (ShardingType.ROW_WISE, ShardingType.COLUMN_WISE))
+        split = (*_ROW_TYPES, ShardingType.COLUMN_WISE)
+        blocks = self._local_tables(lambda p: p.index > 0 and p.sharding_type in split)
         save_tables(directory, blocks, None)
         dist.barrier(group=self.group)
 
@@ -393,15 +542,17 @@ class ShardedEmbeddingCollection:
         load_tables(directory, tables, self._features_by_table)
 
 
-def _cut(tables: Sequence[EmbeddingTableConfig], shardings: Mapping[str, TableSharding], world_size: int) -> list[_Piece]:
+def _cut(
+    tables: Sequence[EmbeddingTableConfig], shardings: Mapping[str, TableSharding], world_size: int, local_size: int
+) -> list[_Piece]:
     missing = [t.name for t in tables if t.name not in shardings]
     if missing:
         raise ValueError(f"shardings must place every table; missing {missing}")
     pieces, column = [], 0
     for table in tables:
         kind, ranks = shardings[table.name].sharding_type, shardings[table.name].ranks
-        _check_sharding(table, kind, ranks, world_size)
-        rows = _bounds(table.num_embeddings, len(ranks) if kind is ShardingType.ROW_WISE else 1)
+        _check_sharding(table, kind, ranks, world_size, local_size)
+        rows = _bounds(table.num_embeddings, len(ranks) if kind in _ROW_TYPES else 1)
         columns = _bounds(table.embedding_dim, len(ranks) if kind is ShardingType.COLUMN_WISE else 1)
         for index, rank in enumerate(ranks):
             r = index if len(rows) > 2 else 0
@@ -412,7 +563,9 @@ def _cut(tables: Sequence[EmbeddingTableConfig], shardings: Mapping[str, TableSh
     return pieces
 
 
-def _check_sharding(table: EmbeddingTableConfig, kind: ShardingType, ranks: tuple[int, ...], world_size: int) -> None:
+def _check_sharding(
+    table: EmbeddingTableConfig, kind: ShardingType, ranks: tuple[int, ...], world_size: int, local_size: int
+) -> None:
     where = f"table {table.name!r} ({kind.value} on ranks {list(ranks)})"
     allowed = executable_types(table)
     if kind not in allowed:
@@ -423,7 +576,10 @@ def _check_sharding(table: EmbeddingTableConfig, kind: ShardingType, ranks: tupl
         raise ValueError(f"{where}: a table-wise table lives on one rank")
     if kind is ShardingType.DATA_PARALLEL and sorted(ranks) != list(range(world_size)):
         raise ValueError(f"{where}: a data-parallel table has a replica on every rank")
-    if kind is ShardingType.ROW_WISE and table.num_embeddings < len(ranks):
+    first = ranks[0] // local_size * local_size
+    if kind is _TWRW and sorted(ranks) != list(range(first, first + local_size)):
+        raise ValueError(f"{where}: a table-row-wise table spans every rank of one host ({local_size} ranks per host)")
+    if kind in _ROW_TYPES and table.num_embeddings < len(ranks):
         raise ValueError(f"{where}: has fewer rows ({table.num_embeddings}) than ranks")
     if kind is ShardingType.COLUMN_WISE and table.embedding_dim < len(ranks):
         raise ValueError(f"{where}: has fewer columns ({table.embedding_dim}) than ranks")
@@ -437,7 +593,7 @@ def _bounds(total: int, parts: int) -> np.ndarray:
 
 
 def _piece_table(piece: _Piece, seed: int, directory: Path | None) -> EmbeddingTable:
-    if piece.sharding_type is ShardingType.ROW_WISE:
+    if piece.sharding_type in _ROW_TYPES:
         return RowShardTable(piece.table, piece.first_row, piece.num_rows, seed)
     if piece.sharding_type is ShardingType.COLUMN_WISE:
         return ColumnShardTable(piece.table, piece.first_column, piece.num_columns, seed)

@@ -2,10 +2,12 @@
 predicts for it.
 
 ``terarec train`` lets the :class:`~terarec.sharding.ShardingPlanner` choose, per table, among
-the sharding types training runs for it (table-wise, row-wise, column-wise, data-parallel; see
-:func:`terarec.sharding.sharded.executable_types`) and the ranks, balancing its cost model
-(largest first). A table's tier is its own config. Table-row-wise sharding is planned by
-``terarec plan`` but not executed.
+the sharding types training runs for it (table-wise, row-wise, table-row-wise, column-wise,
+data-parallel; see :func:`terarec.sharding.sharded.executable_types`) and the ranks, balancing
+its cost model (largest first). A table's tier is its own config. Hosts are ``torchrun``'s
+nodes (:attr:`World.local_size <terarec.train.distributed.World>` ranks each): the planner
+offers table-row-wise sharding on its own only with several hosts of several ranks, and a
+table pinned table-row-wise on one host is row-wise over its ranks.
 """
 
 from __future__ import annotations
@@ -199,7 +201,7 @@ def build_collection(
         for name, where in placement.items()
     }
     mine = {name: e for name, e in estimates.items() if world.rank in shardings[name].ranks}
-    split = (ShardingType.ROW_WISE, ShardingType.COLUMN_WISE)
+    split = (ShardingType.ROW_WISE, ShardingType.TABLE_ROW_WISE, ShardingType.COLUMN_WISE)
     ram = sum(
         e.ram_bytes // len(shardings[name].ranks) if shardings[name].sharding_type in split else e.ram_bytes
         for name, e in mine.items()
@@ -219,5 +221,6 @@ def build_collection(
         comm_precision=config.sharding.comm_precision,
         prepare_group=world.prepare_group,
         apply_group=world.apply_group,
+        local_size=world.local_size,
     )
     return collection, plan, placement

@@ -169,7 +169,7 @@ def _plan(world_size: int, settings: tuple[str, ...], shardings: tuple[tuple[str
 def _slowest_rank_ms(plan: dict[str, object]) -> dict[str, float]:
     """The predicted step of the slowest rank by resource, in ms."""
     rank = max(plan["ranks"], key=lambda load: load["step_seconds"])
-    parts = ("dense", "lookup", "ssd", "network", "intra_host", "latency")
+    parts = ("dense", "lookup", "ssd", "network", "intra_host", "exchange", "latency")
     return {part: rank[f"{part}_seconds"] * 1e3 for part in parts}
 
 
@@ -239,7 +239,7 @@ def _print_results(results: list[dict[str, object]], workload: dict[str, object]
         ("within_20pct", "within 20%", "s"), ("disturbed", "disturbed", "s"), ("auc", "AUC", ".4f"),
     ])  # fmt: skip
     print("\npredicted step of the slowest rank by resource, ms (one host, tables in RAM: no network or SSD time):")
-    parts = [(part, part, ".1f") for part in ("dense", "lookup", "intra_host", "latency")]
+    parts = [(part, part, ".1f") for part in ("dense", "lookup", "intra_host", "exchange", "latency")]
     breakdown = [
         {
             "world_size": r["world_size"], "comm_precision": r["comm_precision"], **r["predicted_ms_by_resource"],

@@ -260,7 +260,7 @@ def _print_ratios(results: list[dict[str, object]]) -> None:
             "torchrec": by_system.get("torchrec"),
             "vs_pytorch": ours / by_system["pytorch"] if ours and by_system.get("pytorch") else None,
             "vs_torchrec": ours / by_system["torchrec"] if ours and by_system.get("torchrec") else None,
-            "memory": memory.get(key),
+            "memory": memory.get((workload, distribution, optimizer)),
         })
     print()
     print_table(table, [("case", "case", ">32"), ("terarec", "terarec ex/s", ",.0f"), ("pytorch", "pytorch ex/s", ",.0f"),

@@ -147,6 +147,18 @@ def test_table_wise_traffic() -> None:
     assert plan.ranks[0].received_bytes == B * 2 * 8 + B * 16 * 4
 
 
+def test_exchange_packing_counts_every_pooled_value_a_rank_handles() -> None:
+    # the owner pools 2 B rows and packs them all (its own B included), unpacks its own B, then
+    # unpacks 2 B gradient rows and packs its own B; rank 1 unpacks B rows and packs B gradients
+    for precision in (CommPrecision.FP32, CommPrecision.BF16):
+        plan = _plan(ShardingType.TABLE_WISE, [0], precision=precision)
+        topology = plan.topology
+        per_value = 1 / topology.exchange_rate + (precision is not CommPrecision.FP32) / topology.conversion_rate
+        assert plan.ranks[0].exchange_seconds == pytest.approx(6 * B * 16 * per_value)
+        assert plan.ranks[1].exchange_seconds == pytest.approx(2 * B * 16 * per_value)
+    assert Topology(1, 1 << 30).exchange_rate > 0 and _plan(ShardingType.TABLE_WISE, [0], world=1).ranks[0].exchange_seconds == 0
+
+
 def test_row_wise_traffic_sends_partial_sums_to_every_rank() -> None:
     plan = _plan(ShardingType.ROW_WISE, [0, 1])
     # each rank sends half its IDs but all its bag lengths to the other owner

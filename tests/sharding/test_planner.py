@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 
 import pytest
@@ -114,12 +115,27 @@ def test_minimum_world_size_is_the_smallest_that_fits() -> None:
 
 
 def test_bf16_halves_the_pooled_bytes_of_a_whole_plan() -> None:
-    full = _planner().plan(TABLES)
-    half = _planner(comm_precision=CommPrecision.BF16).plan(TABLES)
+    def plan(precision: CommPrecision):  # type: ignore[no-untyped-def]
+        topology = Topology(4, ram_per_rank=1 << 30, network_bandwidth=1.25e8)  # 1 Gbit/s
+        return ShardingPlanner(topology, batch_size=512, comm_precision=precision).plan(TABLES)
+
+    full, half = plan(CommPrecision.FP32), plan(CommPrecision.BF16)
     assert [p.ranks for p in half.placements] == [p.ranks for p in full.placements]
     assert half.comm_bytes["pooled"] == pytest.approx(full.comm_bytes["pooled"] / 2)
     assert half.comm_bytes["ids"] == full.comm_bytes["ids"]
-    assert half.step_seconds < full.step_seconds
+    # 4 hosts on 1 Gbit/s: the network time saved outweighs the conversions added
+    saved = full.slowest_rank.network_seconds - half.slowest_rank.network_seconds
+    added = half.slowest_rank.exchange_seconds - full.slowest_rank.exchange_seconds
+    assert saved > added > 0 and half.step_seconds < full.step_seconds
+
+
+def test_bf16_costs_more_than_it_saves_where_transfers_are_cheap() -> None:
+    # one host whose ranks exchange at 50 GB/s: halving the bytes saves less than converting costs
+    def plan(precision: CommPrecision):  # type: ignore[no-untyped-def]
+        topology = Topology(4, ram_per_rank=1 << 30, ranks_per_host=4, intra_host_bandwidth=50e9)
+        return ShardingPlanner(topology, batch_size=512, comm_precision=precision).plan(TABLES)
+
+    assert plan(CommPrecision.BF16).step_seconds > plan(CommPrecision.FP32).step_seconds
 
 
 def test_plan_is_json_able_and_counts_every_parameter() -> None:
@@ -139,9 +155,11 @@ def test_topology_from_config_and_calibration() -> None:
     assert (topology.world_size, topology.num_hosts, topology.ssd_per_rank) == (8, 4, 1 << 40)
     assert topology.network_bandwidth == 25e9 / 8
     assert topology.memory_bandwidth == Topology(1, 1).memory_bandwidth  # uncalibrated defaults
-    calibration = Calibration(7e9, 2e11, 5e-5, 3e9, "box", "2025-01-01T00:00:00+00:00")
+    calibration = Calibration(7e9, 2e11, 5e-5, 3e9, 1e9, 4e9, "box", "2025-01-01T00:00:00+00:00")
     measured = build_topology(config, calibration)
     assert (measured.memory_bandwidth, measured.dense_flops) == (7e9 / 2, 2e11 / 2)  # 2 ranks share a host
+    cores = min(1.0, (os.cpu_count() or 1) / 2)  # one core's rate, per rank while cores last
+    assert (measured.exchange_rate, measured.conversion_rate) == (1e9 * cores, 4e9 * cores)
     assert (measured.collective_latency, measured.intra_host_bandwidth) == (5e-5, 3e9)
     assert build_topology(ShardingConfig(ranks_per_host=1)).ram_per_rank > 0  # this machine's RAM
 

@@ -369,7 +369,7 @@ def format_plan(plan: Plan, title: str) -> str:
         "per rank (time in ms per step)",
         (
             f"{'rank':<10} {'RAM':>10} {'(cache)':>10} {'SSD':>10} {'dense':>8} {'lookup':>8} {'ssd':>8} "
-            f"{'network':>8} {'intra':>8} {'latency':>8} {'step':>8}"
+            f"{'network':>8} {'intra':>8} {'packing':>8} {'latency':>8} {'step':>8}"
         ),
     ]
 
@@ -378,7 +378,7 @@ def format_plan(plan: Plan, title: str) -> str:
             f"{label:<10} {format_bytes(r.storage.ram_bytes):>10} {format_bytes(r.cache_bytes):>10} "
             f"{format_bytes(r.storage.ssd_bytes):>10} {_ms(r.dense_seconds):>8} {_ms(r.lookup_seconds):>8} "
             f"{_ms(r.ssd_seconds):>8} {_ms(r.network_seconds):>8} {_ms(r.intra_host_seconds):>8} "
-            f"{_ms(r.latency_seconds):>8} {_ms(r.step_seconds):>8}"
+            f"{_ms(r.exchange_seconds):>8} {_ms(r.latency_seconds):>8} {_ms(r.step_seconds):>8}"
         )
 
     if topo.world_size <= _MAX_LISTED_RANKS:

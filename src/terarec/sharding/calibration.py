@@ -12,11 +12,18 @@
   fraction of a matrix product's peak;
 - **collectives**: two local processes (``torch.multiprocessing.spawn``) join a gloo group
   over localhost and time a one-float ``all_reduce`` (latency) and a 4 MiB
-  ``all_to_all_single`` (bandwidth between two ranks of one host).
+  ``all_to_all_single`` (bandwidth between two ranks of one host);
+- **exchange packing**: in a third process on one core, a one-rank gloo world, a step of a
+  :class:`~terarec.sharding.sharded.ShardedEmbeddingCollection` (26 tables of dim 64, batch
+  4096) less the same tables' unsharded step: the CPU work of packing pooled rows and
+  gradients for the all-to-all and adding them back into place, per value handled
+  (``exchange_rate``; a micro-benchmark of the casts and ``index_add_`` alone measured a
+  quarter of what the collection's concatenations and allocations cost), and casts of such a
+  block to bf16 and fp16 and back (the slower gives ``conversion_rate``).
 
 The result, a :class:`Calibration`, is saved as JSON (default
 ``~/.cache/terarec/calibration.json``, or ``$XDG_CACHE_HOME/terarec/``) and reused by later
-plans. The rates are the whole machine's (every core); the ranks of one host share them
+plans. The rates are the whole machine's (every core; the exchange's, one core's); the ranks of one host share them
 (see :func:`~terarec.sharding.planner.build_topology`). Inter-host network and SSD rates cannot
 be measured from one machine: they are given (``--network-gbps``) or assumed. A file of an
 older format is ignored (the plan says "uncalibrated"): measure again. Without a calibration, plans use
@@ -45,12 +52,22 @@ from terarec.sharding.presets import dlrm_dense_workload
 
 __all__ = ["Calibration", "default_calibration_path", "load_calibration", "measure_calibration", "save_calibration"]
 
-_FORMAT = 2
+_FORMAT = 3
 _TABLE_ROWS = 1 << 20
 _DIM = 64
 _BATCH = 4096
 _FEATURES = 26
 _MESSAGE_BYTES = 4 << 20
+_EXCHANGE_ROWS = 1 << 16
+_EXCHANGE_PAIRS = 15
+_RATES = (
+    "memory_bandwidth",
+    "dense_flops",
+    "collective_latency",
+    "intra_host_bandwidth",
+    "exchange_rate",
+    "conversion_rate",
+)
 
 
 @dataclass(frozen=True)
@@ -63,12 +80,15 @@ class Calibration:
         collective_latency (float): seconds of a tiny gloo ``all_reduce`` between two local ranks.
         intra_host_bandwidth (float): bytes/s one rank sends another on the same host (gloo
             ``all_to_all``).
+        exchange_rate (float): pooled values/s one core packs for the wire and adds back into
+            place, fp32.
+        conversion_rate (float): values/s one core converts between fp32 and a 16-bit wire format.
         machine (str): the host, CPU and core count measured on.
         measured_at (str): ISO 8601 UTC time of the measurement.
 
     Example::
 
-        >>> cal = Calibration(5e9, 5e10, 1e-4, 2e9, "box / cpu / 2 cpus", "2025-01-01T00:00:00+00:00")
+        >>> cal = Calibration(5e9, 5e10, 1e-4, 2e9, 1e9, 1e9, "box / cpu / 2 cpus", "2025-01-01T00:00:00+00:00")
         >>> Calibration.from_dict(cal.to_dict()) == cal
         True
     """
@@ -77,11 +97,13 @@ class Calibration:
     dense_flops: float
     collective_latency: float
     intra_host_bandwidth: float
+    exchange_rate: float
+    conversion_rate: float
     machine: str
     measured_at: str
 
     def __post_init__(self) -> None:
-        for name in ("memory_bandwidth", "dense_flops", "collective_latency", "intra_host_bandwidth"):
+        for name in _RATES:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
                 raise ValueError(f"Calibration.{name} must be a positive finite number, got {value!r}")
@@ -95,15 +117,15 @@ class Calibration:
         """Inverts :meth:`to_dict`; raises ``ValueError`` or ``KeyError`` for anything else."""
         if raw.get("format") != _FORMAT:
             raise ValueError(f"unknown calibration format {raw.get('format')!r}, expected {_FORMAT}")
-        fields = ("memory_bandwidth", "dense_flops", "collective_latency", "intra_host_bandwidth")
-        return cls(*(float(raw[name]) for name in fields), str(raw["machine"]), str(raw["measured_at"]))  # type: ignore[arg-type]
+        return cls(*(float(raw[name]) for name in _RATES), str(raw["machine"]), str(raw["measured_at"]))  # type: ignore[arg-type]
 
     def describe(self) -> str:
         """One line for reports: when and where it was measured, and the rates."""
         return (
             f"calibrated {self.measured_at[:10]} on {self.machine}: gather {self.memory_bandwidth / 1e9:.1f} GB/s, "
             f"dense {self.dense_flops / 1e9:.0f} GFLOP/s, gloo latency {self.collective_latency * 1e6:.0f} us, "
-            f"intra-host {self.intra_host_bandwidth / 1e9:.2f} GB/s"
+            f"intra-host {self.intra_host_bandwidth / 1e9:.2f} GB/s, exchange packing {self.exchange_rate / 1e9:.2f} "
+            f"G values/s (+ conversion {self.conversion_rate / 1e9:.2f} G values/s for 16-bit)"
         )
 
 
@@ -195,6 +217,57 @@ def _dense_flops() -> float:
     return _BATCH * workload.flops_per_example / best
 
 
+def _exchange_seconds(wire: str, group: object) -> tuple[float, int]:
+    """Seconds of one step of ShardedEmbeddingCollection's own pack-and-unpack work on a
+    one-rank ``group``, and the pooled values it handled: the collection's step
+    less the same tables' step unsharded (their kernels), so what is left is the exchange's
+    CPU work (all-to-all to itself included) around the same lookups and updates."""
+    from terarec.embedding import EmbeddingCollection
+    from terarec.sharding.sharded import ShardedEmbeddingCollection, TableSharding
+    from terarec.sharding.types import CommPrecision, ShardingType
+    from terarec.sparse import JaggedTensor
+
+    tables = [EmbeddingTableConfig(f"t{i}", _EXCHANGE_ROWS, _DIM, (f"f{i}",)) for i in range(_FEATURES)]
+    rng = np.random.default_rng(0)
+    sparse = {
+        f"f{i}": JaggedTensor(torch.from_numpy(rng.zipf(1.05, _BATCH).astype(np.int64)), torch.arange(_BATCH + 1))
+        for i in range(_FEATURES)
+    }
+    grad = torch.full((_BATCH, _FEATURES * _DIM), 1e-3)
+    sharded = ShardedEmbeddingCollection(
+        tables, {t.name: TableSharding(ShardingType.TABLE_WISE, (0,)) for t in tables}, seed=0,
+        comm_precision=CommPrecision(wire), group=group,
+    )  # fmt: skip
+    plain = EmbeddingCollection(tables)
+
+    def step(collection: object) -> float:
+        started = time.perf_counter()
+        prepared = collection.prepare(sparse)  # type: ignore[attr-defined]
+        collection.lookup(prepared)  # type: ignore[attr-defined]
+        collection.apply_gradients(prepared, grad)  # type: ignore[attr-defined]
+        return time.perf_counter() - started
+
+    step(sharded), step(plain)  # compile or load the kernels
+    # pairs of steps, so a slow moment of the machine hits both: the median of the differences
+    differences = [step(sharded) - step(plain) for _ in range(_EXCHANGE_PAIRS)]
+    # pooled rows packed and unpacked forward, their gradients packed and unpacked backward
+    return max(float(np.median(differences)), 1e-9), 4 * grad.numel()
+
+
+def _conversion_rate() -> float:
+    """Values/s cast from fp32 to bf16 or fp16 and back, the slower of the two, best of 5."""
+    block = torch.rand(_BATCH, _FEATURES * _DIM, generator=torch.Generator().manual_seed(0))
+    slowest = 0.0
+    for wire in (torch.bfloat16, torch.float16):
+        best = math.inf
+        for _ in range(5):
+            started = time.perf_counter()
+            block.to(wire).float()
+            best = min(best, time.perf_counter() - started)
+        slowest = max(slowest, best)
+    return 2 * block.numel() / slowest  # each value converted twice: to the wire and back
+
+
 def _collective_worker(rank: int, world_size: int, store: str, out: str, message_bytes: int, repeats: int) -> None:
     """One rank of the gloo micro-benchmark; rank 0 writes ``{latency, bandwidth}`` to ``out``."""
     import torch.distributed as dist
@@ -228,7 +301,25 @@ def _collective_worker(rank: int, world_size: int, store: str, out: str, message
         dist.destroy_process_group()
 
 
-def _collectives(num_processes: int, message_bytes: int, repeats: int) -> tuple[float, float]:
+def _exchange_worker(rank: int, store: str, out: str) -> None:
+    """A one-rank gloo world that times :func:`_exchange_seconds`; writes ``{exchange,
+    conversion}`` to ``out``. A process of its own: the calibrating process may have no group."""
+    import numba
+    import torch.distributed as dist
+
+    # One core's rate: packing hardly speeds up with threads, and ranks get a core each
+    # until a host has more ranks than cores (build_topology divides it then).
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=1)
+    try:
+        seconds, values = _exchange_seconds("fp32", dist.group.WORLD)
+        Path(out).write_text(json.dumps({"exchange": values / seconds, "conversion": _conversion_rate()}))
+    finally:
+        dist.destroy_process_group()
+
+
+def _collectives(num_processes: int, message_bytes: int, repeats: int) -> dict[str, float]:
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="terarec-calibrate-") as directory:
@@ -239,8 +330,11 @@ def _collectives(num_processes: int, message_bytes: int, repeats: int) -> tuple[
             nprocs=num_processes,
             join=True,
         )
-        result = json.loads(Path(out).read_text())
-    return float(result["latency"]), float(result["bandwidth"])
+        rates = json.loads(Path(out).read_text())
+        store, out = str(Path(directory) / "store-exchange"), str(Path(directory) / "exchange.json")
+        mp.spawn(_exchange_worker, args=(store, out), nprocs=1, join=True)
+        rates.update(json.loads(Path(out).read_text()))
+    return {name: float(value) for name, value in rates.items()}
 
 
 def measure_calibration(num_processes: int = 2, message_bytes: int = _MESSAGE_BYTES, repeats: int = 50) -> Calibration:
@@ -254,6 +348,8 @@ def measure_calibration(num_processes: int = 2, message_bytes: int = _MESSAGE_BY
     if num_processes < 2:
         raise ValueError(f"num_processes must be >= 2, got {num_processes}")
     gather, flops = _embedding_bandwidth(), _dense_flops()
-    latency, bandwidth = _collectives(num_processes, int(message_bytes), int(repeats))
+    rates = _collectives(num_processes, int(message_bytes), int(repeats))
     stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    return Calibration(gather, flops, latency, bandwidth, _machine(), stamp)
+    return Calibration(
+        gather, flops, rates["latency"], rates["bandwidth"], rates["exchange"], rates["conversion"], _machine(), stamp
+    )

@@ -31,8 +31,10 @@ and ``p`` bytes per communicated value (:class:`~terarec.sharding.types.CommPrec
   hierarchical ring: ``2 (h - 1) / h`` of the bytes inside a host, ``2 (H - 1) / H`` per host
   over the network.
 - **time** of a rank is the sum of dense compute (``B * FLOPs / rate``), lookups, SSD, its
-  host's network traffic (``max(out, in) / bandwidth``), its intra-host traffic and
-  ``latency * ceil(log2 W)`` per collective: no overlap is assumed, so the estimate is an
+  host's network traffic (``max(out, in) / bandwidth``), its intra-host traffic, the CPU
+  time of packing the pooled values it sends and receives (every one, its own share
+  included: ``values / exchange_rate``, plus ``values / conversion_rate`` in bf16 or fp16)
+  and ``latency * ceil(log2 W)`` per collective: no overlap is assumed, so the estimate is an
   upper bound of a well-pipelined step. The step takes as long as the slowest rank.
 """
 
@@ -364,6 +366,9 @@ class _Traffic:
         self.sent, self.received = np.zeros(w), np.zeros(w)
         self.intra_sent, self.intra_received = np.zeros(w), np.zeros(w)
         self.host_out, self.host_in = np.zeros(h), np.zeros(h)
+        # pooled bytes each rank packs and unpacks, its share to itself included: the exchange
+        # sends that through the all-to-all too
+        self.pooled_handled = np.zeros(w)
         self.total: dict[str, float] = {"ids": 0.0, "pooled": 0.0, "allreduce": 0.0}
 
     def add(self, kind: str, u: np.ndarray, v: np.ndarray) -> None:
@@ -377,6 +382,8 @@ class _Traffic:
         self.host_out += uh * (sv - vh)
         self.host_in += vh * (su - uh)
         self.total[kind] += float(np.sum(u * (sv - v)))
+        if kind == "pooled":
+            self.pooled_handled += u * sv + v * su
 
     def all_reduce(self, num_bytes: float) -> None:
         topo = self.topology
@@ -481,6 +488,9 @@ def estimate_plan(
     host = np.arange(w) // topo.ranks_per_host
     network = np.maximum(traffic.host_out, traffic.host_in)[host] / topo.network_bandwidth
     intra = np.maximum(traffic.intra_sent, traffic.intra_received) / topo.intra_host_bandwidth
+    p = estimator.comm_precision.num_bytes
+    per_value = 1.0 / topo.exchange_rate + (1.0 / topo.conversion_rate if p < _FLOAT_BYTES else 0.0)
+    exchange = traffic.pooled_handled / p * per_value
     dense_seconds = estimator.dense_seconds(dense)
     loads = tuple(
         RankLoad(
@@ -492,6 +502,7 @@ def estimate_plan(
             ssd_seconds=float(ssd_time[r]),
             network_seconds=float(network[r]),
             intra_host_seconds=float(intra[r]),
+            exchange_seconds=float(exchange[r]),
             latency_seconds=latency,
             sent_bytes=float(traffic.sent[r]),
             received_bytes=float(traffic.received[r]),

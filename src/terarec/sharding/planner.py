@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping, Sequence
 
 import psutil
@@ -52,7 +53,9 @@ def build_topology(config: ShardingConfig, calibration: Calibration | None = Non
     Unset RAM is this machine's total RAM shared by ``ranks_per_host`` ranks; unset network
     bandwidth is :data:`DEFAULT_NETWORK_GBPS`; collective latency and intra-host bandwidth come
     from ``calibration``, and so do memory bandwidth and dense FLOP/s, each shared by the
-    ``ranks_per_host`` ranks of a host; without one, Topology's defaults.
+    ``ranks_per_host`` ranks of a host, and the exchange's packing and conversion rates, one
+    core's, which each rank gets until a host has more ranks than this machine has cores;
+    without one, Topology's defaults.
 
     Example::
 
@@ -62,6 +65,7 @@ def build_topology(config: ShardingConfig, calibration: Calibration | None = Non
     """
     ram = config.ram_per_rank or int(psutil.virtual_memory().total) // config.ranks_per_host
     rates: dict[str, float] = {}
+    cores_per_rank = min(1.0, (os.cpu_count() or 1) / config.ranks_per_host)
     if calibration is not None:
         # measured with every core of the machine, which the ranks of a host share
         rates = {
@@ -69,6 +73,9 @@ def build_topology(config: ShardingConfig, calibration: Calibration | None = Non
             "dense_flops": calibration.dense_flops / config.ranks_per_host,
             "collective_latency": calibration.collective_latency,
             "intra_host_bandwidth": calibration.intra_host_bandwidth,
+            # one core's: each rank has one until the host has more ranks than cores
+            "exchange_rate": calibration.exchange_rate * cores_per_rank,
+            "conversion_rate": calibration.conversion_rate * cores_per_rank,
         }
     return Topology(
         world_size=config.world_size,

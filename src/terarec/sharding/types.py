@@ -101,6 +101,7 @@ class Resource(enum.Enum):
     SSD_BANDWIDTH = "SSD bandwidth (cache misses)"
     NETWORK = "network (between hosts)"
     INTRA_HOST = "intra-host transfers"
+    EXCHANGE = "exchange packing (pooled rows and gradients onto and off the wire)"
     LATENCY = "collective latency"
 
 
@@ -229,6 +230,11 @@ class Topology:
             its SSD. Default: ``1e9``
         dense_flops (float, optional): FLOP/s of one rank on the dense network. Default: ``5e10``
         collective_latency (float, optional): seconds per collective per tree level. Default: ``1e-4``
+        exchange_rate (float, optional): pooled values (embedding columns or their gradients)
+            per second one rank packs for an exchange and adds back into place on arrival, in
+            fp32; the copies the exchange itself makes are in the bandwidths. Default: ``1e9``
+        conversion_rate (float, optional): values per second one rank converts between fp32 and
+            a 16-bit wire format (bf16, fp16), on top of ``exchange_rate``. Default: ``1e9``
         ssd_block_bytes (int, optional): smallest SSD read or write. Default: ``4096``
         headroom (float, optional): fraction of RAM and SSD a plan may fill. Default: ``0.9``
 
@@ -249,6 +255,8 @@ class Topology:
     ssd_bandwidth: float = 1e9
     dense_flops: float = 5e10
     collective_latency: float = 1e-4
+    exchange_rate: float = 1e9
+    conversion_rate: float = 1e9
     ssd_block_bytes: int = 4096
     headroom: float = 0.9
 
@@ -270,6 +278,8 @@ class Topology:
             "ssd_bandwidth",
             "dense_flops",
             "collective_latency",
+            "exchange_rate",
+            "conversion_rate",
             "ssd_block_bytes",
         ):
             value = getattr(self, name)
@@ -473,6 +483,9 @@ class RankLoad:
         ssd_seconds (float): SSD reads and write-backs.
         network_seconds (float): its host's traffic to other hosts.
         intra_host_seconds (float): its traffic to ranks of its own host.
+        exchange_seconds (float): packing the pooled rows and gradients it sends and adding
+            those it receives into place (its own share included), with conversions to and
+            from the wire precision.
         latency_seconds (float): fixed cost of the step's collectives.
         sent_bytes (float): bytes it sends per step.
         received_bytes (float): bytes it receives per step.
@@ -486,6 +499,7 @@ class RankLoad:
     ssd_seconds: float
     network_seconds: float
     intra_host_seconds: float
+    exchange_seconds: float
     latency_seconds: float
     sent_bytes: float
     received_bytes: float
@@ -498,6 +512,7 @@ class RankLoad:
             Resource.SSD_BANDWIDTH: self.ssd_seconds,
             Resource.NETWORK: self.network_seconds,
             Resource.INTRA_HOST: self.intra_host_seconds,
+            Resource.EXCHANGE: self.exchange_seconds,
             Resource.LATENCY: self.latency_seconds,
         }
 

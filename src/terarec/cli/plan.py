@@ -252,7 +252,8 @@ def _plan_preset(args: argparse.Namespace) -> tuple[Plan, str]:
     batch = args.batch_size or preset.batch_size
     rates = (
         f"preset cluster rates, not measured: gather {cluster.memory_bandwidth / 1e9:g} GB/s, "
-        f"SSD {cluster.ssd_bandwidth / 1e9:g} GB/s, dense {cluster.dense_flops / 1e12:g} TFLOP/s per rank"
+        f"SSD {cluster.ssd_bandwidth / 1e9:g} GB/s, dense {cluster.dense_flops / 1e12:g} TFLOP/s, exchange packing "
+        f"{cluster.exchange_rate / 1e9:g} G values/s per rank"
     )
 
     def planner(machines: int) -> ShardingPlanner:

@@ -35,6 +35,11 @@ class ClusterSpec:
         dense_flops (float, optional): sustained FLOP/s per rank on the dense network. Default: ``1.5e12``
         intra_host_bandwidth (float, optional): bytes/s between ranks of one machine. Default: ``10e9``
         collective_latency (float, optional): seconds per collective per tree level. Default: ``3e-5``
+        exchange_rate (float, optional): pooled values/s one rank packs for the all-to-all and
+            adds back into place; the 2-core development VM measured 14 bytes of its gather
+            rate per value, so 20 GB/s gives about ``1.5e9``. Default: ``1.5e9``
+        conversion_rate (float, optional): values/s one rank converts to and from bf16 or fp16
+            (about 11 times the packing rate on that VM). Default: ``1.5e10``
 
     Example::
 
@@ -51,6 +56,8 @@ class ClusterSpec:
     dense_flops: float = 1.5e12
     intra_host_bandwidth: float = 10e9
     collective_latency: float = 3e-5
+    exchange_rate: float = 1.5e9
+    conversion_rate: float = 1.5e10
 
     def topology(self, num_machines: int) -> Topology:
         """``num_machines`` of these machines as a :class:`Topology`."""
@@ -66,6 +73,8 @@ class ClusterSpec:
             ssd_bandwidth=self.ssd_bandwidth,
             dense_flops=self.dense_flops,
             collective_latency=self.collective_latency,
+            exchange_rate=self.exchange_rate,
+            conversion_rate=self.conversion_rate,
         )
 
 

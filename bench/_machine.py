@@ -80,6 +80,19 @@ def current_rss_bytes() -> int:
     return _status_bytes("VmRSS") or 0
 
 
+def huge_page_bytes() -> int | None:
+    """Bytes of this process's memory on transparent huge pages (``AnonHugePages`` of
+    ``/proc/self/smaps_rollup``), or ``None`` without it. Random row access over tables on 4 KiB
+    pages misses the TLB far more often, so this explains a slow process."""
+    try:
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+            if line.startswith("AnonHugePages:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def _status_bytes(field: str) -> int | None:
     """A ``kB`` field of ``/proc/self/status`` in bytes, or ``None`` without ``/proc``."""
     try:

@@ -25,6 +25,7 @@ import torch
 
 from _machine import (
     current_rss_bytes,
+    huge_page_bytes,
     machine_info,
     median,
     peak_rss_bytes,
@@ -149,6 +150,7 @@ def run_child(spec: dict[str, object]) -> dict[str, object]:
         "round_examples_per_second": [spec["batch_size"] / r for r in rounds],
         "peak_rss_bytes": peak_rss_bytes(),
         "baseline_rss_bytes": baseline,
+        "huge_page_bytes": huge_page_bytes(),
         "threads": threads,
     }
 
@@ -207,6 +209,7 @@ def main() -> None:
                            "baseline_rss_bytes": measured.get("baseline_rss_bytes"),
                            "unique_rows_per_example": unique, "table_bytes": table_bytes(workload, optimizer),
                            "process_examples_per_second": [run.get("examples_per_second") for run in runs],
+                           "process_huge_page_bytes": [run.get("huge_page_bytes") for run in runs],
                            **{k: v for k, v in measured.items() if k == "error"}}
                     if row["examples_per_second"]:
                         row["memory_over_table_bytes"] = _memory_ratio(row)

@@ -8,6 +8,7 @@ the run must then resume exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ import psutil
 import pytest
 import torch.multiprocessing as mp
 
+from terarec.data import load_splits
 from terarec.train import fit, load_config
 from terarec.train.checkpoint import CHECKPOINTS
 from tests.helpers import (
@@ -101,6 +103,23 @@ def test_two_rank_runs_are_bit_identical(runs: dict[str, Path]) -> None:
     first, second = _metrics(runs["two"]), _metrics(runs["two_again"])
     assert first["auc"] == second["auc"] and first["logloss"] == second["logloss"]
     assert_bit_identical(checkpoint_weights(Path(first["checkpoint"])), checkpoint_weights(Path(second["checkpoint"])))
+
+
+def test_raw_files_are_parsed_once_and_each_rank_maps_the_prepared_columns(runs: dict[str, Path]) -> None:
+    # rank 0 prepared the TSV files into the run directory; the ranks trained on those, and the
+    # model equals the one-process run's on the raw files (above), as the data is the same
+    ingested = runs["two"] / "ingested"
+    assert (ingested / "train" / "meta.json").is_file() and (ingested / "eval" / "meta.json").is_file()
+    raw = load_config(overrides=list(CRITEO_KEYS.items())).data
+    prepared = dataclasses.replace(raw, path=str(ingested / "train"), eval_path=str(ingested / "eval"), format=None)
+    expected, got = load_splits(raw), load_splits(prepared)
+    assert expected.stats == got.stats
+    for ours, theirs in ((expected.train, got.train), (expected.eval, got.eval)):
+        np.testing.assert_array_equal(ours.labels, theirs.labels)
+        np.testing.assert_array_equal(ours.dense, theirs.dense)
+        for name, column in ours.sparse.items():
+            np.testing.assert_array_equal(column.values, theirs.sparse[name].values)
+            np.testing.assert_array_equal(column.offsets, theirs.sparse[name].offsets)
 
 
 def _halfway_copy(run: Path, out: Path) -> None:

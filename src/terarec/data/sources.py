@@ -146,7 +146,7 @@ def prepare_path(config: DataConfig, out_dir: Path, *, overwrite: bool = False) 
     return prepare(paths, fmt, config, Path(out_dir), overwrite=overwrite)
 
 
-def load_splits(config: DataConfig) -> DataSplits:
+def load_splits(config: DataConfig, stats: DatasetStats | None = None) -> DataSplits:
     """The training and evaluation data ``config`` describes.
 
     Synthetic data when ``config.path`` is ``None`` (:func:`generate_synthetic`); else the
@@ -155,6 +155,9 @@ def load_splits(config: DataConfig) -> DataSplits:
 
     Args:
         config (DataConfig): the ``data`` section of the run's configuration.
+        stats (DatasetStats, optional): the training split's statistics when they are known
+            already (a rank that got them from the rank that computed them); ``None`` computes
+            them, one pass over the training split. Default: ``None``
 
     Example::
 
@@ -182,4 +185,4 @@ def load_splits(config: DataConfig) -> DataSplits:
         cut = data.num_rows - num_eval
         train, evaluation = data.slice_rows(0, cut), data.slice_rows(cut, data.num_rows)
         train.skipped_rows = data.skipped_rows
-    return DataSplits(train, evaluation, compute_stats(train))
+    return DataSplits(train, evaluation, stats if stats is not None else compute_stats(train))

@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from terarec._background import iterate_in_background
 from terarec._dataclass_codec import to_mapping
-from terarec.data import Batch, BatchLoader, DataSplits, load_splits
+from terarec.data import Batch, BatchLoader, DataSplits
 from terarec.embedding import (
     EmbeddingCollection,
     EmbeddingTableConfig,
@@ -40,6 +40,7 @@ from terarec.train.checkpoint import (
 from terarec.train.config import Config, DensePrecision
 from terarec.train.distributed import World, join_world, leave_world, sum_over_ranks
 from terarec.train.evaluate import evaluate
+from terarec.train.ingest import load_rank_splits
 from terarec.train.metrics import auc
 from terarec.train.placement import Placement, build_collection, saved_placement
 from terarec.train.reporting import StepReporter
@@ -181,7 +182,7 @@ def _fit(config: Config, world: World) -> TrainResult:
         raise ConfigError(f"train.batch_size ({settings.batch_size}) must be a multiple of the {world.size} ranks")
     run_dir = Path(settings.out)
     threads = configure_threads(settings.num_threads or max(1, (os.cpu_count() or 1) // world.local_size))
-    splits = load_splits(config.data)
+    splits = load_rank_splits(config.data, world, run_dir)
     schema = splits.train.schema
     table_configs = build_table_configs(config.embedding, schema.sparse_features, splits.stats.distinct_ids)
     tables_dir = Path(settings.tables_dir) if settings.tables_dir else run_dir / "tables"

@@ -23,6 +23,7 @@ from terarec.embedding import (
 from terarec.sharding import ShardedEmbeddingCollection, ShardingType, TableSharding
 from terarec.sharding.types import CommPrecision
 from terarec.sparse import JaggedTensor
+from tests.sharding.helpers import load_unsharded, one_process_run, random_global_batch
 
 WORLD_SIZE, LOCAL_BATCH, STEPS = 2, 32, 4
 TABLES = [
@@ -44,14 +45,7 @@ WIDTH = 8 + 8 + 8 + 4
 
 def _global_batch(step: int) -> tuple[dict[str, JaggedTensor], torch.Tensor]:
     """The global batch of ``step`` (ragged bags, some empty) and a gradient for its pooled rows."""
-    rng = np.random.default_rng(step)
-    size = WORLD_SIZE * LOCAL_BATCH
-    sparse = {}
-    for feature in FEATURES:
-        lengths = torch.from_numpy(rng.integers(0, 4, size))
-        values = torch.from_numpy(rng.integers(-(2**40), 2**40, int(lengths.sum())))
-        sparse[feature] = JaggedTensor.from_lengths(values, lengths)
-    return sparse, torch.from_numpy(rng.standard_normal((size, WIDTH)).astype(np.float32))
+    return random_global_batch(step, WORLD_SIZE * LOCAL_BATCH, FEATURES, WIDTH)
 
 
 def _rows(jagged: JaggedTensor, start: int, stop: int) -> JaggedTensor:
@@ -86,21 +80,11 @@ def _free_port() -> int:
 
 
 def _reference() -> tuple[np.ndarray, EmbeddingCollection]:
-    collection = EmbeddingCollection(TABLES, seed=3)
-    outputs = []
-    for step in range(STEPS):
-        sparse, grad = _global_batch(step)
-        prepared = collection.prepare(sparse)
-        outputs.append(collection.lookup(prepared).values.detach().numpy())
-        collection.apply_gradients(prepared, grad)
-    return np.stack(outputs), collection
+    return one_process_run(TABLES, STEPS, _global_batch)
 
 
 def _saved(directory: Path) -> EmbeddingCollection:
-    """What a sharded run saved, loaded into one process."""
-    collection = EmbeddingCollection(TABLES, seed=0)
-    collection.load(directory)
-    return collection
+    return load_unsharded(TABLES, directory)
 
 
 def _train(tmp_path: Path, placement: str, precision: str = "fp32") -> tuple[np.ndarray, EmbeddingCollection]:

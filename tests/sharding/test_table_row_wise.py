@@ -42,6 +42,7 @@ from terarec.train import load_config
 from terarec.train.builders import build_table_configs
 from terarec.train.placement import plan_tables
 from tests.helpers import tiny_overrides
+from tests.sharding.helpers import load_unsharded, one_process_run, random_global_batch
 from tests.sharding.test_sharded import _free_port, _rows
 
 WORLD_SIZE, LOCAL_SIZE, LOCAL_BATCH, STEPS = 4, 2, 16, 3
@@ -67,14 +68,7 @@ MEAN_BAG = 1.5  # bags of 0 to 3 IDs
 
 def _global_batch(step: int) -> tuple[dict[str, JaggedTensor], torch.Tensor]:
     """The global batch of ``step`` (ragged bags, some empty) and a gradient for its pooled rows."""
-    rng = np.random.default_rng(100 + step)
-    size = WORLD_SIZE * LOCAL_BATCH
-    sparse = {}
-    for feature in FEATURES:
-        lengths = torch.from_numpy(rng.integers(0, 4, size))
-        values = torch.from_numpy(rng.integers(-(2**40), 2**40, int(lengths.sum())))
-        sparse[feature] = JaggedTensor.from_lengths(values, lengths)
-    return sparse, torch.from_numpy(rng.standard_normal((size, WIDTH)).astype(np.float32))
+    return random_global_batch(100 + step, WORLD_SIZE * LOCAL_BATCH, FEATURES, WIDTH)
 
 
 def _rank_main(rank: int, port: int, out: str, precision: str) -> None:
@@ -118,20 +112,11 @@ def fp32_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray
 
 
 def _reference() -> tuple[np.ndarray, EmbeddingCollection]:
-    collection = EmbeddingCollection(TABLES, seed=3)
-    outputs = []
-    for step in range(STEPS):
-        sparse, grad = _global_batch(step)
-        prepared = collection.prepare(sparse)
-        outputs.append(collection.lookup(prepared).values.detach().numpy())
-        collection.apply_gradients(prepared, grad)
-    return np.stack(outputs), collection
+    return one_process_run(TABLES, STEPS, _global_batch)
 
 
 def _loaded(directory: Path) -> EmbeddingCollection:
-    collection = EmbeddingCollection(TABLES, seed=0)
-    collection.load(directory)
-    return collection
+    return load_unsharded(TABLES, directory)
 
 
 def test_table_row_wise_trains_like_one_process(fp32_run: tuple[Path, np.ndarray]) -> None:

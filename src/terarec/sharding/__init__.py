@@ -6,8 +6,9 @@ Split by role, as TorchRec's planner: :mod:`~terarec.sharding.types` (``Topology
 among them), :mod:`~terarec.sharding.partitioners` (greedy placement),
 :mod:`~terarec.sharding.planner` (composes them), :mod:`~terarec.sharding.calibration`
 (micro-benchmarks of this machine), :mod:`~terarec.sharding.presets` (models to plan on
-paper) and :mod:`~terarec.sharding.sharded` (tables spread over ranks table-wise, row-wise,
-table-row-wise, column-wise or data-parallel, over ``torch.distributed``). Typical use::
+paper), :mod:`~terarec.sharding.sharded` (tables spread over ranks table-wise, row-wise,
+table-row-wise, column-wise or data-parallel, over ``torch.distributed``) and
+:mod:`~terarec.sharding.host_stage` (table-row-wise sums reduced inside a host). Typical use::
 
     topology = build_topology(config.sharding, load_calibration())
     plan = ShardingPlanner(topology, batch_size=4096).plan(tables, dense)

@@ -25,19 +25,15 @@ applies its fused optimizer once for the global batch, with gradients averaged o
 DDP averages dense ones. Row-wise and table-row-wise pieces pool by sum; the receiver divides
 for mean pooling. Pooled rows and gradients may travel in bf16 or fp16.
 
-Table-row-wise tables add one ``all_to_all`` to each direction, between the ranks of a host.
-The owner with local index ``l`` (``rank % local_size``) serves the requesters with the same
-local index on every host (``G / local_size`` examples). Forward, before (2), each owner sends
-every other owner of its host its partial sums of that owner's examples, and each adds the
-ones it receives; in (2) it sends each requester it serves the reduced rows, so one pooled
-row per bag leaves the host, not one per owner (a requester on the owner's host is served by
-itself, and gets its sums from the reduction). Backward, in (3) a requester sends a bag's
-gradient to the one owner serving it, which then forwards it to the other owners of its
-host; every owner then applies its optimizer to its rows for the global batch.
+Table-row-wise tables add one ``all_to_all`` to each direction, between the ranks of a host
+(:mod:`terarec.sharding.host_stage`): forward, the host's owners add up their partial sums
+before (2), so one pooled row per bag leaves the host, not one per owner; backward, the owner
+that served a bag forwards its gradient to the other owners of its host after (3).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +56,7 @@ from terarec.embedding.row_mapping import HashedRowMapper
 from terarec.embedding.shards import ColumnShardTable, RowShardTable
 from terarec.embedding.table import FixedTable
 from terarec.embedding.types import EmbeddingTable, PreparedIds
+from terarec.sharding.host_stage import HostStage
 from terarec.sharding.replicated import ReplicatedTables
 from terarec.sharding.types import CommPrecision, ShardingType
 from terarec.sparse import JaggedTensor
@@ -248,38 +245,15 @@ class ShardedEmbeddingCollection:
         }
         # The output columns of each rank's pieces, in the order that rank's collection pools them.
         self._columns_on = [_columns(pieces) for pieces in self._on]
-        self._init_host_stage()
-
-    def _init_host_stage(self) -> None:
-        """What the table-row-wise exchange inside each host needs (nothing changes without one)."""
-        w, size = self.world_size, self.local_size
         twrw = [p for p in self._pieces if p.sharding_type is _TWRW and p.index == 0]
-        # The output columns of each host's table-row-wise tables: every rank of the host pools
-        # them (a table spans the host), last and in table order, so in this order.
-        self._host_columns = [_columns([p for p in twrw if p.rank // size == h]) for h in range(w // size)]
-        self._host_stage = bool(twrw)
-        self._host_width = len(self._host_columns[self.rank // size])
-        self._direct_width = len(self._columns_on[self.rank]) - self._host_width
-
-        def serves(owner: int, requester: int) -> bool:
-            return len(self._host_columns[owner // size]) > 0 and owner % size == requester % size
-
-        # Per rank s, the columns this rank gets from s in the pooled exchange (and sends s as
-        # gradients): those of s's other pieces, then the reduced sums of s's host's table-row-wise
-        # tables if s serves this rank; without table-row-wise tables, all of s's columns.
-        self._in_columns = [
-            torch.cat(
-                [
-                    self._columns_on[s][: len(self._columns_on[s]) - len(self._host_columns[s // size])],
-                    self._host_columns[s // size][: len(self._host_columns[s // size]) * serves(s, self.rank)],
-                ]
-            )
-            for s in range(w)
+        # every rank of a host pools its table-row-wise tables, last and in table order
+        host_columns = [
+            _columns([p for p in twrw if p.rank // self.local_size == h])
+            for h in range(self.world_size // self.local_size)
         ]
-        # the same as runs of consecutive columns (whole tables mostly: a few slices to copy)
-        self._in_runs = [_runs(columns) for columns in self._in_columns]
-        # Per requester, the columns of each of its examples this rank sends it.
-        self._out_widths = [self._direct_width + self._host_width * serves(self.rank, c) for c in range(w)]
+        self._host = HostStage(self.rank, self.local_size, self._columns_on, host_columns)
+        # what each rank sends this one, as runs of consecutive columns (whole tables mostly)
+        self._in_runs = [_runs(columns) for columns in self._host.in_columns]
 
     @property
     def comm_bytes(self) -> int:
@@ -396,16 +370,19 @@ class ShardedEmbeddingCollection:
             pooled = self.local.lookup(prepared.local).values.detach()
         else:
             pooled = torch.zeros(sum(batch_sizes), 0)
-        send = self._served_rows(pooled, batch_sizes, wire) if self._host_stage else pooled.to(wire).reshape(-1)
-        widths = [len(columns) for columns in self._in_columns]
+        if self._host.active:
+            send = self._host.served_rows(pooled, batch_sizes, wire, functools.partial(self._all_to_all, stage="lookup"))
+        else:
+            send = pooled.to(wire).reshape(-1)
+        widths = [len(columns) for columns in self._host.in_columns]
         received = self._all_to_all(
             send,
-            [b * width for b, width in zip(batch_sizes, self._out_widths)],
+            [b * width for b, width in zip(batch_sizes, self._host.out_widths)],
             [batch * width for width in widths],
             "lookup",
         )
         values = torch.zeros(batch, self._width)
-        for columns, block in zip(self._in_columns, torch.split(received, [batch * width for width in widths])):
+        for columns, block in zip(self._host.in_columns, torch.split(received, [batch * width for width in widths])):
             if len(columns):
                 values.index_add_(1, columns, block.view(batch, len(columns)).float())
         if len(self._replica_columns):
@@ -429,10 +406,11 @@ class ShardedEmbeddingCollection:
                 grad[:, column : column + dim] /= prepared.mean_divisors[feature]
         send = [_gather_runs(grad, runs).to(wire).reshape(-1) for runs in self._in_runs]
         mine = len(self._columns_on[self.rank])
-        receive_sizes = [b * width for b, width in zip(batch_sizes, self._out_widths)]
+        receive_sizes = [b * width for b, width in zip(batch_sizes, self._host.out_widths)]
         received = self._all_to_all(_cat(send, wire), [t.numel() for t in send], receive_sizes, "apply")
-        if self._host_stage:  # every rank, in this order: collectives on the apply group
-            received = self._forward_in_host(received, batch_sizes, wire)
+        if self._host.active:  # every rank, in this order: collectives on the apply group
+            all_to_all = functools.partial(self._all_to_all, stage="apply")
+            received = self._host.forward_gradients(received, batch_sizes, wire, all_to_all)
         if len(self._replica_columns):
             self.replicas.apply_gradients(
                 prepared.replicas, grad[:, self._replica_columns], self.world_size, self._groups["apply"]
@@ -443,75 +421,6 @@ class ShardedEmbeddingCollection:
         # .float() copies a half-precision buffer and returns a float32 one as it is, ours to scale
         rows = received.view(sum(batch_sizes), mine).float().div_(self.world_size)
         self.local.apply_gradients(prepared.local, rows)
-
-    def _host_order(self, batch_sizes: tuple[int, ...]) -> tuple[torch.Tensor, list[int]]:
-        """The global batch's rows grouped by the local index of the owners serving them (each
-        group requester after requester, as the owner holds them), and each group's size."""
-        requester = np.repeat(np.arange(self.world_size), batch_sizes) % self.local_size
-        order = torch.from_numpy(np.argsort(requester, kind="stable"))
-        return order, np.bincount(requester, minlength=self.local_size).tolist()
-
-    def _host_sizes(self, per_rank: list[int]) -> list[int]:
-        """``per_rank`` (one value per rank of this host) as all_to_all sizes: 0 off the host."""
-        sizes = [0] * self.world_size
-        first = self.rank // self.local_size * self.local_size
-        sizes[first : first + self.local_size] = per_rank
-        return sizes
-
-    def _served_rows(self, pooled: torch.Tensor, batch_sizes: tuple[int, ...], wire: torch.dtype) -> torch.Tensor:
-        """What the pooled exchange sends, requester after requester, when some host has
-        table-row-wise tables: the columns of this rank's other pieces, then for a requester it
-        serves the sums of its host's table-row-wise tables, reduced over the host here first.
-
-        The reduction is an all_to_all over the lookup group, not over a group of the host's
-        ranks: every rank calls it, ranks off the host with nothing to send. Host groups would
-        have to be created by every rank, two per host (the lookup thread and the apply thread
-        each need their own, as the prepare thread has) and destroyed with the run, and could not
-        be made from a ``group`` other than the default one without mapping its ranks; the
-        zero-sized messages off the host carry no bytes, and the planner counts this exchange
-        as one more collective over all ranks."""
-        direct, width, size = self._direct_width, self._host_width, self.local_size
-        order, served = self._host_order(batch_sizes)
-        count = served[self.rank % size] if width else 0  # rows of the requesters this rank serves
-        # per owner of this host, the partial sums of the requesters it serves (none off the host)
-        send = pooled[order, direct:].to(wire).reshape(-1) if width else torch.empty(0, dtype=wire)
-        send_sizes = self._host_sizes([n * width for n in served])
-        received = self._all_to_all(send, send_sizes, self._host_sizes([count * width] * size), "lookup")
-        reduced = torch.zeros(count, width)
-        for block in received.view(size, count, width):
-            reduced += block.float()  # owner after owner: the same order on every run
-        reduced = reduced.to(wire)
-        direct_rows = pooled[:, :direct].to(wire)
-        starts, parts, done = np.cumsum([0, *batch_sizes]), [], 0
-        for requester, width_out in enumerate(self._out_widths):
-            rows = direct_rows[starts[requester] : starts[requester + 1]]
-            if width_out > direct:  # served here: its reduced rows are the next ones
-                rows = torch.cat([rows, reduced[done : done + batch_sizes[requester]]], dim=1)
-                done += batch_sizes[requester]
-            parts.append(rows.reshape(-1))
-        return _cat(parts, wire)
-
-    def _forward_in_host(self, received: torch.Tensor, batch_sizes: tuple[int, ...], wire: torch.dtype) -> torch.Tensor:
-        """The ``(G, mine)`` gradients of this rank's pieces, from what the gradient exchange
-        brought (per requester its other pieces' columns, then the table-row-wise ones if this
-        rank serves it): each owner sends every other owner of its host the table-row-wise
-        gradients of the requesters it serves (an all_to_all over the apply group, for the
-        reasons :meth:`_served_rows` gives), so each has them for the global batch."""
-        direct, width, size = self._direct_width, self._host_width, self.local_size
-        sizes = [b * out for b, out in zip(batch_sizes, self._out_widths)]
-        parts = torch.split(received, sizes)
-        blocks = [part.view(b, out) for b, out, part in zip(batch_sizes, self._out_widths, parts)]
-        order, served = self._host_order(batch_sizes)
-        # the gradients of the requesters this rank serves, requester after requester
-        own = _cat([block[:, direct:].reshape(-1) for block in blocks if block.shape[1] > direct], wire)
-        send = own.repeat(size)  # the same rows to every owner of the host, itself included
-        receive_sizes = self._host_sizes([n * width for n in served])
-        gathered = self._all_to_all(send, self._host_sizes([own.numel()] * size), receive_sizes, "apply")
-        rows = torch.empty(sum(batch_sizes), direct + width, dtype=wire)
-        rows[:, :direct] = torch.cat([block[:, :direct] for block in blocks])
-        if width:
-            rows[order, direct:] = gathered.view(-1, width)
-        return rows.reshape(-1)
 
     def save(self, directory: Path) -> None:
         """Writes the tables into ``directory`` in an unsharded collection's layout: each rank

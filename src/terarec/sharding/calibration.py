@@ -39,6 +39,7 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -217,14 +218,14 @@ def _dense_flops() -> float:
     return _BATCH * workload.flops_per_example / best
 
 
-def _exchange_seconds(wire: str, group: object) -> tuple[float, int]:
-    """Seconds of one step of ShardedEmbeddingCollection's own pack-and-unpack work on a
-    one-rank ``group``, and the pooled values it handled: the collection's step
+def _exchange_seconds(group: object) -> tuple[float, int]:
+    """Seconds of one step of ShardedEmbeddingCollection's own pack-and-unpack work (fp32) on
+    a one-rank ``group``, and the pooled values it handled: the collection's step
     less the same tables' step unsharded (their kernels), so what is left is the exchange's
     CPU work (all-to-all to itself included) around the same lookups and updates."""
     from terarec.embedding import EmbeddingCollection
     from terarec.sharding.sharded import ShardedEmbeddingCollection, TableSharding
-    from terarec.sharding.types import CommPrecision, ShardingType
+    from terarec.sharding.types import ShardingType
     from terarec.sparse import JaggedTensor
 
     tables = [EmbeddingTableConfig(f"t{i}", _EXCHANGE_ROWS, _DIM, (f"f{i}",)) for i in range(_FEATURES)]
@@ -235,9 +236,8 @@ def _exchange_seconds(wire: str, group: object) -> tuple[float, int]:
     }
     grad = torch.full((_BATCH, _FEATURES * _DIM), 1e-3)
     sharded = ShardedEmbeddingCollection(
-        tables, {t.name: TableSharding(ShardingType.TABLE_WISE, (0,)) for t in tables}, seed=0,
-        comm_precision=CommPrecision(wire), group=group,
-    )  # fmt: skip
+        tables, {t.name: TableSharding(ShardingType.TABLE_WISE, (0,)) for t in tables}, seed=0, group=group
+    )
     plain = EmbeddingCollection(tables)
 
     def step(collection: object) -> float:
@@ -268,7 +268,7 @@ def _conversion_rate() -> float:
     return 2 * block.numel() / slowest  # each value converted twice: to the wire and back
 
 
-def _collective_worker(rank: int, world_size: int, store: str, out: str, message_bytes: int, repeats: int) -> None:
+def _collective_worker(rank: int, store: str, out: str, world_size: int, message_bytes: int, repeats: int) -> None:
     """One rank of the gloo micro-benchmark; rank 0 writes ``{latency, bandwidth}`` to ``out``."""
     import torch.distributed as dist
 
@@ -313,28 +313,21 @@ def _exchange_worker(rank: int, store: str, out: str) -> None:
     numba.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=1)
     try:
-        seconds, values = _exchange_seconds("fp32", dist.group.WORLD)
+        seconds, values = _exchange_seconds(dist.group.WORLD)
         Path(out).write_text(json.dumps({"exchange": values / seconds, "conversion": _conversion_rate()}))
     finally:
         dist.destroy_process_group()
 
 
-def _collectives(num_processes: int, message_bytes: int, repeats: int) -> dict[str, float]:
+def _spawned(worker: Callable[..., None], num_processes: int, *args: object) -> dict[str, float]:
+    """Runs ``worker(rank, store, out, *args)`` in ``num_processes`` fresh processes and returns
+    the rates rank 0 wrote to ``out`` (JSON)."""
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="terarec-calibrate-") as directory:
         store, out = str(Path(directory) / "store"), str(Path(directory) / "result.json")
-        mp.spawn(
-            _collective_worker,
-            args=(num_processes, store, out, message_bytes, repeats),
-            nprocs=num_processes,
-            join=True,
-        )
-        rates = json.loads(Path(out).read_text())
-        store, out = str(Path(directory) / "store-exchange"), str(Path(directory) / "exchange.json")
-        mp.spawn(_exchange_worker, args=(store, out), nprocs=1, join=True)
-        rates.update(json.loads(Path(out).read_text()))
-    return {name: float(value) for name, value in rates.items()}
+        mp.spawn(worker, args=(store, out, *args), nprocs=num_processes, join=True)
+        return {name: float(value) for name, value in json.loads(Path(out).read_text()).items()}
 
 
 def measure_calibration(num_processes: int = 2, message_bytes: int = _MESSAGE_BYTES, repeats: int = 50) -> Calibration:
@@ -348,7 +341,8 @@ def measure_calibration(num_processes: int = 2, message_bytes: int = _MESSAGE_BY
     if num_processes < 2:
         raise ValueError(f"num_processes must be >= 2, got {num_processes}")
     gather, flops = _embedding_bandwidth(), _dense_flops()
-    rates = _collectives(num_processes, int(message_bytes), int(repeats))
+    rates = _spawned(_collective_worker, num_processes, num_processes, int(message_bytes), int(repeats))
+    rates.update(_spawned(_exchange_worker, 1))
     stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     return Calibration(
         gather, flops, rates["latency"], rates["bandwidth"], rates["exchange"], rates["conversion"], _machine(), stamp

@@ -61,7 +61,14 @@ from terarec.sharding.replicated import ReplicatedTables
 from terarec.sharding.types import CommPrecision, ShardingType
 from terarec.sparse import JaggedTensor
 
-__all__ = ["EXECUTED_TYPES", "ShardedEmbeddingCollection", "ShardedPreparedBatch", "TableSharding", "executable_types"]
+__all__ = [
+    "EXECUTED_TYPES",
+    "SPLIT_TYPES",
+    "ShardedEmbeddingCollection",
+    "ShardedPreparedBatch",
+    "TableSharding",
+    "executable_types",
+]
 
 _WIRE_DTYPE = {CommPrecision.FP32: torch.float32, CommPrecision.BF16: torch.bfloat16, CommPrecision.FP16: torch.float16}
 EXECUTED_TYPES = (
@@ -72,6 +79,8 @@ EXECUTED_TYPES = (
     ShardingType.DATA_PARALLEL,
 )
 _ROW_TYPES = (ShardingType.ROW_WISE, ShardingType.TABLE_ROW_WISE)  # pieces are row blocks, prepared with rows
+SPLIT_TYPES = (*_ROW_TYPES, ShardingType.COLUMN_WISE)
+"""The types that cut a table into one block per rank of its ``ranks`` (the others keep it whole)."""
 _TWRW = ShardingType.TABLE_ROW_WISE
 
 
@@ -435,8 +444,7 @@ class ShardedEmbeddingCollection:
             first.update(self.replicas.tables)
         save_tables(directory, first, self._features_by_table if self.rank == 0 else None)
         dist.barrier(group=self.group)
-        split = (*_ROW_TYPES, ShardingType.COLUMN_WISE)
-        blocks = self._local_tables(lambda p: p.index > 0 and p.sharding_type in split)
+        blocks = self._local_tables(lambda p: p.index > 0 and p.sharding_type in SPLIT_TYPES)
         save_tables(directory, blocks, None)
         dist.barrier(group=self.group)
 

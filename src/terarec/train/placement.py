@@ -22,10 +22,10 @@ from terarec.data import ColumnarData
 from terarec.embedding import (
     EmbeddingCollection,
     EmbeddingTableConfig,
+    MemoryEstimate,
     available_memory_bytes,
     check_disk,
     check_memory,
-    format_bytes,
     free_disk_bytes,
 )
 from terarec.errors import ConfigError, PlanError
@@ -44,7 +44,7 @@ from terarec.sharding import (
     dlrm_dense_workload,
     load_calibration,
 )
-from terarec.sharding.sharded import executable_types
+from terarec.sharding.sharded import SPLIT_TYPES, executable_types
 from terarec.train.checkpoint import read_run_spec
 from terarec.train.config import Config
 from terarec.train.distributed import World
@@ -200,18 +200,16 @@ def build_collection(
         name: TableSharding(ShardingType(where["sharding"]), tuple(where["ranks"]))  # type: ignore[arg-type]
         for name, where in placement.items()
     }
-    mine = {name: e for name, e in estimates.items() if world.rank in shardings[name].ranks}
-    split = (ShardingType.ROW_WISE, ShardingType.TABLE_ROW_WISE, ShardingType.COLUMN_WISE)
-    ram = sum(
-        e.ram_bytes // len(shardings[name].ranks) if shardings[name].sharding_type in split else e.ram_bytes
-        for name, e in mine.items()
-    )
-    budget = settings.memory_budget_bytes or available_memory_bytes() // world.local_size
-    if ram > 0.9 * budget:
-        raise PlanError(
-            f"rank {world.rank}: its share of the tables needs {format_bytes(ram)} of RAM, more than 90% of its "
-            f"{format_bytes(budget)}; use more ranks, tiered tables (embedding.tiered) or a smaller embedding_dim"
-        )
+    mine = {}  # this rank's share: a block of each split table, whole tables otherwise
+    for name, estimate in estimates.items():
+        where = shardings[name]
+        if world.rank in where.ranks:
+            blocks = len(where.ranks) if where.sharding_type in SPLIT_TYPES else 1
+            mine[name] = MemoryEstimate(estimate.ram_bytes // blocks, estimate.disk_bytes // blocks)
+    try:
+        check_memory(mine, settings.memory_budget_bytes or available_memory_bytes() // world.local_size)
+    except PlanError as error:
+        raise PlanError(f"rank {world.rank}, its share of the tables: {error} Or use more ranks.") from None
     check_disk(mine, tables_dir)
     collection = ShardedEmbeddingCollection(
         tables,

@@ -89,10 +89,11 @@ def test_dedupe(id_kind: str) -> None:
         np.testing.assert_array_equal(array, expected)
 
 
-@pytest.mark.parametrize("num_rows", [1, 2, 2047, 2048, 2049, 200_000, 40_000_000, 2**62])
+@pytest.mark.parametrize("num_rows", [1, 2, 2047, 2048, 2049, 200_000, 40_000_000, 2**54, 2**62])
 def test_dedupe_radix_passes(num_rows: int) -> None:
-    # One, two, three and six radix passes, and the digit boundaries between them; 2**62 rows
-    # with 3000 positions need 74-bit keys: the indirect sort.
+    # One, two, three, five and six radix passes, and the digit boundaries between them; 2**54
+    # and 2**62 rows with 3000 positions need 66- and 74-bit keys: the indirect sort, ending
+    # after an odd and an even number of passes.
     rng = np.random.default_rng(num_rows % 1000)
     rows = rng.integers(0, num_rows, 3000, dtype=np.int64)
     rows[:3] = [0, num_rows - 1, num_rows - 1]

@@ -164,7 +164,7 @@ def fit(config: Config) -> TrainResult:
 
     Started by ``torchrun`` (``WORLD_SIZE`` > 1), every rank runs this: each reads its share
     of every batch of ``train.batch_size`` examples, the planner places the tables over the
-    ranks (table-, row- or column-wise; replicated when pinned), the dense network trains
+    ranks (table-, row-, table-row- or column-wise; replicated when pinned), the dense network trains
     under DistributedDataParallel, and rank 0 reports
     and writes ``metrics.json``. ``sharding.mode=hybrid`` applies embedding updates
     asynchronously (Persia), with at most ``sharding.staleness`` steps of delay.

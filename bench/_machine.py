@@ -71,32 +71,26 @@ def peak_rss_bytes() -> int:
     the parent, so a child started by a benchmark that allocated more would report the
     parent's peak. Falls back to ``ru_maxrss`` (KiB) elsewhere.
     """
-    peak = _status_bytes("VmHWM")
+    peak = _proc_bytes("status", "VmHWM")
     return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def current_rss_bytes() -> int:
     """This process's resident memory now (``VmRSS``; 0 where ``/proc`` is missing)."""
-    return _status_bytes("VmRSS") or 0
+    return _proc_bytes("status", "VmRSS") or 0
 
 
 def huge_page_bytes() -> int | None:
     """Bytes of this process's memory on transparent huge pages (``AnonHugePages`` of
     ``/proc/self/smaps_rollup``), or ``None`` without it. Random row access over tables on 4 KiB
-    pages misses the TLB far more often, so this explains a slow process."""
-    try:
-        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
-            if line.startswith("AnonHugePages:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    pages misses the TLB far more often, so a slow process can be checked for it."""
+    return _proc_bytes("smaps_rollup", "AnonHugePages")
 
 
-def _status_bytes(field: str) -> int | None:
-    """A ``kB`` field of ``/proc/self/status`` in bytes, or ``None`` without ``/proc``."""
+def _proc_bytes(name: str, field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/<name>`` in bytes, or ``None`` without it."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/self/{name}").read_text().splitlines():
             if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from tests.embedding import embedding_reference as ref
 import numpy as np
 import pytest
 
 from terarec.embedding import _kernels
+from tests.embedding import embedding_reference as ref
 
 ID_KINDS = ["int32", "int64"]
 OPTIMIZERS = ["sgd", "adagrad", "rowwise_adagrad", "adam"]
@@ -146,3 +146,43 @@ def test_fused_update(id_kind: str, optimizer: str, mean: bool) -> None:
         _kernels.adam_update(*args, step_size, 0.9, 0.999, 1e-8)
     np.testing.assert_allclose(state, expected_s, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(weights, expected_w, rtol=1e-5, atol=1e-5)
+
+
+def _sequential_sums(rows_of: list[np.ndarray], table: np.ndarray) -> np.ndarray:
+    """``out[i] = ((0 + table[r0]) + table[r1]) + ...`` over ``rows_of[i]`` in order, in float32,
+    skipping negative rows: the order every kernel must keep, whatever it unrolls."""
+    longest = max((len(r) for r in rows_of), default=0)
+    padded = np.full((len(rows_of), longest), -1, dtype=np.int64)
+    for i, r in enumerate(rows_of):
+        padded[i, : len(r)] = r
+    out = np.zeros((len(rows_of), table.shape[1]), dtype=np.float32)
+    for k in range(longest):  # one position of every bag at a time, so each sum keeps its order
+        valid = padded[:, k] >= 0
+        out[valid] += table[padded[valid, k]]
+    return out
+
+
+def test_pool_sums_in_position_order_skipping_missing_rows() -> None:
+    rng = np.random.default_rng(3)
+    lengths = np.arange(23) % 12  # every remainder of the four-row unroll, empty bags included
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    slots = rng.integers(-1, 30, size=int(offsets[-1])).astype(np.int64)  # -1: no row
+    weights = rng.standard_normal((30, 24)).astype(np.float32)
+    out = np.empty((len(lengths), 24), dtype=np.float32)
+    _kernels.pool_sum(weights, slots, offsets, out)
+    expected = _sequential_sums([slots[offsets[b] : offsets[b + 1]] for b in range(len(lengths))], weights)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_update_sums_gradients_in_position_order() -> None:
+    rng = np.random.default_rng(4)
+    bag_size = 3
+    rows = rng.integers(0, 7, size=60 * bag_size).astype(np.int64)  # ~25 occurrences per row
+    offsets = np.arange(61, dtype=np.int64) * bag_size
+    grad = rng.standard_normal((60, 16)).astype(np.float32)
+    unique_rows, occurrence_offsets, occurrences, bag_of = _kernels.dedupe(rows, offsets, 7)
+    weights = np.zeros((7, 16), dtype=np.float32)
+    _kernels.sgd_update(weights, np.zeros((7, 0), np.float32), unique_rows, occurrence_offsets, occurrences, bag_of,
+                        grad, offsets, False, 1.0)  # fmt: skip
+    bags = [bag_of[occurrences[occurrence_offsets[u] : occurrence_offsets[u + 1]]] for u in range(len(unique_rows))]
+    np.testing.assert_array_equal(weights[unique_rows], -_sequential_sums(bags, grad))

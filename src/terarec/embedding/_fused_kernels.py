@@ -24,10 +24,13 @@ import numpy as np
 
 from terarec.embedding._kernels import (
     _FASTMATH,
+    _PREFETCH_DISTANCE,
+    _UPDATE_PREFETCH_DISTANCE,
     _accumulate,
     _adagrad_row,
     _adam_row,
     _pool_bag,
+    _prefetch_leading,
     _prefetch_update,
     _rowwise_adagrad_row,
     _sgd_row,
@@ -129,6 +132,9 @@ def group_lookup(weights, rows, value_offsets, offsets, columns, is_mean, out):
         for t in range(num_tables):
             w, base, col, bounds = weights[t], value_offsets[t], columns[t], offsets[t]
             dim = w.shape[1]
+            # One-hot tables have only 32 IDs per block: without this the first 12 of them
+            # (a third) would be loaded one after another.
+            _prefetch_leading(w, w, rows, base + bounds[first], base + bounds[last], _PREFETCH_DISTANCE, False)
             for b in range(first, last):
                 _pool_bag(w, rows, base + bounds[b], base + bounds[b + 1], base + bounds[last], out[b, col : col + dim], is_mean)
 
@@ -161,8 +167,10 @@ def group_sgd_update(
         t, start, stop = _chunk(c, chunk_table, chunk_start, unique_offsets)
         w, col, bounds, rate32 = weights[t], columns[t], offsets[t], np.float32(rates[t])
         g = np.empty(dim, dtype=np.float32)
+        limit = unique_offsets[t + 1]
+        _prefetch_leading(w, w, unique_rows, start, limit, _UPDATE_PREFETCH_DISTANCE, False)
         for k in range(start, stop):
-            _prefetch_update(w, w, unique_rows, k, stop, False)
+            _prefetch_update(w, w, unique_rows, k, limit, False)
             _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
             _sgd_row(w, unique_rows[k], g, rate32)
 
@@ -179,8 +187,10 @@ def group_adagrad_update(
         t, start, stop = _chunk(c, chunk_table, chunk_start, unique_offsets)
         w, s, col, bounds, rate32 = weights[t], states[t], columns[t], offsets[t], np.float32(rates[t])
         g = np.empty(dim, dtype=np.float32)
+        limit = unique_offsets[t + 1]
+        _prefetch_leading(w, s, unique_rows, start, limit, _UPDATE_PREFETCH_DISTANCE, True)
         for k in range(start, stop):
-            _prefetch_update(w, s, unique_rows, k, stop, True)
+            _prefetch_update(w, s, unique_rows, k, limit, True)
             _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
             _adagrad_row(w, s, unique_rows[k], g, rate32, eps32)
 
@@ -197,8 +207,10 @@ def group_rowwise_adagrad_update(
         t, start, stop = _chunk(c, chunk_table, chunk_start, unique_offsets)
         w, s, col, bounds, rate32 = weights[t], states[t], columns[t], offsets[t], np.float32(rates[t])
         g = np.empty(dim, dtype=np.float32)
+        limit = unique_offsets[t + 1]
+        _prefetch_leading(w, s, unique_rows, start, limit, _UPDATE_PREFETCH_DISTANCE, True)
         for k in range(start, stop):
-            _prefetch_update(w, s, unique_rows, k, stop, True)
+            _prefetch_update(w, s, unique_rows, k, limit, True)
             _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
             _rowwise_adagrad_row(w, s, unique_rows[k], g, rate32, eps32)
 
@@ -216,7 +228,9 @@ def group_adam_update(
         t, start, stop = _chunk(c, chunk_table, chunk_start, unique_offsets)
         w, s, col, bounds, rate32 = weights[t], states[t], columns[t], offsets[t], np.float32(rates[t])
         g = np.empty(dim, dtype=np.float32)
+        limit = unique_offsets[t + 1]
+        _prefetch_leading(w, s, unique_rows, start, limit, _UPDATE_PREFETCH_DISTANCE, True)
         for k in range(start, stop):
-            _prefetch_update(w, s, unique_rows, k, stop, True)
+            _prefetch_update(w, s, unique_rows, k, limit, True)
             _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
             _adam_row(w, s, unique_rows[k], g, rate32, one_m_b1, one_m_b2, eps32)

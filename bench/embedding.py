@@ -94,7 +94,7 @@ def _terarec_step(workload: Workload, optimizer: str):
 
     def step(batch: BenchBatch) -> None:
         sparse = {name: JaggedTensor(values, offsets) for name, (values, offsets) in batch.features.items()}
-        prepared = collection.prepare(sparse)
+        prepared = collection.prepare(sparse, parallel=True)  # synchronous: prepare may use every core
         collection.lookup(prepared)
         collection.apply_gradients(prepared, batch.grad)
 

@@ -188,3 +188,22 @@ def test_group_sees_loaded_weights(tmp_path) -> None:
     restored.load(tmp_path / "ckpt")
     prepared = _sparse(5)
     assert torch.equal(trained.lookup(trained.prepare(prepared)).values, restored.lookup(restored.prepare(prepared)).values)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_parallel_prepare_equals_serial(threads: int) -> None:
+    # Tables of very different sizes, one of them empty in this batch: the threads get
+    # unequal shares and the joined result must still be the serial one, array for array.
+    configs = [EmbeddingTableConfig(f"t{i}", rows, 4, (f"t{i}",)) for i, rows in enumerate((50, 7, 3000, 1, 64))]
+    ec = EmbeddingCollection(configs)
+    rng = np.random.default_rng(5)
+    sparse = {}
+    for i, bag in enumerate((3, 1, 40, 0, 2)):
+        ids = torch.from_numpy(rng.integers(0, 10**6, size=8 * bag))
+        sparse[f"t{i}"] = JaggedTensor(ids, torch.arange(9) * bag)
+    serial = ec.prepare(sparse).groups[0]
+    with numba_threads(min(threads, numba.config.NUMBA_NUM_THREADS)):
+        parallel = ec.prepare(sparse, parallel=True).groups[0]
+    for field in ("rows", "value_offsets", "offsets", "unique_rows", "unique_offsets", "occurrence_offsets",
+                  "occurrences", "bag_of", "chunk_table", "chunk_start"):  # fmt: skip
+        np.testing.assert_array_equal(getattr(parallel, field), getattr(serial, field), err_msg=field)

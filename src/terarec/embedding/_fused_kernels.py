@@ -45,6 +45,7 @@ __all__ = [
     "group_rowwise_adagrad_update",
     "group_sgd_update",
     "prepare_group",
+    "prepare_group_parallel",
 ]
 
 # A parallel work item of the update holds the unique rows of one table until its cost
@@ -76,36 +77,95 @@ def prepare_group(
 
     Per table ``t``: ``rows = splitmix64(id) % num_embeddings[t]`` (as
     :func:`~terarec.embedding._kernels.hash_to_rows`), then :func:`group_rows` on its segment,
-    then positions and boundaries shifted to the concatenated arrays. Writes the update's work
-    items into ``chunk_table`` / ``chunk_start`` (capacity ``N + T``): item ``c`` runs table
-    ``chunk_table[c]``'s unique rows from ``chunk_start[c]`` to the next item's start or the
-    table's end.
+    then positions and boundaries shifted to the concatenated arrays. ``occurrence_offsets``
+    holds ``N + T + 1`` entries (table ``t`` first writes its own at ``value_offsets[t] + t``);
+    the first ``U + 1`` are the result. Writes the update's work items into ``chunk_table`` /
+    ``chunk_start`` (capacity ``N + T``): item ``c`` runs table ``chunk_table[c]``'s unique rows
+    from ``chunk_start[c]`` to the next item's start or the table's end.
+    """
+    for t in range(num_embeddings.shape[0]):
+        _prepare_table(t, values, value_offsets, offsets, num_embeddings, rows, occurrences, scratch, unique_rows,
+                       occurrence_offsets, bag_of, unique_offsets)  # fmt: skip
+    return _join_tables(value_offsets, unique_rows, unique_offsets, occurrence_offsets, occurrences, chunk_table, chunk_start)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def prepare_group_parallel(
+    values,
+    value_offsets,
+    offsets,
+    num_embeddings,
+    rows,
+    occurrences,
+    scratch,
+    unique_rows,
+    unique_offsets,
+    occurrence_offsets,
+    bag_of,
+    chunk_table,
+    chunk_start,
+    workers,
+):
+    """:func:`prepare_group` with the tables spread over ``workers`` threads (the same result).
+    Only for the thread that runs the other parallel kernels, never beside them.
+
+    Tables go to threads longest first, each to the least loaded thread, so that one large
+    table (the 100-ID bags of the multi-hot benchmark hold 47% of its IDs) runs beside all the
+    others instead of after them.
     """
     num_tables = num_embeddings.shape[0]
+    sizes = value_offsets[1:] - value_offsets[:-1]
+    owner = np.empty(num_tables, dtype=np.int64)
+    load = np.zeros(workers, dtype=np.int64)
+    for t in np.argsort(-sizes, kind="mergesort"):
+        worker = np.argmin(load)
+        owner[t] = worker
+        load[worker] += sizes[t]
+    for worker in numba.prange(workers):
+        for t in range(num_tables):
+            if owner[t] == worker:
+                _prepare_table(t, values, value_offsets, offsets, num_embeddings, rows, occurrences, scratch,
+                               unique_rows, occurrence_offsets, bag_of, unique_offsets)  # fmt: skip
+    return _join_tables(value_offsets, unique_rows, unique_offsets, occurrence_offsets, occurrences, chunk_table, chunk_start)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _prepare_table(
+    t, values, value_offsets, offsets, num_embeddings, rows, occurrences, scratch, unique_rows, occurrence_offsets,
+    bag_of, unique_counts,
+):  # fmt: skip
+    """Maps and groups table ``t``'s IDs, in place, inside its own segment of every array:
+    ``[lo, hi)`` of the ``N``-sized ones and ``[lo + t, hi + t + 1)`` of ``occurrence_offsets``;
+    positions and boundaries stay local to the table. Writes its distinct-row count."""
+    lo, hi = value_offsets[t], value_offsets[t + 1]
+    n = np.uint64(num_embeddings[t])
+    for i in range(lo, hi):
+        rows[i] = np.int64(splitmix64(np.uint64(values[i])) % n)
+    unique_counts[t] = group_rows(
+        rows[lo:hi], offsets[t], max(num_embeddings[t] - 1, 0), occurrences[lo:hi], scratch[lo:hi],
+        unique_rows[lo:hi], occurrence_offsets[lo + t : hi + t + 1], bag_of[lo:hi],
+    )  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True)
+def _join_tables(value_offsets, unique_rows, unique_offsets, occurrence_offsets, occurrences, chunk_table, chunk_start):
+    """Moves each table's distinct rows and boundaries from its segment to the front, one table
+    after another, shifts positions to the concatenated arrays, turns the per-table counts in
+    ``unique_offsets[:T]`` into CSR boundaries and writes the update chunks; returns their count.
+    Copying forwards in place is safe: a table's result never starts after its segment."""
+    num_tables = value_offsets.shape[0] - 1
     u = 0
-    unique_offsets[0] = 0
-    occurrence_offsets[0] = 0
     for t in range(num_tables):
-        lo, hi = value_offsets[t], value_offsets[t + 1]
-        n = np.uint64(num_embeddings[t])
-        for i in range(lo, hi):
-            rows[i] = np.int64(splitmix64(np.uint64(values[i])) % n)
-        count = group_rows(
-            rows[lo:hi],
-            offsets[t],
-            max(num_embeddings[t] - 1, 0),
-            occurrences[lo:hi],
-            scratch[lo:hi],
-            unique_rows[u:],
-            occurrence_offsets[u:],
-            bag_of[lo:hi],
-        )
-        for k in range(u, u + count + 1):
-            occurrence_offsets[k] += lo
+        lo, hi, count = value_offsets[t], value_offsets[t + 1], unique_offsets[t]
+        unique_offsets[t] = u
+        for k in range(count):
+            unique_rows[u + k] = unique_rows[lo + k]
+        for k in range(count + 1):
+            occurrence_offsets[u + k] = occurrence_offsets[lo + t + k] + lo
         for i in range(lo, hi):
             occurrences[i] += lo
         u += count
-        unique_offsets[t + 1] = u
+    unique_offsets[num_tables] = u
     chunks = 0
     for t in range(num_tables):
         cost = _CHUNK_COST

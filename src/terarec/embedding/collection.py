@@ -199,10 +199,17 @@ class EmbeddingCollection:
         """Bytes each allocated table holds."""
         return {name: table.memory_estimate() for name, table in self.tables.items()}
 
-    def prepare(self, sparse: Mapping[str, JaggedTensor]) -> PreparedBatch:
+    def prepare(self, sparse: Mapping[str, JaggedTensor], parallel: bool = False) -> PreparedBatch:
         """Maps and de-duplicates every table's IDs; reads no weights, so it is safe on a
         background thread while the previous batch trains. Features not read by any table
         are ignored.
+
+        ``parallel=True`` spreads the tables of each fused group over numba's threads (same
+        result; 1.7x faster on the multi-hot benchmark's 219k IDs on 2 cores) for a caller
+        that prepares, looks up and updates one batch after another on one thread. Leave it
+        off on a background thread: its parallel kernel would compete with the lookup and
+        update for the same cores, and numba's fallback ``workqueue`` threading layer aborts
+        when two threads launch parallel kernels at once.
 
         Raises:
             ValueError: if a feature is missing or the features' batch sizes differ.
@@ -227,7 +234,7 @@ class EmbeddingCollection:
             features = [sparse[f] for f in table.config.feature_names]
             values, offsets = _concat_bags(features)
             prepared[table.config.name] = table.prepare(values, offsets)
-        groups = tuple(group.prepare(sparse) for group in self._groups)
+        groups = tuple(group.prepare(sparse, parallel) for group in self._groups)
         return PreparedBatch(batch_size or 0, prepared, groups, self._table_names)
 
     def lookup(self, prepared: PreparedBatch) -> PooledEmbeddings:

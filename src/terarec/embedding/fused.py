@@ -104,7 +104,7 @@ class TableGroup:
     """Fixed tables of one embedding dim, pooling and optimizer config, run as one.
 
     Each phase is one numba call for all ``T`` tables: :meth:`prepare` hashes and
-    de-duplicates every table's IDs (serial, so it may run on a background thread),
+    de-duplicates every table's IDs (serial by default, so it may run on a background thread),
     :meth:`lookup` pools every (table, bag) pair straight into the collection's
     :math:`(B, \\sum D)` output, and :meth:`apply_gradients` updates the distinct rows of all
     tables in load-balanced chunks, reading the gradient straight from :math:`(B, \\sum D)`.
@@ -164,9 +164,11 @@ class TableGroup:
         self._weights = numba.typed.List([table._storage.weights for table in self.tables])
         self._states = numba.typed.List([table._storage.state for table in self.tables])
 
-    def prepare(self, sparse: Mapping[str, JaggedTensor]) -> PreparedGroup:
+    def prepare(self, sparse: Mapping[str, JaggedTensor], parallel: bool = False) -> PreparedGroup:
         """Maps and de-duplicates the IDs of every table's feature. The caller (the collection)
         has checked that each feature is a :class:`~terarec.sparse.JaggedTensor` of ``B`` bags.
+        ``parallel`` spreads the tables over numba's threads, with the same result; leave it
+        off on a thread that runs beside the lookup and update kernels.
 
         Raises:
             ValueError: if a feature's offsets decrease.
@@ -183,12 +185,16 @@ class TableGroup:
         np.cumsum(offsets[:, -1], out=value_offsets[1:])
         n = values.shape[0]
         rows, occurrences, scratch, unique_rows, bag_of, chunk_table, chunk_start = np.empty((7, n), dtype=np.int64)
-        occurrence_offsets = np.empty(n + 1, dtype=np.int64)
+        occurrence_offsets = np.empty(n + len(features) + 1, dtype=np.int64)
         unique_offsets = np.empty(len(features) + 1, dtype=np.int64)
-        chunks = _fused_kernels.prepare_group(
+        arrays = (
             values, value_offsets, offsets, self._num_embeddings, rows, occurrences, scratch,
             unique_rows, unique_offsets, occurrence_offsets, bag_of, chunk_table, chunk_start,
         )  # fmt: skip
+        if parallel:
+            chunks = _fused_kernels.prepare_group_parallel(*arrays, min(numba.get_num_threads(), len(features)))
+        else:
+            chunks = _fused_kernels.prepare_group(*arrays)
         u = int(unique_offsets[-1])
         return PreparedGroup(
             self.key, rows, value_offsets, offsets, unique_rows[:u], unique_offsets,

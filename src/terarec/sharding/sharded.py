@@ -326,9 +326,10 @@ class ShardedEmbeddingCollection:
                     bags[feature, index] = (torch.from_numpy(shard_lengths), torch.from_numpy(shard_rows))
         return bags
 
-    def prepare(self, sparse: Mapping[str, JaggedTensor]) -> ShardedPreparedBatch:
+    def prepare(self, sparse: Mapping[str, JaggedTensor], parallel: bool = False) -> ShardedPreparedBatch:
         """Sends every feature's bags to the pieces that read them and prepares this rank's
-        pieces for the global batch (bags of rank 0 first, then rank 1, ...)."""
+        pieces for the global batch (bags of rank 0 first, then rank 1, ...). ``parallel`` as
+        :meth:`EmbeddingCollection.prepare`."""
         missing = [f for f in self.feature_names if f not in sparse]
         if missing:
             raise ValueError(f"sparse features {missing} are missing from the batch")
@@ -368,7 +369,7 @@ class ShardedEmbeddingCollection:
                 global_bags[feature][0].append(bag_lengths)
                 global_bags[feature][1].append(bag_values)
         jagged = {f: JaggedTensor.from_lengths(_cat(v), _cat(ls)) for f, (ls, v) in global_bags.items()}
-        return ShardedPreparedBatch(self.local.prepare(jagged), batch_sizes, divisors, replicas)
+        return ShardedPreparedBatch(self.local.prepare(jagged, parallel), batch_sizes, divisors, replicas)
 
     def lookup(self, prepared: ShardedPreparedBatch) -> PooledEmbeddings:
         """Pools this rank's pieces for the global batch and returns every rank its own rows,

@@ -52,7 +52,8 @@ def predict(
     try:
         with torch.no_grad(), contextlib.closing(loader.iterate(epoch=0)) as batches:
             for batch in batches:
-                pooled = collection.lookup(collection.prepare(batch.sparse))
+                # One batch at a time on this thread: prepare may use every core.
+                pooled = collection.lookup(collection.prepare(batch.sparse, parallel=True))
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     logits = model(batch.dense, pooled.stacked()).float()
                 labels.append(batch.labels.numpy())

@@ -15,7 +15,6 @@ script says so and measures the rest.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from pathlib import Path
 
@@ -125,31 +124,41 @@ def _torchrec_step(workload: Workload, optimizer: str, batch_size: int):
     return make_torchrec_step(workload, optimizer, LEARNING_RATE, batch_size) if TORCHREC_AVAILABLE else None
 
 
+def _make_step(system: str, workload: Workload, optimizer: str, batch_size: int):
+    if system == "terarec":
+        return _terarec_step(workload, optimizer)
+    if system == "pytorch":
+        return _pytorch_step(workload, optimizer)
+    return _torchrec_step(workload, optimizer, batch_size)
+
+
 def run_child(spec: dict[str, object]) -> dict[str, object]:
     """Measures one (system, workload, distribution, optimizer) case in this process."""
     threads = set_threads(spec["threads"])
     workload = make_workload(spec["workload"], spec["max_rows"])
     batches = make_batches(workload, spec["distribution"], spec["batch_size"], spec["num_batches"], seed=0)
     system, optimizer = spec["system"], spec["optimizer"]
-    # What the interpreter, the system's library and the batches hold before any table
-    # exists: not the embedding layer's overhead. (Kernels compiled or loaded at the first
-    # step still count.)
-    importlib.import_module({"terarec": "terarec.embedding", "pytorch": "torch", "torchrec": "_torchrec"}[system])
-    baseline = current_rss_bytes()
-    if system == "terarec":
-        step = _terarec_step(workload, optimizer)
-    elif system == "pytorch":
-        step = _pytorch_step(workload, optimizer)
-    else:
-        step = _torchrec_step(workload, optimizer, spec["batch_size"])
-    if step is None:
+    # The baseline is what the process holds before any real table exists: the interpreter,
+    # the batches and the system's code, made ready by one step of the same layer on 64-row
+    # tables (terarec's numba kernels load at their first call, ~60 MB, where PyTorch's and
+    # TorchRec's compiled kernels load at import). What the tables cost is measured above it;
+    # the code's share is reported apart as code_rss_bytes.
+    before_code = current_rss_bytes()
+    tiny = make_workload(spec["workload"], 64)
+    warm_step = _make_step(system, tiny, optimizer, spec["batch_size"])
+    if warm_step is None:
         return {"skipped": True}
+    warm_step(make_batches(tiny, spec["distribution"], spec["batch_size"], 1, seed=1)[0])
+    del warm_step
+    baseline = current_rss_bytes()
+    step = _make_step(system, workload, optimizer, spec["batch_size"])
     rounds = time_rounds(lambda i: step(batches[i % len(batches)]), spec["warmup"], spec["steps"], spec["repeat"])
     return {
         "examples_per_second": spec["batch_size"] / median(rounds),
         "round_examples_per_second": [spec["batch_size"] / r for r in rounds],
         "peak_rss_bytes": peak_rss_bytes(),
         "baseline_rss_bytes": baseline,
+        "code_rss_bytes": baseline - before_code,
         "huge_page_bytes": huge_page_bytes(),
         "threads": threads,
     }
@@ -207,6 +216,7 @@ def main() -> None:
                            "optimizer": optimizer, "examples_per_second": measured.get("examples_per_second"),
                            "bound_examples_per_second": bound, "peak_rss_bytes": measured.get("peak_rss_bytes"),
                            "baseline_rss_bytes": measured.get("baseline_rss_bytes"),
+                           "code_rss_bytes": measured.get("code_rss_bytes"),
                            "unique_rows_per_example": unique, "table_bytes": table_bytes(workload, optimizer),
                            "process_examples_per_second": [run.get("examples_per_second") for run in runs],
                            "process_huge_page_bytes": [run.get("huge_page_bytes") for run in runs],

@@ -23,6 +23,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from terarec.embedding import _kernels
+from terarec.embedding._kernel_cache import stamp_with_sources
 from terarec.embedding._kernels import splitmix64
 
 __all__ = [
@@ -355,3 +357,6 @@ def expire_rows(
         if cursor == capacity:
             cursor = 0
     return cursor, freed, free_count
+
+
+stamp_with_sources(globals(), _kernels)

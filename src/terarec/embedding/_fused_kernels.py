@@ -22,6 +22,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from terarec.embedding import _kernels
+from terarec.embedding._kernel_cache import stamp_with_sources
 from terarec.embedding._kernels import (
     _FASTMATH,
     _PREFETCH_DISTANCE,
@@ -294,3 +296,6 @@ def group_adam_update(
             _prefetch_update(w, s, unique_rows, k, limit, True)
             _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
             _adam_row(w, s, unique_rows[k], g, rate32, one_m_b1, one_m_b2, eps32)
+
+
+stamp_with_sources(globals(), _kernels)

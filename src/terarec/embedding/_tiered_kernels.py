@@ -23,6 +23,7 @@ import numpy as np
 from numba import types
 
 from terarec.embedding import _kernels
+from terarec.embedding._kernel_cache import stamp_with_sources
 
 __all__ = [
     "CACHE_FULL",
@@ -295,3 +296,6 @@ def gather_slots(row_slot, rows, out):
     """``out[i] = row_slot[rows[i]]``, ``-1`` kept for rows of ``-1``."""
     for i in range(rows.shape[0]):
         out[i] = row_slot[rows[i]] if rows[i] >= 0 else -1
+
+
+stamp_with_sources(globals(), _kernels)

@@ -204,11 +204,18 @@ def main() -> None:
             unique = unique_rows_per_example(workload, sample)
             for optimizer in args.optimizers.split(","):
                 bound = best_bandwidth * 1e9 / bytes_per_example(workload, optimizer, unique)
-                for system in systems:
-                    spec = {"system": system, "workload": workload_name, "distribution": distribution,
-                            "optimizer": optimizer, "max_rows": max_rows, "batch_size": args.batch_size,
-                            "threads": threads, "num_batches": 4, **timing}
-                    runs = [run_in_child(__file__, spec) for _ in range(processes)]
+                # Processes of the systems alternate: the VM's speed drifts by up to 2x over
+                # seconds to minutes (other tenants of the host), and alternating lets every
+                # system meet the same spells; the paired ratios below compare neighbours.
+                runs_by_system: dict[str, list[dict[str, object]]] = {system: [] for system in systems}
+                for _ in range(processes):
+                    for system, runs in runs_by_system.items():
+                        if not runs or not runs[0].get("skipped"):
+                            spec = {"system": system, "workload": workload_name, "distribution": distribution,
+                                    "optimizer": optimizer, "max_rows": max_rows, "batch_size": args.batch_size,
+                                    "threads": threads, "num_batches": 4, **timing}
+                            runs.append(run_in_child(__file__, spec))
+                for system, runs in runs_by_system.items():
                     if any(run.get("skipped") for run in runs):
                         continue
                     measured = _median_run(runs)
@@ -256,28 +263,40 @@ def _median_run(runs: list[dict[str, object]]) -> dict[str, object]:
     return sorted(runs, key=lambda run: run["examples_per_second"])[len(runs) // 2]
 
 
+def _paired_ratio(ours: dict[str, object] | None, theirs: dict[str, object] | None) -> float | None:
+    """Median over process pairs run back to back of ours / theirs, or ``None``."""
+    if not ours or not theirs:
+        return None
+    pairs = [a / b for a, b in zip(ours["process_examples_per_second"], theirs["process_examples_per_second"]) if a and b]
+    return median(pairs) if pairs else None
+
+
 def _print_ratios(results: list[dict[str, object]]) -> None:
-    cases, memory = {}, {}
+    cases: dict[tuple[str, str, str], dict[str, dict[str, object]]] = {}
     for row in results:
-        key = (row["workload"], row["distribution"], row["optimizer"])
-        cases.setdefault(key, {})[row["system"]] = row["examples_per_second"]
-        if row["system"] == "terarec":
-            memory[key] = row.get("memory_over_table_bytes")
+        cases.setdefault((row["workload"], row["distribution"], row["optimizer"]), {})[row["system"]] = row
     table = []
     for (workload, distribution, optimizer), by_system in cases.items():
         ours = by_system.get("terarec")
-        table.append({
+        eps = {system: row["examples_per_second"] for system, row in by_system.items()}
+        entry = {
             "case": f"{workload}/{distribution}/{optimizer}",
-            "terarec": ours,
-            "pytorch": by_system.get("pytorch"),
-            "torchrec": by_system.get("torchrec"),
-            "vs_pytorch": ours / by_system["pytorch"] if ours and by_system.get("pytorch") else None,
-            "vs_torchrec": ours / by_system["torchrec"] if ours and by_system.get("torchrec") else None,
-            "memory": memory.get((workload, distribution, optimizer)),
-        })
+            "terarec": eps.get("terarec"),
+            "pytorch": eps.get("pytorch"),
+            "torchrec": eps.get("torchrec"),
+            "vs_pytorch": eps["terarec"] / eps["pytorch"] if eps.get("terarec") and eps.get("pytorch") else None,
+            "vs_torchrec": eps["terarec"] / eps["torchrec"] if eps.get("terarec") and eps.get("torchrec") else None,
+            "paired_vs_pytorch": _paired_ratio(ours, by_system.get("pytorch")),
+            "paired_vs_torchrec": _paired_ratio(ours, by_system.get("torchrec")),
+            "memory": ours.get("memory_over_table_bytes") if ours else None,
+        }
+        table.append(entry)
+        if ours:
+            ours["paired_vs_pytorch"], ours["paired_vs_torchrec"] = entry["paired_vs_pytorch"], entry["paired_vs_torchrec"]
     print()
     print_table(table, [("case", "case", ">32"), ("terarec", "terarec ex/s", ",.0f"), ("pytorch", "pytorch ex/s", ",.0f"),
                         ("torchrec", "torchrec ex/s", ",.0f"), ("vs_pytorch", "x pytorch", ".2f"), ("vs_torchrec", "x torchrec", ".2f"),
+                        ("paired_vs_pytorch", "paired x pytorch", ".2f"), ("paired_vs_torchrec", "paired x torchrec", ".2f"),
                         ("memory", "terarec memory / table bytes", ".2f")])
 
 

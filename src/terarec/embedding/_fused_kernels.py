@@ -61,20 +61,9 @@ _LOOKUP_BLOCK = 32  # examples per parallel item of the lookup
 # thread beside the parallel lookup and update (see the note there on numba's workqueue).
 @numba.njit(cache=True, nogil=True)
 def prepare_group(
-    values,
-    value_offsets,
-    offsets,
-    num_embeddings,
-    rows,
-    occurrences,
-    scratch,
-    unique_rows,
-    unique_offsets,
-    occurrence_offsets,
-    bag_of,
-    chunk_table,
-    chunk_start,
-):
+    values, value_offsets, offsets, num_embeddings, rows, occurrences, scratch, unique_rows, unique_offsets,
+    occurrence_offsets, bag_of, chunk_table, chunk_start,
+):  # fmt: skip
     """Hashes and de-duplicates the IDs of ``T`` tables; returns the number of update chunks.
 
     Per table ``t``: ``rows = splitmix64(id) % num_embeddings[t]`` (as
@@ -93,21 +82,9 @@ def prepare_group(
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def prepare_group_parallel(
-    values,
-    value_offsets,
-    offsets,
-    num_embeddings,
-    rows,
-    occurrences,
-    scratch,
-    unique_rows,
-    unique_offsets,
-    occurrence_offsets,
-    bag_of,
-    chunk_table,
-    chunk_start,
-    workers,
-):
+    values, value_offsets, offsets, num_embeddings, rows, occurrences, scratch, unique_rows, unique_offsets,
+    occurrence_offsets, bag_of, chunk_table, chunk_start, workers,
+):  # fmt: skip
     """:func:`prepare_group` with the tables spread over ``workers`` threads (the same result).
     Only for the thread that runs the other parallel kernels, never beside them.
 

@@ -59,8 +59,14 @@ def test_unstamped_kernel_runs_the_stale_helper(tmp_path: Path) -> None:
 
 
 def test_terarec_kernels_are_stamped() -> None:
-    from terarec.embedding import _dynamic_kernels, _fused_kernels, _tiered_kernels
+    from terarec.embedding import _dynamic_kernels, _fused_kernels, _init_kernels, _tiered_kernels
 
-    for kernel in (_fused_kernels.group_lookup, _tiered_kernels.plan_batch, _dynamic_kernels.assign_rows):
+    expected = {
+        _fused_kernels.prepare_group: ["terarec.embedding._kernels", "terarec.embedding._dedupe_kernels"],
+        _tiered_kernels.plan_batch: ["terarec.embedding._kernels", "terarec.embedding._init_kernels"],
+        _init_kernels.init_rows_at: ["terarec.embedding._kernels"],
+        _dynamic_kernels.assign_rows: ["terarec.embedding._kernels"],
+    }
+    for kernel, sources in expected.items():
         stamp = kernel._cache._cache_file._source_stamp
-        assert stamp[1][0][0] == "terarec.embedding._kernels", kernel
+        assert [name for name, _ in stamp[1]] == sources, kernel

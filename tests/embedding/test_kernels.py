@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from terarec.embedding import _kernels
+from terarec.embedding import _dedupe_kernels, _init_kernels, _kernels
 from tests.embedding import embedding_reference as ref
 
 ID_KINDS = ["int32", "int64"]
@@ -45,7 +45,7 @@ def test_hash_to_rows_is_pinned() -> None:
 def test_init_rows(kind: str) -> None:
     rows = np.array([0, 1, 2, 10**12, 2**63 - 1], dtype=np.int64)
     out = np.empty((5, 7), dtype=np.float32)
-    kernel = _kernels.init_rows_uniform if kind == "uniform" else _kernels.init_rows_normal
+    kernel = _init_kernels.init_rows_uniform if kind == "uniform" else _init_kernels.init_rows_normal
     kernel(out, rows, np.uint64(1234), 0.5)
     expected = (ref.init_uniform if kind == "uniform" else ref.init_normal)(rows, 7, 1234, 0.5)
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-7)
@@ -56,7 +56,7 @@ def test_init_rows(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["uniform", "normal"])
 def test_init_rows_depends_only_on_seed_row_and_column(kind: str) -> None:
-    kernel = _kernels.init_rows_uniform if kind == "uniform" else _kernels.init_rows_normal
+    kernel = _init_kernels.init_rows_uniform if kind == "uniform" else _init_kernels.init_rows_normal
     whole = np.empty((100, 4), dtype=np.float32)
     kernel(whole, np.arange(100, dtype=np.int64), np.uint64(7), 1.0)
     part = np.empty((3, 4), dtype=np.float32)
@@ -69,9 +69,9 @@ def test_init_rows_depends_only_on_seed_row_and_column(kind: str) -> None:
 
 def test_init_rows_statistics() -> None:
     out = np.empty((4000, 8), dtype=np.float32)
-    _kernels.init_rows_normal(out, np.arange(4000, dtype=np.int64), np.uint64(3), 2.0)
+    _init_kernels.init_rows_normal(out, np.arange(4000, dtype=np.int64), np.uint64(3), 2.0)
     assert abs(out.mean()) < 0.05 and abs(out.std() - 2.0) < 0.05
-    _kernels.init_rows_uniform(out, np.arange(4000, dtype=np.int64), np.uint64(3), 2.0)
+    _init_kernels.init_rows_uniform(out, np.arange(4000, dtype=np.int64), np.uint64(3), 2.0)
     assert abs(out.mean()) < 0.05 and abs(out.std() - 2.0 / np.sqrt(3.0)) < 0.05
 
 
@@ -84,7 +84,7 @@ def test_derive_table_seed_is_stable() -> None:
 @pytest.mark.parametrize("id_kind", ID_KINDS)
 def test_dedupe(id_kind: str) -> None:
     _, _, offsets, rows = _input(id_kind)
-    got = _kernels.dedupe(rows, offsets, 50)
+    got = _dedupe_kernels.dedupe(rows, offsets, 50)
     for array, expected in zip(got, ref.dedupe(rows, offsets)):
         np.testing.assert_array_equal(array, expected)
 
@@ -98,12 +98,12 @@ def test_dedupe_radix_passes(num_rows: int) -> None:
     rows = rng.integers(0, num_rows, 3000, dtype=np.int64)
     rows[:3] = [0, num_rows - 1, num_rows - 1]
     offsets = np.array([0, 1000, 1000, 3000], dtype=np.int64)
-    for array, expected in zip(_kernels.dedupe(rows, offsets, num_rows), ref.dedupe(rows, offsets)):
+    for array, expected in zip(_dedupe_kernels.dedupe(rows, offsets, num_rows), ref.dedupe(rows, offsets)):
         np.testing.assert_array_equal(array, expected)
 
 
 def test_dedupe_empty() -> None:
-    unique_rows, occurrence_offsets, occurrences, bag_of = _kernels.dedupe(
+    unique_rows, occurrence_offsets, occurrences, bag_of = _dedupe_kernels.dedupe(
         np.empty(0, dtype=np.int64), np.zeros(4, dtype=np.int64), 10
     )
     assert unique_rows.shape == (0,) and occurrence_offsets.tolist() == [0]
@@ -131,7 +131,7 @@ def test_fused_update(id_kind: str, optimizer: str, mean: bool) -> None:
     weights = rng.standard_normal((50, dim)).astype(np.float32)
     state = rng.uniform(0.0, 1.0, size=(50, width)).astype(np.float32)
     grad = rng.standard_normal((len(offsets) - 1, dim)).astype(np.float32)
-    unique_rows, occurrence_offsets, occurrences, bag_of = _kernels.dedupe(rows, offsets, 50)
+    unique_rows, occurrence_offsets, occurrences, bag_of = _dedupe_kernels.dedupe(rows, offsets, 50)
     ref_rows, g = ref.row_gradients(rows, offsets, grad, mean)
     expected_w, expected_s = ref.update(optimizer, weights, state, ref_rows, g, lr=0.1, step=3)
     args = (weights, state, unique_rows, occurrence_offsets, occurrences, bag_of, grad, offsets, mean)
@@ -180,7 +180,7 @@ def test_update_sums_gradients_in_position_order() -> None:
     rows = rng.integers(0, 7, size=60 * bag_size).astype(np.int64)  # ~25 occurrences per row
     offsets = np.arange(61, dtype=np.int64) * bag_size
     grad = rng.standard_normal((60, 16)).astype(np.float32)
-    unique_rows, occurrence_offsets, occurrences, bag_of = _kernels.dedupe(rows, offsets, 7)
+    unique_rows, occurrence_offsets, occurrences, bag_of = _dedupe_kernels.dedupe(rows, offsets, 7)
     weights = np.zeros((7, 16), dtype=np.float32)
     _kernels.sgd_update(weights, np.zeros((7, 0), np.float32), unique_rows, occurrence_offsets, occurrences, bag_of,
                         grad, offsets, False, 1.0)  # fmt: skip

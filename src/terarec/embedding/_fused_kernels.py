@@ -22,7 +22,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from terarec.embedding import _kernels
+from terarec.embedding import _dedupe_kernels, _kernels
+from terarec.embedding._dedupe_kernels import group_rows
 from terarec.embedding._kernel_cache import stamp_with_sources
 from terarec.embedding._kernels import (
     _FASTMATH,
@@ -36,7 +37,6 @@ from terarec.embedding._kernels import (
     _prefetch_update,
     _rowwise_adagrad_row,
     _sgd_row,
-    group_rows,
     splitmix64,
 )
 
@@ -275,4 +275,4 @@ def group_adam_update(
             _adam_row(w, s, unique_rows[k], g, rate32, one_m_b1, one_m_b2, eps32)
 
 
-stamp_with_sources(globals(), _kernels)
+stamp_with_sources(globals(), _kernels, _dedupe_kernels)

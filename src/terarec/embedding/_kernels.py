@@ -1,5 +1,6 @@
-"""Numba kernels of the embedding layer: hashing, row initialisation, de-duplication, pooling
-and the fused sparse optimizers.
+"""Numba kernels of the embedding layer: hashing IDs to rows, pooling and the fused sparse
+optimizers. Row initialisation lives in :mod:`~terarec.embedding._init_kernels`, grouping equal
+rows in :mod:`~terarec.embedding._dedupe_kernels`.
 
 Every kernel sees NumPy arrays and scalars only, trusts its input (the public classes validate
 it once) and writes into caller-allocated ``out`` arrays. ``prange`` is used only where each
@@ -31,14 +32,8 @@ from numba.extending import intrinsic
 __all__ = [
     "adagrad_update",
     "adam_update",
-    "dedupe",
     "derive_table_seed",
-    "group_rows",
     "hash_to_rows",
-    "init_row",
-    "init_rows_at",
-    "init_rows_normal",
-    "init_rows_uniform",
     "pool_mean",
     "pool_sum",
     "rowwise_adagrad_update",
@@ -50,7 +45,6 @@ _FASTMATH = {"contract", "nsz", "nnan", "ninf", "arcp", "afn"}
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
-_TWO_POW_M53 = 1.0 / 9007199254740992.0  # 2 ** -53
 _UPDATE_CHUNK = 64  # unique rows per parallel work item in the optimizer kernels
 
 
@@ -81,206 +75,6 @@ def hash_to_rows(ids, num_embeddings, out):
     n = np.uint64(num_embeddings)
     for i in range(ids.shape[0]):
         out[i] = np.int64(splitmix64(np.uint64(ids[i])) % n)
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _unit_uniform(row_key, counter):
-    """Uniform float64 in ``[0, 1)`` from the 53 high bits of ``splitmix64(row_key + counter)``."""
-    bits = splitmix64(row_key + np.uint64(counter))
-    return np.float64(bits >> np.uint64(11)) * _TWO_POW_M53
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _row_key(seed, row):
-    return splitmix64(np.uint64(seed) ^ splitmix64(np.uint64(row)))
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _uniform_row(dst, key, scale):
-    for j in range(dst.shape[0]):
-        dst[j] = np.float32(scale * (2.0 * _unit_uniform(key, 2 * j) - 1.0))
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _normal_row(dst, key, scale):
-    for j in range(dst.shape[0]):
-        u1 = 1.0 - _unit_uniform(key, 2 * j)  # in (0, 1]: log is finite
-        u2 = _unit_uniform(key, 2 * j + 1)
-        dst[j] = np.float32(scale * np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2))
-
-
-@numba.njit(cache=True, nogil=True, parallel=True)
-def init_rows_uniform(out, rows, seed, scale):
-    """``out[i, j] = scale * (2 u - 1)``, ``u = U(seed, rows[i], 2 j)``: uniform in ``[-scale, scale)``.
-
-    ``U(seed, r, c)`` is the 53 high bits of ``splitmix64(splitmix64(seed ^ splitmix64(r)) + c)``
-    over ``2^53``, so element ``(r, j)`` depends only on ``(seed, r, j)``.
-    """
-    for i in numba.prange(rows.shape[0]):
-        _uniform_row(out[i], _row_key(seed, rows[i]), scale)
-
-
-@numba.njit(cache=True, nogil=True, parallel=True)
-def init_rows_normal(out, rows, seed, scale):
-    """``out[i, j] = scale * sqrt(-2 ln(1 - u1)) * cos(2 pi u2)`` (Box–Muller), with
-    ``u1 = U(seed, rows[i], 2 j)`` and ``u2 = U(seed, rows[i], 2 j + 1)`` as in :func:`init_rows_uniform`.
-    """
-    for i in numba.prange(rows.shape[0]):
-        _normal_row(out[i], _row_key(seed, rows[i]), scale)
-
-
-INIT_UNIFORM, INIT_NORMAL, INIT_ZEROS = 0, 1, 2
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def init_row(dst, seed, key, scale, kind):
-    """One row as :func:`init_rows_uniform` / :func:`init_rows_normal` would make row ``key``
-    (``kind``: ``INIT_UNIFORM``, ``INIT_NORMAL`` or ``INIT_ZEROS``)."""
-    if kind == INIT_UNIFORM:
-        _uniform_row(dst, _row_key(seed, key), scale)
-    elif kind == INIT_NORMAL:
-        _normal_row(dst, _row_key(seed, key), scale)
-    else:
-        dst[:] = np.float32(0.0)
-
-
-@numba.njit(cache=True, nogil=True)
-def init_rows_at(weights, state, slots, keys, seed, scale, kind, initial_state):
-    """Resets ``weights[slots[i]]`` to the initial row of ``keys[i]`` and its optimizer state to
-    ``initial_state``. Serial on purpose: it runs on the prepare thread, next to the trainer's
-    parallel kernels."""
-    for i in range(slots.shape[0]):
-        init_row(weights[slots[i]], seed, keys[i], scale, kind)
-        state[slots[i]] = np.float32(initial_state)
-
-
-_RADIX_BITS = 11
-_RADIX = 1 << _RADIX_BITS
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _bit_length(value):
-    bits = 1
-    while (value >> bits) > 0:
-        bits += 1
-    return bits
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _radix_pass(source, target, shift, counts):
-    """One stable counting-sort pass of ``source`` into ``target`` by bits ``[shift, shift + 11)``."""
-    mask = np.uint64(_RADIX - 1)
-    counts[:] = 0
-    for i in range(source.shape[0]):
-        counts[((np.uint64(source[i]) >> shift) & mask) + 1] += 1
-    for d in range(_RADIX):
-        counts[d + 1] += counts[d]
-    for i in range(source.shape[0]):
-        digit = (np.uint64(source[i]) >> shift) & mask
-        target[counts[digit]] = source[i]
-        counts[digit] += 1
-
-
-@numba.njit(cache=True, nogil=True)
-def _sort_packed(rows, row_bits, position_bits, order, scratch):
-    """Radix-sorts ``row << position_bits | position`` keys on their row bits only: the sort
-    moves one sequential word per ID instead of gathering ``rows[order[i]]`` at random, 1.6x
-    faster on 102,400 Zipf IDs. Stable, so positions stay ascending within a row. Leaves the
-    positions in ``order`` and the rows, in the same order, in ``scratch``."""
-    n = rows.shape[0]
-    keys, spare = order.view(np.uint64), scratch.view(np.uint64)
-    shift_positions = np.uint64(position_bits)
-    for i in range(n):
-        keys[i] = (np.uint64(rows[i]) << shift_positions) | np.uint64(i)
-    counts = np.empty(_RADIX + 1, dtype=np.int64)
-    source, target = keys, spare
-    for shift in range(position_bits, position_bits + row_bits, _RADIX_BITS):
-        _radix_pass(source, target, np.uint64(shift), counts)
-        source, target = target, source
-    mask = (np.uint64(1) << shift_positions) - np.uint64(1)
-    for k in range(n):  # reads source[k] before writing index k of either buffer
-        key = source[k]
-        order[k] = np.int64(key & mask)
-        scratch[k] = np.int64(key >> shift_positions)
-
-
-@numba.njit(cache=True, nogil=True)
-def _sort_indirect(rows, row_bits, order, scratch):
-    """:func:`_sort_packed` for keys wider than 64 bits: sorts positions, gathering each one's
-    row in every pass."""
-    n = rows.shape[0]
-    for i in range(n):
-        order[i] = i
-    counts = np.empty(_RADIX + 1, dtype=np.int64)
-    source, target = order, scratch
-    for shift in range(0, row_bits, _RADIX_BITS):
-        counts[:] = 0
-        for i in range(n):
-            counts[((rows[source[i]] >> shift) & (_RADIX - 1)) + 1] += 1
-        for d in range(_RADIX):
-            counts[d + 1] += counts[d]
-        for i in range(n):
-            digit = (rows[source[i]] >> shift) & (_RADIX - 1)
-            target[counts[digit]] = source[i]
-            counts[digit] += 1
-        source, target = target, source
-    if source is not order:
-        order[:] = source
-    for k in range(n):
-        scratch[k] = rows[order[k]]
-
-
-@numba.njit(cache=True, nogil=True)
-def group_rows(rows, offsets, max_row, order, scratch, unique_out, occurrence_offsets, bag_of):
-    """Groups equal ``rows`` (all in ``[0, max_row]``) by a stable LSD radix sort, in ``O(N)`` per pass.
-
-    ``ceil(bits(max_row) / 11)`` passes of 2048 buckets: 2 passes for a 200k-row table, 3 for
-    40M. Writes into ``order`` the positions sorted by row (stable, so ascending within a row;
-    ``scratch`` is an ``N``-sized buffer), the distinct rows ascending into ``unique_out[:U]``,
-    their CSR boundaries into ``occurrence_offsets[:U + 1]``, and each position's bag into
-    ``bag_of``; returns ``U``. Ascending rows make the update kernels walk memory forwards.
-    """
-    n = rows.shape[0]
-    row_bits, position_bits = _bit_length(max_row), _bit_length(max(n - 1, 0))
-    if row_bits + position_bits <= 64:
-        _sort_packed(rows, row_bits, position_bits, order, scratch)
-    else:
-        _sort_indirect(rows, row_bits, order, scratch)
-    u = 0
-    occurrence_offsets[0] = 0
-    previous = -1  # rows are non-negative
-    for k in range(n):
-        row = scratch[k]
-        if row != previous:
-            occurrence_offsets[u] = k
-            unique_out[u] = row
-            u += 1
-            previous = row
-    occurrence_offsets[u] = n
-    for b in range(offsets.shape[0] - 1):
-        for i in range(offsets[b], offsets[b + 1]):
-            bag_of[i] = b
-    return u
-
-
-def dedupe(
-    rows: np.ndarray, offsets: np.ndarray, num_rows: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """De-duplicates ``rows`` (in ``[0, num_rows)``) into ``(unique_rows, occurrence_offsets, occurrences, bag_of)``.
-
-    ``unique_rows`` ascend and each group's positions ascend, so the update kernels sum a row's
-    gradients in a fixed order and touch memory in address order. The radix sort
-    (:func:`group_rows`) replaced NumPy's stable argsort: 0.9 ms against 5.0 ms for the 102,400
-    IDs of the largest multi-hot feature. The unique outputs are views of ``N``-sized buffers.
-    """
-    n = rows.shape[0]
-    occurrences = np.empty(n, dtype=np.int64)
-    scratch = np.empty(n, dtype=np.int64)
-    unique_rows = np.empty(n, dtype=np.int64)
-    occurrence_offsets = np.empty(n + 1, dtype=np.int64)
-    bag_of = np.empty(n, dtype=np.int64)
-    u = group_rows(rows, offsets, max(int(num_rows) - 1, 0), occurrences, scratch, unique_rows, occurrence_offsets, bag_of)
-    return unique_rows[:u], occurrence_offsets[: u + 1], occurrences, bag_of
 
 
 # Rows ahead. The lookup's 12 was 15-20% faster than none pooling over 1 GB tables; the

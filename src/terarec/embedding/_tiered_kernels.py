@@ -22,7 +22,7 @@ import numba
 import numpy as np
 from numba import types
 
-from terarec.embedding import _kernels
+from terarec.embedding import _init_kernels, _kernels
 from terarec.embedding._kernel_cache import stamp_with_sources
 
 __all__ = [
@@ -222,7 +222,7 @@ def load_misses(
         i = miss_index[k]
         row, slot = unique_rows[i], out[i]
         if is_new[i]:
-            _kernels.init_row(weights[slot], seed, new_keys[i], scale, init_kind)
+            _init_kernels.init_row(weights[slot], seed, new_keys[i], scale, init_kind)
             state[slot] = initial_state
         elif _test_bit(on_disk, row):
             error = _read_record(fd, weights, state, slot, row, record)
@@ -231,7 +231,7 @@ def load_misses(
                 return READ_FAILED
             report[2] += 1
         else:
-            _kernels.init_row(weights[slot], seed, row, scale, init_kind)
+            _init_kernels.init_row(weights[slot], seed, row, scale, init_kind)
             state[slot] = initial_state
     return OK
 
@@ -286,7 +286,7 @@ def copy_rows(fd, weights, state, row_slot, on_disk, rows, seed, scale, init_kin
                 report[4], report[5] = row, error
                 return READ_FAILED
         else:
-            _kernels.init_row(out_w[i], seed, row, scale, init_kind)
+            _init_kernels.init_row(out_w[i], seed, row, scale, init_kind)
             out_s[i] = initial_state
     return OK
 
@@ -298,4 +298,4 @@ def gather_slots(row_slot, rows, out):
         out[i] = row_slot[rows[i]] if rows[i] >= 0 else -1
 
 
-stamp_with_sources(globals(), _kernels)
+stamp_with_sources(globals(), _kernels, _init_kernels)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from terarec.embedding import _kernels
+from terarec.embedding import _init_kernels
 from terarec.embedding.types import InitConfig, InitType, MemoryEstimate
 
 __all__ = ["NO_ROWS", "RamRowStorage", "RowStorage", "init_arguments", "initialize_rows"]
@@ -81,11 +81,11 @@ class RowStorage(abc.ABC):
 
 
 def init_arguments(init: InitConfig, num_embeddings: int) -> tuple[float, int]:
-    """``(scale, kind)``, the arguments of :func:`~terarec.embedding._kernels.init_row` for ``init``."""
+    """``(scale, kind)``, the arguments of :func:`~terarec.embedding._init_kernels.init_row` for ``init``."""
     kind = {
-        InitType.UNIFORM: _kernels.INIT_UNIFORM,
-        InitType.NORMAL: _kernels.INIT_NORMAL,
-        InitType.ZEROS: _kernels.INIT_ZEROS,
+        InitType.UNIFORM: _init_kernels.INIT_UNIFORM,
+        InitType.NORMAL: _init_kernels.INIT_NORMAL,
+        InitType.ZEROS: _init_kernels.INIT_ZEROS,
     }[init.type]
     return float(init.scale_for(num_embeddings)), kind
 
@@ -96,7 +96,7 @@ def initialize_rows(out: np.ndarray, first_row: int, init: InitConfig, num_embed
     if init.type is InitType.ZEROS:
         out.fill(0.0)
         return
-    kernel = _kernels.init_rows_uniform if init.type is InitType.UNIFORM else _kernels.init_rows_normal
+    kernel = _init_kernels.init_rows_uniform if init.type is InitType.UNIFORM else _init_kernels.init_rows_normal
     scale = float(init.scale_for(num_embeddings))
     for start in range(0, out.shape[0], _INIT_CHUNK_ROWS):
         stop = min(out.shape[0], start + _INIT_CHUNK_ROWS)
@@ -107,7 +107,7 @@ def initialize_rows(out: np.ndarray, first_row: int, init: InitConfig, num_embed
 class RamRowStorage(RowStorage):
     """All rows in RAM, as two NumPy arrays; slot ``r`` holds row ``r``.
 
-    Row ``r`` starts as a pure function of ``(seed, r)`` (see :func:`~terarec.embedding._kernels.init_rows_uniform`),
+    Row ``r`` starts as a pure function of ``(seed, r)`` (see :func:`~terarec.embedding._init_kernels.init_rows_uniform`),
     filled in chunks without per-row Python objects.
 
     Args:
@@ -166,7 +166,7 @@ class RamRowStorage(RowStorage):
         training: bool = True,
     ) -> np.ndarray:
         if new_rows.size:
-            _kernels.init_rows_at(self.weights, self.state, new_rows, new_ids, *self._reset_args)
+            _init_kernels.init_rows_at(self.weights, self.state, new_rows, new_ids, *self._reset_args)
         return unique_rows
 
     def slots_of(self, rows: np.ndarray) -> np.ndarray:

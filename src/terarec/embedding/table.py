@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from terarec.embedding import _kernels
+from terarec.embedding import _dedupe_kernels, _kernels
 from terarec.embedding.row_mapping import HashedRowMapper, RowMapper
 from terarec.embedding.storage import RamRowStorage, RowStorage
 from terarec.embedding.tiered import TieredRowStorage
@@ -160,11 +160,11 @@ class RowTable(EmbeddingTable):
 
     def _dedupe(self, rows: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, ...]:
         if not (self._rows_may_be_missing and rows.size and rows.min() < 0):
-            return _kernels.dedupe(rows, bounds, self.num_embeddings)
+            return _dedupe_kernels.dedupe(rows, bounds, self.num_embeddings)
         # IDs without a row (-1) group under an extra row past the end, dropped afterwards:
         # they are pooled as zeros and never updated.
         keyed = np.where(rows < 0, self.num_embeddings, rows)
-        unique_rows, occurrence_offsets, occurrences, bag_of = _kernels.dedupe(keyed, bounds, self.num_embeddings + 1)
+        unique_rows, occurrence_offsets, occurrences, bag_of = _dedupe_kernels.dedupe(keyed, bounds, self.num_embeddings + 1)
         return unique_rows[:-1], occurrence_offsets[:-1], occurrences, bag_of
 
     def _check_prepared(self, prepared: PreparedIds) -> None:

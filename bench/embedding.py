@@ -215,6 +215,7 @@ def main() -> None:
                                     "optimizer": optimizer, "max_rows": max_rows, "batch_size": args.batch_size,
                                     "threads": threads, "num_batches": 4, **timing}
                             runs.append(run_in_child(__file__, spec))
+                case_rows: dict[str, dict[str, object]] = {}
                 for system, runs in runs_by_system.items():
                     if any(run.get("skipped") for run in runs):
                         continue
@@ -231,6 +232,7 @@ def main() -> None:
                     if row["examples_per_second"]:
                         row["memory_over_table_bytes"] = _memory_ratio(row)
                     results.append(row)
+                    case_rows[system] = row
                     eps = row["examples_per_second"]
                     status = (
                         f"{eps:>12,.0f} ex/s ({eps / bound:5.1%} of bound {bound:,.0f}), "
@@ -238,6 +240,9 @@ def main() -> None:
                         if eps else f"error: {row.get('error')}"
                     )
                     print(f"{workload_name:>8} {distribution:>7} {optimizer:>15} {system:>8}: {status}", flush=True)
+                if "terarec" in case_rows:
+                    for baseline in ("pytorch", "torchrec"):
+                        case_rows["terarec"][f"paired_vs_{baseline}"] = _paired_ratio(case_rows["terarec"], case_rows.get(baseline))
     _print_ratios(results)
     write_json(args.json, {
         "machine": machine_info(),
@@ -286,13 +291,11 @@ def _print_ratios(results: list[dict[str, object]]) -> None:
             "torchrec": eps.get("torchrec"),
             "vs_pytorch": eps["terarec"] / eps["pytorch"] if eps.get("terarec") and eps.get("pytorch") else None,
             "vs_torchrec": eps["terarec"] / eps["torchrec"] if eps.get("terarec") and eps.get("torchrec") else None,
-            "paired_vs_pytorch": _paired_ratio(ours, by_system.get("pytorch")),
-            "paired_vs_torchrec": _paired_ratio(ours, by_system.get("torchrec")),
+            "paired_vs_pytorch": ours.get("paired_vs_pytorch") if ours else None,
+            "paired_vs_torchrec": ours.get("paired_vs_torchrec") if ours else None,
             "memory": ours.get("memory_over_table_bytes") if ours else None,
         }
         table.append(entry)
-        if ours:
-            ours["paired_vs_pytorch"], ours["paired_vs_torchrec"] = entry["paired_vs_pytorch"], entry["paired_vs_torchrec"]
     print()
     print_table(table, [("case", "case", ">32"), ("terarec", "terarec ex/s", ",.0f"), ("pytorch", "pytorch ex/s", ",.0f"),
                         ("torchrec", "torchrec ex/s", ",.0f"), ("vs_pytorch", "x pytorch", ".2f"), ("vs_torchrec", "x torchrec", ".2f"),

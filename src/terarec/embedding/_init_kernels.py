@@ -1,6 +1,7 @@
 """Numba kernels that give a table's rows their initial values: a pure function of
-``(seed, row, column)``, so a row reads the same whether it is made at start-up, on a rank of a
-sharded table, when a dynamic table admits an ID or when a tiered table first loads it.
+``(seed, key, column)``, the key being the row (a dynamic table's: the ID it admits), so a row
+reads the same whether it is made at start-up, on a rank of a sharded table or when a tiered
+table first loads it.
 """
 
 from __future__ import annotations

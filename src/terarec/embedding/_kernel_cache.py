@@ -1,12 +1,12 @@
 """Numba's on-disk kernel cache, made to notice the helpers a kernel compiles in.
 
 Numba keys a cached kernel on its own source file only (a hash of its contents in numba
-0.6x, its modification time and size before). A kernel
-that inlines or calls a jitted helper of another file keeps that helper's code in its cached
-machine code, so after an edit or a ``git pull`` that changes only the helper's file it would
-keep running the old helper. :func:`stamp_with_sources` folds the other files' stamps into
-the key of every cached kernel of a module: any change to their contents recompiles it. Fresh installs
-were never affected (no cache yet); an editable install was.
+0.6x, its modification time and size before). A kernel that inlines or calls a jitted helper
+of another file keeps that helper's code in its cached machine code, so after an edit or a
+``git pull`` that changes only the helper's file it would keep running the old helper.
+:func:`stamp_with_sources` folds a hash of the other files into the key of every cached
+kernel of a module: any change to their contents recompiles it. Fresh installs were never
+affected (no cache yet); an editable install was.
 """
 
 from __future__ import annotations

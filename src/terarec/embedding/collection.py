@@ -205,7 +205,7 @@ class EmbeddingCollection:
         are ignored.
 
         ``parallel=True`` spreads the tables of each fused group over numba's threads (same
-        result; 1.7x faster on the multi-hot benchmark's 219k IDs on 2 cores) for a caller
+        result; 1.4x faster on the multi-hot benchmark's 219k IDs on 2 cores) for a caller
         that prepares, looks up and updates one batch after another on one thread. Leave it
         off on a background thread: its parallel kernel would compete with the lookup and
         update for the same cores, and numba's fallback ``workqueue`` threading layer aborts

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from terarec.embedding import (
+    DataType,
     EmbeddingCollection,
     EmbeddingTableConfig,
     FixedTable,
@@ -27,11 +28,15 @@ FEATURES = ("a", "b", "c", "d")
 ROWS = (1, 7, 300, 5000)  # one table with a single row: every ID collides
 
 
-def _configs(optimizer: OptimizerType, pooling: PoolingType, dim: int = 6) -> list[EmbeddingTableConfig]:
+def _configs(
+    optimizer: OptimizerType, pooling: PoolingType, dim: int = 6, dtype: DataType = DataType.FP32
+) -> list[EmbeddingTableConfig]:
     opt = OptimizerConfig(optimizer, learning_rate=0.05, eps=1e-6)
     init = InitConfig(InitType.NORMAL, 0.1)
     return [
-        EmbeddingTableConfig(f"t_{f}", rows, dim, (f,), pooling=pooling, optimizer=opt, init=init)
+        EmbeddingTableConfig(
+            f"t_{f}", rows, dim, (f,), pooling=pooling, optimizer=opt, init=init, weights_dtype=dtype, state_dtype=dtype
+        )
         for f, rows in zip(FEATURES, ROWS)
     ]
 
@@ -72,10 +77,11 @@ def _train_alone(tables: list[FixedTable], steps: int) -> list[torch.Tensor]:
     return outputs
 
 
+@pytest.mark.parametrize("dtype", list(DataType))
 @pytest.mark.parametrize("pooling", list(PoolingType))
 @pytest.mark.parametrize("optimizer", list(OptimizerType))
-def test_group_is_bit_identical_to_tables_alone(optimizer: OptimizerType, pooling: PoolingType) -> None:
-    configs = _configs(optimizer, pooling)
+def test_group_is_bit_identical_to_tables_alone(optimizer: OptimizerType, pooling: PoolingType, dtype: DataType) -> None:
+    configs = _configs(optimizer, pooling, dtype=dtype)
     ec = EmbeddingCollection(configs, seed=3)
     assert len(ec._groups) == 1 and not ec._alone  # every table in one group
     tables = [FixedTable(c, seed=3) for c in configs]

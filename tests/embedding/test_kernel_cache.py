@@ -59,13 +59,15 @@ def test_unstamped_kernel_runs_the_stale_helper(tmp_path: Path) -> None:
 
 
 def test_terarec_kernels_are_stamped() -> None:
-    from terarec.embedding import _dynamic_kernels, _fused_kernels, _init_kernels, _tiered_kernels
+    from terarec.embedding import _dynamic_kernels, _fused_kernels, _init_kernels, _kernels, _tiered_kernels
 
+    kernels, bf16 = "terarec.embedding._kernels", "terarec.embedding._bf16"
     expected = {
-        _fused_kernels.prepare_group: ["terarec.embedding._kernels", "terarec.embedding._dedupe_kernels"],
-        _tiered_kernels.plan_batch: ["terarec.embedding._kernels", "terarec.embedding._init_kernels"],
-        _init_kernels.init_rows_at: ["terarec.embedding._kernels"],
-        _dynamic_kernels.assign_rows: ["terarec.embedding._kernels"],
+        _kernels.pool_sum: [bf16],
+        _fused_kernels.prepare_group: [kernels, "terarec.embedding._dedupe_kernels", bf16],
+        _tiered_kernels.plan_batch: [kernels, "terarec.embedding._init_kernels", bf16],
+        _init_kernels.init_rows_at: [kernels, bf16],
+        _dynamic_kernels.assign_rows: [kernels, bf16],
     }
     for kernel, sources in expected.items():
         stamp = kernel._cache._cache_file._source_stamp

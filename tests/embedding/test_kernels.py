@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from terarec.embedding import _dedupe_kernels, _init_kernels, _kernels
+from terarec.embedding._bf16 import bf16_to_float32, float32_to_bf16
 from tests.embedding import embedding_reference as ref
 
 ID_KINDS = ["int32", "int64"]
@@ -121,20 +122,24 @@ def test_pool(id_kind: str, mean: bool) -> None:
     assert (out[np.diff(offsets) == 0] == 0).all()
 
 
-@pytest.mark.parametrize("id_kind", ID_KINDS)
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
-@pytest.mark.parametrize("mean", [False, True])
-def test_fused_update(id_kind: str, optimizer: str, mean: bool) -> None:
+def _update_case(id_kind: str, optimizer: str, mean: bool):  # type: ignore[no-untyped-def]
+    """(kernel inputs, expected weights, expected state) of one update by the plain-PyTorch reference."""
     rng, _, offsets, rows = _input(id_kind)
     dim = 6
     width = {"sgd": 0, "adagrad": dim, "rowwise_adagrad": 1, "adam": 2 * dim}[optimizer]
-    weights = rng.standard_normal((50, dim)).astype(np.float32)
-    state = rng.uniform(0.0, 1.0, size=(50, width)).astype(np.float32)
+    # Values a bfloat16 holds exactly, so the bf16 case starts where the fp32 one does.
+    weights = bf16_to_float32(float32_to_bf16(rng.standard_normal((50, dim)).astype(np.float32)))
+    state = bf16_to_float32(float32_to_bf16(rng.uniform(0.0, 1.0, size=(50, width)).astype(np.float32)))
     grad = rng.standard_normal((len(offsets) - 1, dim)).astype(np.float32)
     unique_rows, occurrence_offsets, occurrences, bag_of = _dedupe_kernels.dedupe(rows, offsets, 50)
     ref_rows, g = ref.row_gradients(rows, offsets, grad, mean)
     expected_w, expected_s = ref.update(optimizer, weights, state, ref_rows, g, lr=0.1, step=3)
     args = (weights, state, unique_rows, occurrence_offsets, occurrences, bag_of, grad, offsets, mean)
+    return args, expected_w, expected_s
+
+
+def _run_update(optimizer: str, args: tuple, seed: int = 0) -> None:  # type: ignore[type-arg]
+    args = (*args, np.uint64(seed))
     if optimizer == "sgd":
         _kernels.sgd_update(*args, 0.1)
     elif optimizer == "adagrad":
@@ -144,8 +149,36 @@ def test_fused_update(id_kind: str, optimizer: str, mean: bool) -> None:
     else:
         step_size = 0.1 * np.sqrt(1 - 0.999**3) / (1 - 0.9**3)
         _kernels.adam_update(*args, step_size, 0.9, 0.999, 1e-8)
+
+
+@pytest.mark.parametrize("id_kind", ID_KINDS)
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("mean", [False, True])
+def test_fused_update(id_kind: str, optimizer: str, mean: bool) -> None:
+    args, expected_w, expected_s = _update_case(id_kind, optimizer, mean)
+    _run_update(optimizer, args)
+    weights, state = args[:2]
     np.testing.assert_allclose(state, expected_s, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(weights, expected_w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("mean", [False, True])
+def test_fused_update_bf16(optimizer: str, mean: bool) -> None:
+    """bfloat16 weights and state: the float32 result rounded to one of its two bfloat16
+    neighbours (relative error below 2^-7 = 0.0078), untouched rows bit for bit as they were,
+    and the same bits for the same seed."""
+    args, expected_w, expected_s = _update_case("int64", optimizer, mean)
+    weights, state = float32_to_bf16(args[0]), float32_to_bf16(args[1])
+    again = (weights.copy(), state.copy())
+    _run_update(optimizer, (weights, state, *args[2:]), seed=11)
+    np.testing.assert_allclose(bf16_to_float32(state), expected_s, rtol=2**-7, atol=1e-6)
+    np.testing.assert_allclose(bf16_to_float32(weights), expected_w, rtol=2**-7, atol=1e-3)
+    untouched = np.setdiff1d(np.arange(50), args[2])
+    np.testing.assert_array_equal(weights[untouched], float32_to_bf16(args[0])[untouched])
+    _run_update(optimizer, (*again, *args[2:]), seed=11)
+    np.testing.assert_array_equal(again[0], weights)
+    np.testing.assert_array_equal(again[1], state)
 
 
 def _sequential_sums(rows_of: list[np.ndarray], table: np.ndarray) -> np.ndarray:
@@ -183,6 +216,6 @@ def test_update_sums_gradients_in_position_order() -> None:
     unique_rows, occurrence_offsets, occurrences, bag_of = _dedupe_kernels.dedupe(rows, offsets, 7)
     weights = np.zeros((7, 16), dtype=np.float32)
     _kernels.sgd_update(weights, np.zeros((7, 0), np.float32), unique_rows, occurrence_offsets, occurrences, bag_of,
-                        grad, offsets, False, 1.0)  # fmt: skip
+                        grad, offsets, False, np.uint64(0), 1.0)  # fmt: skip
     bags = [bag_of[occurrences[occurrence_offsets[u] : occurrence_offsets[u + 1]]] for u in range(len(unique_rows))]
     np.testing.assert_array_equal(weights[unique_rows], -_sequential_sums(bags, grad))

@@ -2,7 +2,8 @@
 
 A new kind (sharded, ...) joins by adding its name to ``TABLE_KINDS`` and a branch to
 ``_build``; every test below then runs on it. Tiered kinds get a cache of a few rows, so
-every test also exercises constant eviction and write-back.
+every test also exercises constant eviction and write-back. ``_bf16`` kinds store weights and
+optimizer state in bfloat16; known answers then hold to bfloat16's precision (:func:`_rtol`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from terarec.embedding import (
+    DataType,
     DynamicConfig,
     DynamicTable,
     EmbeddingTable,
@@ -30,7 +32,7 @@ from terarec.embedding import (
     TieredConfig,
 )
 
-TABLE_KINDS = ["fixed", "fixed_tiered", "dynamic", "dynamic_tiered"]
+TABLE_KINDS = ["fixed", "fixed_tiered", "fixed_bf16", "dynamic", "dynamic_tiered", "dynamic_bf16"]
 MakeTable = Callable[..., EmbeddingTable]
 CACHE_ROWS = 120  # of 1000 rows
 
@@ -38,6 +40,8 @@ CACHE_ROWS = 120  # of 1000 rows
 def _build(kind: str, config: EmbeddingTableConfig, seed: int, directory: Path) -> EmbeddingTable:
     if kind.endswith("_tiered"):
         config = replace(config, tiered=TieredConfig(cache_bytes=CACHE_ROWS * config.row_bytes))
+    if kind.endswith("_bf16"):
+        config = replace(config, weights_dtype=DataType.BF16, state_dtype=DataType.BF16)
     if kind.startswith("dynamic"):
         return DynamicTable(replace(config, dynamic=DynamicConfig(sketch_width=1024)), seed, directory)
     if kind.startswith("fixed"):
@@ -54,6 +58,12 @@ def make_table(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 def _config(optimizer: OptimizerType = OptimizerType.ROWWISE_ADAGRAD, **kwargs) -> EmbeddingTableConfig:
     defaults = dict(name="t", num_embeddings=1000, embedding_dim=8, feature_names=("f",))
     return EmbeddingTableConfig(**{**defaults, **kwargs}, optimizer=OptimizerConfig(optimizer, learning_rate=0.1))
+
+
+def _rtol(table: EmbeddingTable) -> float:
+    """Relative tolerance of a value the table computed and stored: float32's, or bfloat16's
+    half step (2^-8) when it stores bfloat16."""
+    return 2**-8 if table.config.weights_dtype is DataType.BF16 else 1.3e-6
 
 
 def _jagged(values: list[int], offsets: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +106,8 @@ def test_sgd_update_known_answer(make_table: MakeTable) -> None:
     grad = torch.tensor([[1.0] * 8, [2.0] * 8])
     table.apply_gradients(values, offsets, grad)
     # row(10) got 1 + 2, row(20) got 2; lr = 0.1
-    torch.testing.assert_close(table.lookup(*_jagged([10, 20], [0, 1, 2])), -0.1 * torch.tensor([[3.0] * 8, [2.0] * 8]))
+    expected = -0.1 * torch.tensor([[3.0] * 8, [2.0] * 8])
+    torch.testing.assert_close(table.lookup(*_jagged([10, 20], [0, 1, 2])), expected, rtol=_rtol(table), atol=1e-5)
 
 
 @pytest.mark.parametrize("optimizer", list(OptimizerType))
@@ -138,8 +149,9 @@ def test_load_refuses_mismatches(make_table: MakeTable, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="optimizer"):
         make_table(_config(OptimizerType.ADAM)).load(tmp_path)
     if (tmp_path / "weights.npy").exists():  # rows held in RAM
+        stored = np.load(tmp_path / "weights.npy").dtype  # float32, or uint16 holding bfloat16
         np.save(tmp_path / "weights.npy", np.zeros((1000, 8), dtype=np.float64))
-        with pytest.raises(ValueError, match="float32"):
+        with pytest.raises(ValueError, match=f"expected a {stored} array"):
             table.load(tmp_path)
         np.save(tmp_path / "weights.npy", np.array([object()]), allow_pickle=True)
         with pytest.raises(ValueError):

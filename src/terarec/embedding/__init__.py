@@ -24,6 +24,7 @@ from terarec.embedding.storage import RamRowStorage, RowStorage
 from terarec.embedding.table import FixedTable, RowTable
 from terarec.embedding.tiered import TieredRowStorage, TieredStats
 from terarec.embedding.types import (
+    DataType,
     DynamicConfig,
     EmbeddingTable,
     EmbeddingTableConfig,
@@ -39,6 +40,7 @@ from terarec.embedding.types import (
 )
 
 __all__ = [
+    "DataType",
     "DynamicConfig",
     "DynamicRowMapper",
     "DynamicTable",

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from terarec.embedding import _kernels
+from terarec.embedding import _bf16, _kernels
 from terarec.embedding._kernel_cache import stamp_with_sources
 from terarec.embedding._kernels import splitmix64
 
@@ -359,4 +359,4 @@ def expire_rows(
     return cursor, freed, free_count
 
 
-stamp_with_sources(globals(), _kernels)
+stamp_with_sources(globals(), _kernels, _bf16)

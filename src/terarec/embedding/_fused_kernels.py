@@ -22,7 +22,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from terarec.embedding import _dedupe_kernels, _kernels
+from terarec.embedding import _bf16, _dedupe_kernels, _kernels
 from terarec.embedding._dedupe_kernels import group_rows
 from terarec.embedding._kernel_cache import stamp_with_sources
 from terarec.embedding._kernels import (
@@ -180,7 +180,7 @@ def group_lookup(weights, rows, value_offsets, offsets, columns, is_mean, out):
 
 # The four group updates share one signature: weights and states (typed lists of ``T``
 # arrays), the chunks, the prepared CSR arrays, grad (B, sum D), columns, offsets, is_mean,
-# then rates (T) (the learning rate, or Adam's bias-corrected step size, per table), eps,
+# seeds (T, each table's rounding seed for this step), then rates (T) (the learning rate, or Adam's bias-corrected step size, per table), eps,
 # beta1, beta2. Each parallel item owns one chunk of one table's distinct rows. One kernel per
 # optimizer: a runtime switch between the row updates inside one kernel ran 2.5x slower.
 
@@ -198,7 +198,7 @@ def _chunk(c, chunk_table, chunk_start, unique_offsets):
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
 def group_sgd_update(
     weights, states, chunk_table, chunk_start, unique_offsets, unique_rows, occurrence_offsets, occurrences,
-    bag_of, grad, columns, offsets, is_mean, rates, eps, beta1, beta2,
+    bag_of, grad, columns, offsets, is_mean, seeds, rates, eps, beta1, beta2,
 ):  # fmt: skip
     """:func:`~terarec.embedding._kernels.sgd_update` of every table of the group."""
     dim = weights[0].shape[1]
@@ -211,13 +211,13 @@ def group_sgd_update(
         for k in range(start, stop):
             _prefetch_update(w, w, unique_rows, k, limit, False)
             _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
-            _sgd_row(w, unique_rows[k], g, rate32)
+            _sgd_row(w, unique_rows[k], unique_rows[k], g, rate32, seeds[t])
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
 def group_adagrad_update(
     weights, states, chunk_table, chunk_start, unique_offsets, unique_rows, occurrence_offsets, occurrences,
-    bag_of, grad, columns, offsets, is_mean, rates, eps, beta1, beta2,
+    bag_of, grad, columns, offsets, is_mean, seeds, rates, eps, beta1, beta2,
 ):  # fmt: skip
     """:func:`~terarec.embedding._kernels.adagrad_update` of every table of the group."""
     dim = weights[0].shape[1]
@@ -231,13 +231,13 @@ def group_adagrad_update(
         for k in range(start, stop):
             _prefetch_update(w, s, unique_rows, k, limit, True)
             _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
-            _adagrad_row(w, s, unique_rows[k], g, rate32, eps32)
+            _adagrad_row(w, s, unique_rows[k], unique_rows[k], g, rate32, eps32, seeds[t])
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
 def group_rowwise_adagrad_update(
     weights, states, chunk_table, chunk_start, unique_offsets, unique_rows, occurrence_offsets, occurrences,
-    bag_of, grad, columns, offsets, is_mean, rates, eps, beta1, beta2,
+    bag_of, grad, columns, offsets, is_mean, seeds, rates, eps, beta1, beta2,
 ):  # fmt: skip
     """:func:`~terarec.embedding._kernels.rowwise_adagrad_update` of every table of the group."""
     dim = weights[0].shape[1]
@@ -251,13 +251,13 @@ def group_rowwise_adagrad_update(
         for k in range(start, stop):
             _prefetch_update(w, s, unique_rows, k, limit, True)
             _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
-            _rowwise_adagrad_row(w, s, unique_rows[k], g, rate32, eps32)
+            _rowwise_adagrad_row(w, s, unique_rows[k], unique_rows[k], g, rate32, eps32, seeds[t])
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
 def group_adam_update(
     weights, states, chunk_table, chunk_start, unique_offsets, unique_rows, occurrence_offsets, occurrences,
-    bag_of, grad, columns, offsets, is_mean, rates, eps, beta1, beta2,
+    bag_of, grad, columns, offsets, is_mean, seeds, rates, eps, beta1, beta2,
 ):  # fmt: skip
     """:func:`~terarec.embedding._kernels.adam_update` of every table of the group."""
     dim = weights[0].shape[1]
@@ -272,7 +272,7 @@ def group_adam_update(
         for k in range(start, stop):
             _prefetch_update(w, s, unique_rows, k, limit, True)
             _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
-            _adam_row(w, s, unique_rows[k], g, rate32, one_m_b1, one_m_b2, eps32)
+            _adam_row(w, s, unique_rows[k], unique_rows[k], g, rate32, one_m_b1, one_m_b2, eps32, seeds[t])
 
 
-stamp_with_sources(globals(), _kernels, _dedupe_kernels)
+stamp_with_sources(globals(), _kernels, _dedupe_kernels, _bf16)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from terarec.embedding import _kernels
+from terarec.embedding import _bf16, _kernels
+from terarec.embedding._bf16 import store_nearest
 from terarec.embedding._kernel_cache import stamp_with_sources
 from terarec.embedding._kernels import splitmix64
 
@@ -82,11 +83,15 @@ def init_row(dst, seed, key, scale, kind):
 @numba.njit(cache=True, nogil=True)
 def init_rows_at(weights, state, slots, keys, seed, scale, kind, initial_state):
     """Resets ``weights[slots[i]]`` to the initial row of ``keys[i]`` and its optimizer state to
-    ``initial_state``. Serial on purpose: it runs on the prepare thread, next to the trainer's
-    parallel kernels."""
+    ``initial_state``, in their stored precision (bfloat16 rounded to nearest). Serial on
+    purpose: it runs on the prepare thread, next to the trainer's parallel kernels."""
+    row = np.empty(weights.shape[1], dtype=np.float32)
     for i in range(slots.shape[0]):
-        init_row(weights[slots[i]], seed, keys[i], scale, kind)
-        state[slots[i]] = np.float32(initial_state)
+        init_row(row, seed, keys[i], scale, kind)
+        for j in range(row.shape[0]):
+            store_nearest(weights, slots[i], j, row[j])
+        for j in range(state.shape[1]):
+            store_nearest(state, slots[i], j, initial_state)
 
 
-stamp_with_sources(globals(), _kernels)
+stamp_with_sources(globals(), _kernels, _bf16)

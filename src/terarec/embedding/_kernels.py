@@ -29,6 +29,10 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from terarec.embedding import _bf16
+from terarec.embedding._bf16 import load_value, store_value
+from terarec.embedding._kernel_cache import stamp_with_sources
+
 __all__ = [
     "adagrad_update",
     "adam_update",
@@ -36,9 +40,11 @@ __all__ = [
     "hash_to_rows",
     "pool_mean",
     "pool_sum",
+    "rounding_key",
     "rowwise_adagrad_update",
     "sgd_update",
     "splitmix64",
+    "step_rounding_seed",
 ]
 
 _FASTMATH = {"contract", "nsz", "nnan", "ninf", "arcp", "afn"}
@@ -61,6 +67,20 @@ def derive_table_seed(seed: int, name: str) -> np.uint64:
     """Stable 64-bit seed of table ``name`` under global ``seed`` (BLAKE2b, not Python's ``hash``)."""
     digest = hashlib.blake2b(f"{int(seed)}\x00{name}".encode(), digest_size=8).digest()
     return np.uint64(int.from_bytes(digest, "little"))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def rounding_key(seed, row):
+    """Stochastic-rounding key of ``row`` in a step whose seed is ``seed``
+    (:func:`step_rounding_seed`); :mod:`~terarec.embedding._bf16` salts it with the column."""
+    return splitmix64(seed + np.uint64(row))
+
+
+def step_rounding_seed(table_seed: np.uint64, step: int, first_row: int = 0) -> np.uint64:
+    """Seed of a table's stochastic rounding at ``step``: a hash of both, plus ``first_row``,
+    so a shard holding rows from ``first_row`` on rounds each row as the whole table would."""
+    mixed = int(splitmix64(np.uint64(table_seed) ^ splitmix64(np.uint64(step))))
+    return np.uint64((mixed + int(first_row)) & 0xFFFF_FFFF_FFFF_FFFF)
 
 
 # The kernels of ``prepare`` (hash, group) are serial on purpose: ``prepare`` runs on a
@@ -136,7 +156,7 @@ def _add_rows(weights, slots, start, stop, dst):
         s = slots[i]
         if s >= 0:
             for j in range(weights.shape[1]):
-                dst[j] += weights[s, j]
+                dst[j] += load_value(weights, s, j)
 
 
 @numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
@@ -158,7 +178,9 @@ def _pool_bag(weights, slots, start, stop, limit, dst, is_mean):
         s0, s1, s2, s3 = slots[i], slots[i + 1], slots[i + 2], slots[i + 3]
         if s0 >= 0 and s1 >= 0 and s2 >= 0 and s3 >= 0:
             for j in range(dim):
-                dst[j] = (((dst[j] + weights[s0, j]) + weights[s1, j]) + weights[s2, j]) + weights[s3, j]
+                w0, w1 = load_value(weights, s0, j), load_value(weights, s1, j)
+                w2, w3 = load_value(weights, s2, j), load_value(weights, s3, j)
+                dst[j] = (((dst[j] + w0) + w1) + w2) + w3
         else:
             _add_rows(weights, slots, i, i + 4, dst)
         i += 4
@@ -263,21 +285,30 @@ def _prefetch_gradients(occurrences, bag_of, grad_pooled, col, dim, first, stop)
         _prefetch_columns(grad_pooled, bag_of[occurrences[p]], col, dim)
 
 
-# One optimizer step of one row ``s`` given its accumulated gradient ``g`` (float32
-# hyper-parameters). Shared by the per-table and the fused updates: same code, same bits.
+# One optimizer step of one row: slot ``s`` (table row ``row``) given its accumulated gradient
+# ``g`` (float32 hyper-parameters). Shared by the per-table and the fused updates: same code,
+# same bits. Weights and state are read and written in their stored precision (float32 or
+# bfloat16, :mod:`~terarec.embedding._bf16`); ``seed`` keys bfloat16's stochastic rounding,
+# the state's key offset by ``D`` so that it draws other noise than the weights.
 
 
 @numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
-def _sgd_row(weights, s, g, lr32):
+def _sgd_row(weights, s, row, g, lr32, seed):
+    key = rounding_key(seed, row)
     for j in range(weights.shape[1]):
-        weights[s, j] -= lr32 * g[j]
+        store_value(weights, s, j, load_value(weights, s, j) - lr32 * g[j], key)
 
 
 @numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
-def _adagrad_row(weights, state, s, g, lr32, eps32):
-    for j in range(weights.shape[1]):
-        state[s, j] += g[j] * g[j]
-        weights[s, j] -= lr32 * (g[j] / (np.sqrt(state[s, j]) + eps32))
+def _adagrad_row(weights, state, s, row, g, lr32, eps32, seed):
+    key = rounding_key(seed, row)
+    dim = weights.shape[1]
+    for j in range(dim):
+        v = load_value(state, s, j) + g[j] * g[j]
+        store_value(state, s, j, v, key + np.uint64(dim))
+        # The stored v, not the exact one: a bfloat16 state must read the same when resumed.
+        v = load_value(state, s, j)
+        store_value(weights, s, j, load_value(weights, s, j) - lr32 * (g[j] / (np.sqrt(v) + eps32)), key)
 
 
 @numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
@@ -303,34 +334,39 @@ def _sum_of_squares(g):
 
 
 @numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
-def _rowwise_adagrad_row(weights, state, s, g, lr32, eps32):
+def _rowwise_adagrad_row(weights, state, s, row, g, lr32, eps32, seed):
+    key = rounding_key(seed, row)
     dim = weights.shape[1]
-    state[s, 0] += _sum_of_squares(g) / np.float32(dim)
-    multiplier = lr32 / (np.sqrt(state[s, 0]) + eps32)
+    store_value(state, s, 0, load_value(state, s, 0) + _sum_of_squares(g) / np.float32(dim), key + np.uint64(dim))
+    multiplier = lr32 / (np.sqrt(load_value(state, s, 0)) + eps32)
     for j in range(dim):
-        weights[s, j] -= multiplier * g[j]
+        store_value(weights, s, j, load_value(weights, s, j) - multiplier * g[j], key)
 
 
 @numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
-def _adam_row(weights, state, s, g, step32, one_m_b1, one_m_b2, eps32):
+def _adam_row(weights, state, s, row, g, step32, one_m_b1, one_m_b2, eps32, seed):
+    key = rounding_key(seed, row)
     dim = weights.shape[1]
     for j in range(dim):
-        m = state[s, j] + (g[j] - state[s, j]) * one_m_b1
-        v = state[s, dim + j] + (g[j] * g[j] - state[s, dim + j]) * one_m_b2
-        state[s, j] = m
-        state[s, dim + j] = v
-        weights[s, j] -= step32 * (m / (np.sqrt(v) + eps32))
+        m = load_value(state, s, j)
+        v = load_value(state, s, dim + j)
+        store_value(state, s, j, m + (g[j] - m) * one_m_b1, key + np.uint64(dim))
+        store_value(state, s, dim + j, v + (g[j] * g[j] - v) * one_m_b2, key + np.uint64(dim))
+        m, v = load_value(state, s, j), load_value(state, s, dim + j)
+        store_value(weights, s, j, load_value(weights, s, j) - step32 * (m / (np.sqrt(v) + eps32)), key)
 
 
 # The four fused updates share one signature prefix:
 #   weights (R, D), state (R, S), slots (U), occurrence_offsets (U + 1), occurrences (N),
-#   bag_of (N), grad_pooled (B, D), offsets (B + 1), is_mean (bool), then hyper-parameters.
+#   bag_of (N), grad_pooled (B, D), offsets (B + 1), is_mean (bool), seed (uint64, the step's
+#   rounding seed: :func:`step_rounding_seed`), then hyper-parameters. A storage that holds
+#   bfloat16 keeps slot ``r`` for row ``r`` (RAM), so the rounding key of a slot is its row's.
 # Each parallel item owns a chunk of unique rows (distinct slots), accumulates each row's
 # gradient into its own buffer and updates that row and its state in place.
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
-def sgd_update(weights, state, slots, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, lr):
+def sgd_update(weights, state, slots, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, seed, lr):
     """``w -= lr * g``."""
     dim = weights.shape[1]
     lr32 = np.float32(lr)
@@ -342,12 +378,12 @@ def sgd_update(weights, state, slots, occurrence_offsets, occurrences, bag_of, g
         for k in range(start, stop):
             _prefetch_update(weights, state, slots, k, u, False)
             _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, 0, offsets, is_mean)
-            _sgd_row(weights, slots[k], g, lr32)
+            _sgd_row(weights, slots[k], slots[k], g, lr32, seed)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
 def adagrad_update(
-    weights, state, slots, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, lr, eps
+    weights, state, slots, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, seed, lr, eps
 ):
     """``s += g^2; w -= lr * g / (sqrt(s) + eps)`` elementwise, ``state`` is ``(R, D)``."""
     dim = weights.shape[1]
@@ -360,12 +396,12 @@ def adagrad_update(
         for k in range(start, stop):
             _prefetch_update(weights, state, slots, k, u, True)
             _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, 0, offsets, is_mean)
-            _adagrad_row(weights, state, slots[k], g, lr32, eps32)
+            _adagrad_row(weights, state, slots[k], slots[k], g, lr32, eps32, seed)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
 def rowwise_adagrad_update(
-    weights, state, slots, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, lr, eps
+    weights, state, slots, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, seed, lr, eps
 ):
     """``s += mean_j(g_j^2); w -= (lr / (sqrt(s) + eps)) * g``, ``state`` is ``(R, 1)`` (FBGEMM)."""
     dim = weights.shape[1]
@@ -378,7 +414,7 @@ def rowwise_adagrad_update(
         for k in range(start, stop):
             _prefetch_update(weights, state, slots, k, u, True)
             _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, 0, offsets, is_mean)
-            _rowwise_adagrad_row(weights, state, slots[k], g, lr32, eps32)
+            _rowwise_adagrad_row(weights, state, slots[k], slots[k], g, lr32, eps32, seed)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
@@ -392,6 +428,7 @@ def adam_update(
     grad_pooled,
     offsets,
     is_mean,
+    seed,
     step_size,
     beta1,
     beta2,
@@ -411,4 +448,7 @@ def adam_update(
         for k in range(start, stop):
             _prefetch_update(weights, state, slots, k, u, True)
             _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, 0, offsets, is_mean)
-            _adam_row(weights, state, slots[k], g, step32, one_m_b1, one_m_b2, eps32)
+            _adam_row(weights, state, slots[k], slots[k], g, step32, one_m_b1, one_m_b2, eps32, seed)
+
+
+stamp_with_sources(globals(), _bf16)

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from terarec.embedding import _fused_kernels
+from terarec.embedding import _fused_kernels, _kernels
 from terarec.embedding.row_mapping import HashedRowMapper
 from terarec.embedding.storage import RamRowStorage
 from terarec.embedding.table import FixedTable
 from terarec.embedding.types import (
+    DataType,
     EmbeddingTable,
     OptimizerConfig,
     OptimizerType,
@@ -38,7 +39,7 @@ _UPDATE = {
     OptimizerType.ADAM: _fused_kernels.group_adam_update,
 }
 
-GroupSignature = tuple[int, PoolingType, OptimizerConfig]
+GroupSignature = tuple[int, PoolingType, OptimizerConfig, DataType, DataType]
 
 
 @dataclass(frozen=True)
@@ -97,11 +98,11 @@ def group_signature(table: EmbeddingTable) -> GroupSignature | None:
     if type(table._storage) is not RamRowStorage or type(table._mapper) is not HashedRowMapper:
         return None
     config = table.config
-    return (config.embedding_dim, config.pooling, config.optimizer)
+    return (config.embedding_dim, config.pooling, config.optimizer, config.weights_dtype, config.state_dtype)
 
 
 class TableGroup:
-    """Fixed tables of one embedding dim, pooling and optimizer config, run as one.
+    """Fixed tables of one embedding dim, pooling, optimizer config and storage dtypes, run as one.
 
     Each phase is one numba call for all ``T`` tables: :meth:`prepare` hashes and
     de-duplicates every table's IDs (serial by default, so it may run on a background thread),
@@ -221,6 +222,7 @@ class TableGroup:
         for table in self.tables:
             table.step += 1
         rates = self._rates
+        seeds = np.array([_kernels.step_rounding_seed(t._table_seed, t.step) for t in self.tables], dtype=np.uint64)
         if opt.type is OptimizerType.ADAM:  # each table's own bias correction, as FixedTable
             lr = float(opt.learning_rate)
             rates = np.array(
@@ -229,12 +231,12 @@ class TableGroup:
         self._update(
             self._weights, self._states, prepared.chunk_table, prepared.chunk_start,
             prepared.unique_offsets, prepared.unique_rows, prepared.occurrence_offsets, prepared.occurrences,
-            prepared.bag_of, grad, self._columns, prepared.offsets, self._is_mean, rates,
+            prepared.bag_of, grad, self._columns, prepared.offsets, self._is_mean, seeds, rates,
             float(opt.eps), float(opt.beta1), float(opt.beta2),
         )  # fmt: skip
 
     def __repr__(self) -> str:
-        dim, pooling, opt = group_signature(self.tables[0])
+        dim, pooling, opt, _, _ = group_signature(self.tables[0])
         return (
             f"TableGroup(tables={[name for name, _ in self.key]}, embedding_dim={dim}, "
             f"pooling={pooling.value}, optimizer={opt.type.value})"

@@ -21,6 +21,7 @@ from terarec.embedding.row_mapping import HashedRowMapper, RowMapper, RowMapping
 from terarec.embedding.storage import RamRowStorage, initialize_rows
 from terarec.embedding.table import RowTable, storage_arguments
 from terarec.embedding.types import (
+    DataType,
     EmbeddingTableConfig,
     MemoryEstimate,
     OptimizerType,
@@ -34,29 +35,29 @@ _CHUNK_ROWS = 1 << 14
 
 def _write_block(path: Path, whole_shape: tuple[int, int], block: np.ndarray, rows: slice, columns: slice, create: bool) -> None:
     """Writes ``block`` into ``[rows, columns]`` of the whole table's ``.npy`` file at ``path``,
-    creating the file (full size, sparse) first if ``create``."""
+    creating the file (full size, sparse, of ``block``'s dtype) first if ``create``."""
     if create:
-        whole = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=whole_shape)
+        whole = np.lib.format.open_memmap(path, mode="w+", dtype=block.dtype, shape=whole_shape)
     else:
         whole = np.lib.format.open_memmap(path, mode="r+")
-        _check_whole(path, whole, whole_shape)
+        _check_whole(path, whole, whole_shape, block.dtype)
     if block.size:
         whole[rows, columns] = block
     whole.flush()
     del whole
 
 
-def _read_block(path: Path, whole_shape: tuple[int, int], rows: slice, columns: slice) -> np.ndarray:
+def _read_block(path: Path, whole_shape: tuple[int, int], rows: slice, columns: slice, dtype: np.dtype) -> np.ndarray:
     if not path.is_file():
         raise ValueError(f"{path}: missing file of table rows")
     whole = np.load(path, mmap_mode="r", allow_pickle=False)
-    _check_whole(path, whole, whole_shape)
+    _check_whole(path, whole, whole_shape, dtype)
     return whole[rows, columns]
 
 
-def _check_whole(path: Path, whole: np.ndarray, shape: tuple[int, int]) -> None:
-    if whole.dtype != np.float32 or whole.shape != shape:
-        raise ValueError(f"{path}: expected a float32 array of shape {shape}, got {whole.dtype} {whole.shape}")
+def _check_whole(path: Path, whole: np.ndarray, shape: tuple[int, int], dtype: np.dtype) -> None:
+    if whole.dtype != dtype or whole.shape != shape:
+        raise ValueError(f"{path}: expected a {np.dtype(dtype)} array of shape {shape}, got {whole.dtype} {whole.shape}")
 
 
 class RowRangeMapper(RowMapper):
@@ -98,8 +99,8 @@ class RowShardStorage(RamRowStorage):
     their rows into them; :meth:`load` reads its range from files of any split.
     """
 
-    def __init__(self, first_row: int, total_rows: int, *args: object, initial_state: float = 0.0) -> None:
-        super().__init__(*args, initial_state=initial_state, first_row=first_row, total_rows=total_rows)  # type: ignore[arg-type]
+    def __init__(self, first_row: int, total_rows: int, *args: object, initial_state: float = 0.0, **dtypes: DataType) -> None:
+        super().__init__(*args, initial_state=initial_state, first_row=first_row, total_rows=total_rows, **dtypes)  # type: ignore[arg-type]
         self.first_row, self.total_rows = first_row, total_rows
 
     def _rows(self) -> slice:
@@ -113,7 +114,10 @@ class RowShardStorage(RamRowStorage):
 
     def load(self, directory: Path) -> None:
         loaded = {
-            name: _read_block(Path(directory) / f"{name}.npy", (self.total_rows, getattr(self, name).shape[1]), self._rows(), slice(None))
+            name: _read_block(
+                Path(directory) / f"{name}.npy", (self.total_rows, getattr(self, name).shape[1]), self._rows(), slice(None),
+                getattr(self, name).dtype,
+            )
             for name in ("weights", "state")
         }
         for name, rows in loaded.items():
@@ -175,7 +179,10 @@ class RowShardTable(_BlockTable):
             )
         self.table, self.first_block = table, first_row == 0
         args, initial_state = storage_arguments(table, seed)
-        storage = RowShardStorage(first_row, table.num_embeddings, num_rows, *args[1:], initial_state=initial_state)
+        storage = RowShardStorage(
+            first_row, table.num_embeddings, num_rows, *args[1:], initial_state=initial_state,
+            weights_dtype=table.weights_dtype, state_dtype=table.state_dtype,
+        )  # fmt: skip
         shard = dataclasses.replace(table, num_embeddings=num_rows, pooling=PoolingType.SUM)
         super().__init__(shard, RowRangeMapper(first_row, num_rows), seed, storage=storage)
 
@@ -196,8 +203,11 @@ class ColumnShardStorage(RamRowStorage):
     ) -> None:
         rows, dim = table.num_embeddings, table.embedding_dim
         table_seed = storage_arguments(table, seed)[0][4]
-        super().__init__(rows, num_columns, state_blocks * num_columns, table.init, table_seed, initial_state)  # type: ignore[arg-type]
-        full = np.empty((min(rows, _CHUNK_ROWS), dim), dtype=np.float32)
+        super().__init__(
+            rows, num_columns, state_blocks * num_columns, table.init, table_seed, initial_state,  # type: ignore[arg-type]
+            weights_dtype=table.weights_dtype, state_dtype=table.state_dtype,
+        )  # fmt: skip
+        full = np.empty((min(rows, _CHUNK_ROWS), dim), dtype=self.weights.dtype)
         for start in range(0, rows, _CHUNK_ROWS):
             stop = min(rows, start + _CHUNK_ROWS)
             initialize_rows(full[: stop - start], start, table.init, rows, table_seed)  # type: ignore[arg-type]
@@ -215,17 +225,17 @@ class ColumnShardStorage(RamRowStorage):
         _write_block(Path(directory) / "weights.npy", (rows, self.dim), self.weights, slice(None), columns, create)
         state_path, state_shape = Path(directory) / "state.npy", (rows, self.state_blocks * self.dim)
         if create:
-            _write_block(state_path, state_shape, np.empty((rows, 0), np.float32), slice(None), slice(0, 0), True)
+            _write_block(state_path, state_shape, np.empty((rows, 0), self.state.dtype), slice(None), slice(0, 0), True)
         for whole, mine in self._state_columns():
             _write_block(state_path, state_shape, self.state[:, mine], slice(None), whole, False)
 
     def load(self, directory: Path) -> None:
         rows = self.weights.shape[0]
         columns = slice(self.first_column, self.first_column + self.weights.shape[1])
-        weights = _read_block(Path(directory) / "weights.npy", (rows, self.dim), slice(None), columns)
+        weights = _read_block(Path(directory) / "weights.npy", (rows, self.dim), slice(None), columns, self.weights.dtype)
         state_shape = (rows, self.state_blocks * self.dim)
         states = [
-            (mine, _read_block(Path(directory) / "state.npy", state_shape, slice(None), whole))
+            (mine, _read_block(Path(directory) / "state.npy", state_shape, slice(None), whole, self.state.dtype))
             for whole, mine in self._state_columns()
         ]
         self.weights[...] = weights

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from terarec.embedding import _init_kernels
-from terarec.embedding.types import InitConfig, InitType, MemoryEstimate
+from terarec.embedding._bf16 import bf16_to_float32, float32_to_bf16
+from terarec.embedding.types import DataType, InitConfig, InitType, MemoryEstimate
 
-__all__ = ["NO_ROWS", "RamRowStorage", "RowStorage", "init_arguments", "initialize_rows"]
+__all__ = ["NO_ROWS", "RamRowStorage", "RowStorage", "as_float32", "encode", "init_arguments", "initialize_rows"]
 
 _INIT_CHUNK_ROWS = 1 << 16
 NO_ROWS = np.empty(0, dtype=np.int64)
@@ -26,8 +27,9 @@ class RowStorage(abc.ABC):
     """Weights and optimizer state of a table's rows, addressed by slot.
 
     Attributes:
-        weights (np.ndarray): ``float32`` rows, :math:`(R_s, D)` (``R_s`` slots).
-        state (np.ndarray): ``float32`` optimizer state, :math:`(R_s, S)`; ``S`` may be 0.
+        weights (np.ndarray): rows, :math:`(R_s, D)` (``R_s`` slots), ``float32`` or bfloat16
+            bits in ``uint16`` (:class:`~terarec.embedding.types.DataType`).
+        state (np.ndarray): optimizer state, :math:`(R_s, S)`; ``S`` may be 0. Same dtypes.
     """
 
     weights: np.ndarray
@@ -90,18 +92,34 @@ def init_arguments(init: InitConfig, num_embeddings: int) -> tuple[float, int]:
     return float(init.scale_for(num_embeddings)), kind
 
 
+def as_float32(array: np.ndarray) -> np.ndarray:
+    """``array`` as ``float32``: itself if it is, decoded from bfloat16 bits (a copy) if ``uint16``."""
+    return array if array.dtype == np.float32 else bf16_to_float32(array)
+
+
+def encode(values: np.ndarray | float, dtype: np.dtype) -> np.ndarray:
+    """``float32`` ``values`` in the storage ``dtype``: as they are, or bfloat16 bits rounded to nearest."""
+    values = np.asarray(values, dtype=np.float32)
+    return values if np.dtype(dtype) == np.float32 else float32_to_bf16(values)
+
+
 def initialize_rows(out: np.ndarray, first_row: int, init: InitConfig, num_embeddings: int, seed: np.uint64) -> None:
-    """Fills ``out`` with rows ``first_row, first_row + 1, ...`` in chunks (counter-based, so
-    any row range gives the same values as the whole table)."""
+    """Fills ``out`` (``float32`` or bfloat16 bits) with rows ``first_row, first_row + 1, ...``
+    in chunks (counter-based, so any row range gives the same values as the whole table)."""
     if init.type is InitType.ZEROS:
-        out.fill(0.0)
+        out.fill(0)  # +0.0 in both encodings
         return
     kernel = _init_kernels.init_rows_uniform if init.type is InitType.UNIFORM else _init_kernels.init_rows_normal
     scale = float(init.scale_for(num_embeddings))
+    staging = None if out.dtype == np.float32 else np.empty((min(out.shape[0], _INIT_CHUNK_ROWS), out.shape[1]), np.float32)
     for start in range(0, out.shape[0], _INIT_CHUNK_ROWS):
         stop = min(out.shape[0], start + _INIT_CHUNK_ROWS)
         rows = np.arange(first_row + start, first_row + stop, dtype=np.int64)
-        kernel(out[start:stop], rows, np.uint64(seed), scale)
+        if staging is None:
+            kernel(out[start:stop], rows, np.uint64(seed), scale)
+        else:
+            kernel(staging[: stop - start], rows, np.uint64(seed), scale)
+            out[start:stop] = encode(staging[: stop - start], out.dtype)
 
 
 class RamRowStorage(RowStorage):
@@ -122,10 +140,13 @@ class RamRowStorage(RowStorage):
             ``first_row ... first_row + R - 1`` of a larger table. Default: ``0``
         total_rows (int, optional): rows of that whole table (initial values depend on it);
             ``None`` means ``R``. Default: ``None``
+        weights_dtype (DataType, optional): storage of the weights. Default: ``DataType.FP32``
+        state_dtype (DataType, optional): storage of the state. Default: ``DataType.FP32``
 
     Attributes:
-        weights (np.ndarray): :math:`(R, D)` ``float32``.
-        state (np.ndarray): :math:`(R, S)` ``float32``.
+        weights (np.ndarray): :math:`(R, D)`, ``float32`` or bfloat16 bits (``uint16``).
+        state (np.ndarray): :math:`(R, S)`, likewise.
+        first_row (int): as given.
 
     Example::
 
@@ -146,6 +167,8 @@ class RamRowStorage(RowStorage):
         initial_state: float = 0.0,
         first_row: int = 0,
         total_rows: int | None = None,
+        weights_dtype: DataType = DataType.FP32,
+        state_dtype: DataType = DataType.FP32,
     ) -> None:
         if num_embeddings < 1 or embedding_dim < 1 or state_width < 0:
             raise ValueError(
@@ -153,9 +176,10 @@ class RamRowStorage(RowStorage):
                 f"got {num_embeddings}, {embedding_dim}, {state_width}"
             )
         seed64 = np.uint64(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
-        self.weights = np.empty((num_embeddings, embedding_dim), dtype=np.float32)
+        self.first_row = int(first_row)
+        self.weights = np.empty((num_embeddings, embedding_dim), dtype=weights_dtype.numpy_dtype)
         initialize_rows(self.weights, first_row, init, total_rows or num_embeddings, seed64)
-        self.state = np.full((num_embeddings, state_width), initial_state, dtype=np.float32)
+        self.state = np.full((num_embeddings, state_width), encode(initial_state, state_dtype.numpy_dtype))
         self._reset_args = (seed64, *init_arguments(init, num_embeddings), np.float32(initial_state))
 
     def resolve(
@@ -173,7 +197,7 @@ class RamRowStorage(RowStorage):
         return rows
 
     def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.weights[rows], self.state[rows]
+        return as_float32(self.weights[rows]), as_float32(self.state[rows])
 
     def memory_estimate(self) -> MemoryEstimate:
         return MemoryEstimate(ram_bytes=int(self.weights.nbytes + self.state.nbytes), disk_bytes=0)
@@ -192,7 +216,10 @@ class RamRowStorage(RowStorage):
 
     def __repr__(self) -> str:
         rows, dim = self.weights.shape
-        return f"RamRowStorage(num_embeddings={rows}, embedding_dim={dim}, state_width={self.state.shape[1]})"
+        return (
+            f"RamRowStorage(num_embeddings={rows}, embedding_dim={dim}, state_width={self.state.shape[1]}, "
+            f"weights_dtype={self.weights.dtype}, state_dtype={self.state.dtype})"
+        )
 
 
 def _load_checked(path: Path, expected: np.ndarray) -> np.ndarray:

@@ -33,6 +33,8 @@ from terarec.embedding.types import (
 __all__ = ["FixedTable", "RowTable", "build_storage", "jagged_arrays", "storage_arguments"]
 
 _FORMAT_VERSION = 1
+# Keys added to the manifest after format 1 was written, with the value they had before.
+_MANIFEST_DEFAULTS = {"weights_dtype": "fp32", "state_dtype": "fp32"}
 
 
 def jagged_arrays(values: torch.Tensor, offsets: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +91,9 @@ def build_storage(config: EmbeddingTableConfig, seed: int, directory: Path | Non
     a file in ``directory``. Row ``r`` starts identically in both."""
     args, initial_state = storage_arguments(config, seed)
     if config.tiered is None:
-        return RamRowStorage(*args, initial_state=initial_state)
+        return RamRowStorage(
+            *args, initial_state=initial_state, weights_dtype=config.weights_dtype, state_dtype=config.state_dtype
+        )
     if directory is None:
         raise ValueError(f"table {config.name!r} is tiered: give a directory for its file on local disk")
     return TieredRowStorage(*args, config.tiered, directory, config.name, initial_state=initial_state)
@@ -118,21 +122,25 @@ class RowTable(EmbeddingTable):
         self.config = config
         self.seed = int(seed)
         self.step = 0
+        self._table_seed = _kernels.derive_table_seed(self.seed, config.name)
         self._mapper = mapper
         self._storage = storage if storage is not None else build_storage(config, self.seed, directory)
 
     @property
     def weights(self) -> np.ndarray:
-        """Read-only view of every row, :math:`(R, D)`; a tiered table copies them from disk."""
+        """Read-only view of every row, :math:`(R, D)` ``float32``; a copy if the table is tiered
+        (read from disk) or stores bfloat16 (decoded)."""
         return self._all_rows()[0]
 
     @property
     def state(self) -> np.ndarray:
-        """Read-only view of every row's optimizer state, :math:`(R, S)` (a copy if tiered)."""
+        """Read-only view of every row's optimizer state, :math:`(R, S)` ``float32`` (a copy if
+        tiered or bfloat16)."""
         return self._all_rows()[1]
 
     def _all_rows(self) -> tuple[np.ndarray, np.ndarray]:
-        if isinstance(self._storage, RamRowStorage):
+        storage = self._storage
+        if isinstance(storage, RamRowStorage) and storage.weights.dtype == storage.state.dtype == np.float32:
             weights, state = self._storage.weights.view(), self._storage.state.view()
         else:
             weights, state = self.read_rows(np.arange(self.num_embeddings, dtype=np.int64))
@@ -200,6 +208,7 @@ class RowTable(EmbeddingTable):
         grad = grad_pooled.detach().numpy()
         self.step += 1
         storage, opt = self._storage, self.config.optimizer
+        first_row = storage.first_row if isinstance(storage, RamRowStorage) else 0
         args = (
             storage.weights,
             storage.state,
@@ -210,6 +219,7 @@ class RowTable(EmbeddingTable):
             grad,
             prepared.offsets,
             self.config.pooling is PoolingType.MEAN,
+            _kernels.step_rounding_seed(self._table_seed, self.step, first_row),
         )
         lr = float(opt.learning_rate)
         if opt.type is OptimizerType.SGD:
@@ -234,6 +244,8 @@ class RowTable(EmbeddingTable):
             "num_embeddings": cfg.num_embeddings,
             "embedding_dim": cfg.embedding_dim,
             "optimizer": cfg.optimizer.type.value,
+            "weights_dtype": cfg.weights_dtype.value,
+            "state_dtype": cfg.state_dtype.value,
         }
 
     def flush(self) -> None:
@@ -271,7 +283,7 @@ class RowTable(EmbeddingTable):
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path}: malformed table manifest ({err!r})") from err
         for key, expected in self._manifest().items():
-            if saved.get(key) != expected:
+            if saved.get(key, _MANIFEST_DEFAULTS.get(key)) != expected:
                 raise ValueError(
                     f"{path}: saved {key}={saved.get(key)!r} does not match table {self.config.name!r} ({expected!r})"
                 )

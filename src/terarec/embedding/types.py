@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "DataType",
     "DynamicConfig",
     "EmbeddingTable",
     "EmbeddingTableConfig",
@@ -44,6 +45,38 @@ class PoolingType(enum.Enum):
 
     SUM = "sum"
     MEAN = "mean"
+
+
+class DataType(enum.Enum):
+    """How a table stores its weights or its optimizer state (TorchRec's ``DataType``).
+
+    ``FP32`` is ``float32``. ``BF16`` is bfloat16: ``float32``'s sign and 8-bit exponent with
+    a 7-bit mantissa, kept as the high half of a ``float32`` in a ``uint16`` (numba has no
+    16-bit float), so it halves the bytes a row takes in RAM, in checkpoints and through the
+    memory bus. The kernels compute in ``float32`` and write ``BF16`` back with stochastic
+    rounding (up with probability equal to the dropped fraction, so small updates are not
+    lost on average), drawn from a counter-based hash of ``(table seed, step, row, column)``:
+    runs stay bit-identical. bfloat16 keeps ``float32``'s range, so Adagrad's sums of squared
+    gradients neither underflow nor overflow as they would in ``float16``.
+
+    Example::
+
+        >>> DataType.BF16.itemsize, DataType("fp32").numpy_dtype
+        (2, dtype('float32'))
+    """
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per stored value."""
+        return 4 if self is DataType.FP32 else 2
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        """The NumPy dtype of the stored array (``uint16`` holding bfloat16 bits for ``BF16``)."""
+        return np.dtype(np.float32) if self is DataType.FP32 else np.dtype(np.uint16)
 
 
 class OptimizerType(enum.Enum):
@@ -256,6 +289,8 @@ class EmbeddingTableConfig:
             Default: ``None``
         tiered (TieredConfig, optional): keep the rows in a file on disk behind a RAM cache;
             ``None`` keeps them all in RAM. Default: ``None``
+        weights_dtype (DataType, optional): storage of the weights. Default: ``DataType.FP32``
+        state_dtype (DataType, optional): storage of the optimizer state. Default: ``DataType.FP32``
 
     Example::
 
@@ -273,6 +308,8 @@ class EmbeddingTableConfig:
     init: InitConfig = field(default_factory=InitConfig)
     dynamic: DynamicConfig | None = None
     tiered: TieredConfig | None = None
+    weights_dtype: DataType = DataType.FP32
+    state_dtype: DataType = DataType.FP32
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -283,11 +320,18 @@ class EmbeddingTableConfig:
             raise ValueError(f"table {self.name!r}: embedding_dim must be >= 1, got {self.embedding_dim}")
         if not self.feature_names:
             raise ValueError(f"table {self.name!r}: feature_names must name at least one feature")
+        for key in ("weights_dtype", "state_dtype"):
+            if not isinstance(getattr(self, key), DataType):
+                raise ValueError(f"table {self.name!r}: {key} must be a DataType, got {getattr(self, key)!r}")
+        if self.tiered is not None and DataType.BF16 in (self.weights_dtype, self.state_dtype):
+            # The tiered file holds float32 records; a bf16 record layout is not built.
+            raise ValueError(f"table {self.name!r}: a tiered table stores fp32 rows; set weights_dtype and state_dtype to fp32")
 
     @property
     def row_bytes(self) -> int:
-        """Bytes of one row: float32 weights and optimizer state."""
-        return 4 * (self.embedding_dim + self.optimizer.state_width(self.embedding_dim))
+        """Bytes of one row: weights and optimizer state, each at its :class:`DataType`."""
+        state = self.optimizer.state_width(self.embedding_dim)
+        return self.weights_dtype.itemsize * self.embedding_dim + self.state_dtype.itemsize * state
 
     def memory_estimate(self) -> MemoryEstimate:
         """Bytes this table will hold once allocated, per tier.

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from terarec.embedding import format_bytes
+from terarec.embedding import DataType, format_bytes
 from terarec.errors import PlanError
 from terarec.sharding.estimators import ShardEstimator
 from terarec.sharding.types import (
@@ -133,12 +133,16 @@ def enumerate_options(
     """
     topo = estimator.topology
     configured_ssd = table.config.tiered is not None
+    # Tiered files hold float32 rows: a bfloat16 table stays in RAM.
+    ram_only = DataType.BF16 in (table.config.weights_dtype, table.config.state_dtype)
     if override is not None and override.tier is not None:
+        if ram_only and override.tier is Tier.SSD:
+            raise ValueError(f"table {table.config.name!r} stores bf16, which SSD shards do not hold; pin it to RAM")
         tiers: tuple[Tier, ...] = (override.tier,)
     elif configured_ssd:
         tiers = (Tier.SSD,)
     else:
-        tiers = (Tier.RAM, Tier.SSD) if capacity.ssd_bytes > 0 else (Tier.RAM,)
+        tiers = (Tier.RAM, Tier.SSD) if capacity.ssd_bytes > 0 and not ram_only else (Tier.RAM,)
     forced = override is not None and override.sharding_type is not None
     if forced:
         kinds = [override.sharding_type]  # type: ignore[union-attr]

@@ -4,17 +4,17 @@ Per step, with ``B`` examples per rank, ``W`` ranks, ``G = B * W``, a table of `
 width ``D``, ``S`` optimizer-state floats per row, ``L`` IDs and ``F`` features per example,
 and ``p`` bytes per communicated value (:class:`~terarec.sharding.types.CommPrecision`):
 
-- **memory**: a shard of ``r`` rows and ``d`` columns holds ``r * (d + S(d)) * 4`` bytes of
-  weights and state, as its :meth:`~terarec.embedding.EmbeddingTableConfig.memory_estimate`
+- **memory**: a shard of ``r`` rows and ``d`` columns holds ``r * (d a + S(d) s)`` bytes of
+  weights and state (``a``, ``s``: 4 bytes per value in fp32, 2 in bf16), as its :meth:`~terarec.embedding.EmbeddingTableConfig.memory_estimate`
   says (which also counts ID maps of dynamic tables). In RAM that is all RAM; on SSD it is
   all SSD, and RAM holds a cache of the hottest rows.
 - **lookups**: ``N = G * L`` IDs reach the table; a shard of a fraction ``f`` of the rows
   (rows are hashed, so hot IDs spread evenly) sees ``n = f * N`` of them and ``u = f * U``
   distinct rows, ``U`` the expected distinct rows among ``N`` draws of a bounded Zipf law
-  (:func:`expected_unique`). It moves ``4 * (2 n d + 2 u (d + S))`` bytes of RAM: gather
-  and pool forward, scatter gradients backward, read and write the touched rows and state.
-  Data-parallel replicas gather their own ``B * L`` IDs and update every row (the all-reduced
-  gradient is dense): ``4 * (2 B L D + 2 R (D + S))``.
+  (:func:`expected_unique`). It moves ``n d (a + 4) + 2 u (d a + S s)`` bytes of RAM: gather
+  and pool forward, read each ID's float32 gradient backward, read and write the touched rows
+  and state. Data-parallel replicas gather their own ``B * L`` IDs and update every row (the
+  all-reduced gradient is dense): ``B L D (a + 4) + 2 R (D a + S s)``.
 - **SSD**: rows missing from an SSD shard's cache (the ``c`` hottest rows, an ideal LFU) are
   read and later written back, ``2 * m * max(row bytes, block)`` bytes, ``m`` the expected
   distinct missed rows.
@@ -213,8 +213,8 @@ class ShardEstimator:
 
     @staticmethod
     def row_bytes(table: TableWorkload, embedding_dim: int) -> int:
-        """Bytes of one row of weights and optimizer state at width ``embedding_dim``."""
-        return (embedding_dim + table.config.optimizer.state_width(embedding_dim)) * _FLOAT_BYTES
+        """Bytes of one row of weights and optimizer state at width ``embedding_dim``, each in its stored precision."""
+        return _shard_config(table.config, 1, embedding_dim).row_bytes
 
     def storage(
         self, table: TableWorkload, num_rows: int, embedding_dim: int, tier: Tier, cache_bytes: int = 0
@@ -283,17 +283,19 @@ class ShardEstimator:
         """
         topo = self.topology
         rows_total, ids_per_example = table.config.num_embeddings, table.ids_per_example
-        state = table.config.optimizer.state_width(embedding_dim)
+        row_bytes = self.row_bytes(table, embedding_dim)
+        # Per ID: its weights read by the lookup, its float32 gradient read by the update.
+        id_bytes = embedding_dim * (table.config.weights_dtype.itemsize + _FLOAT_BYTES)
         if sharding_type is ShardingType.DATA_PARALLEL:
             ids = self.batch_size * ids_per_example
             unique = expected_unique(self.global_batch_size * ids_per_example, rows_total, table.zipf_exponent)
-            memory = _FLOAT_BYTES * (2 * ids * embedding_dim + 2 * rows_total * (embedding_dim + state))
+            memory = ids * id_bytes + 2 * rows_total * row_bytes
             return ShardCost(ids, unique, 0.0, memory, 0.0, memory / topo.memory_bandwidth, 0.0)
         share = num_rows / rows_total
         all_ids = self.global_batch_size * ids_per_example
         ids = all_ids * share
         unique = expected_unique(all_ids, rows_total, table.zipf_exponent) * share
-        memory = _FLOAT_BYTES * (2 * ids * embedding_dim + 2 * unique * (embedding_dim + state))
+        memory = ids * id_bytes + 2 * unique * row_bytes
         missed = ssd = 0.0
         if tier is Tier.SSD:
             cached = self.cache_rows(table, num_rows, embedding_dim, cache_bytes)

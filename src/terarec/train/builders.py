@@ -69,6 +69,8 @@ def build_table_configs(
                 init=spec.init or config.init,
                 dynamic=spec.dynamic,
                 tiered=spec.tiered,
+                weights_dtype=spec.weights_dtype or config.weights_dtype,
+                state_dtype=spec.state_dtype or config.state_dtype,
             )
         )
     for feature in sparse_features:
@@ -85,6 +87,8 @@ def build_table_configs(
                 init=config.init,
                 dynamic=config.dynamic,
                 tiered=config.tiered,
+                weights_dtype=config.weights_dtype,
+                state_dtype=config.state_dtype,
             )
         )
     return tables

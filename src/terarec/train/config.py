@@ -20,6 +20,7 @@ import yaml
 from terarec._dataclass_codec import from_mapping, to_mapping, with_override
 from terarec.data import DataConfig
 from terarec.embedding import (
+    DataType,
     DynamicConfig,
     InitConfig,
     OptimizerConfig,
@@ -44,7 +45,8 @@ class DenseOptimizerType(enum.Enum):
 
 class DensePrecision(enum.Enum):
     """Arithmetic of the dense network. ``BF16`` runs it under ``torch.autocast`` in bfloat16
-    (weights, optimizer and embedding tables stay float32)."""
+    (its weights and optimizer stay float32; embedding tables store what
+    ``embedding.weights_dtype`` and ``embedding.state_dtype`` say)."""
 
     FP32 = "fp32"
     BF16 = "bf16"
@@ -65,6 +67,8 @@ class TableSpec:
         dynamic (DynamicConfig, optional): a collisionless table with admission and eviction;
             ``num_embeddings`` is then its capacity. Default: ``None``
         tiered (TieredConfig, optional): rows on disk behind a RAM cache. Default: ``None``
+        weights_dtype (DataType, optional): storage of the weights. Default: ``None``
+        state_dtype (DataType, optional): storage of the optimizer state. Default: ``None``
     """
 
     name: str
@@ -76,6 +80,8 @@ class TableSpec:
     init: InitConfig | None = None
     dynamic: DynamicConfig | None = None
     tiered: TieredConfig | None = None
+    weights_dtype: DataType | None = None
+    state_dtype: DataType | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,11 @@ class EmbeddingConfig:
             with admission and eviction (``embedding.dynamic.min_count=2``). Default: ``None``
         tiered (TieredConfig, optional): keep every table not in ``tables`` on disk behind a RAM
             cache of ``cache_bytes`` each (``embedding.tiered.cache_bytes=2e9``). Default: ``None``
+        weights_dtype (DataType, optional): storage of every table's weights: ``fp32``, or
+            ``bf16`` for half the bytes with stochastic rounding (``embedding.weights_dtype=bf16``).
+            Default: ``DataType.FP32``
+        state_dtype (DataType, optional): storage of the optimizer state, likewise.
+            Default: ``DataType.FP32``
         tables (tuple[TableSpec, ...], optional): explicit tables. Default: ``()``
     """
 
@@ -112,6 +123,8 @@ class EmbeddingConfig:
     init: InitConfig = field(default_factory=InitConfig)
     dynamic: DynamicConfig | None = None
     tiered: TieredConfig | None = None
+    weights_dtype: DataType = DataType.FP32
+    state_dtype: DataType = DataType.FP32
     tables: tuple[TableSpec, ...] = ()
 
     def __post_init__(self) -> None:

@@ -107,16 +107,17 @@ def _tbe_modules(model: torch.nn.Module) -> list:
 
 
 def make_torchrec_step(
-    workload: Workload, optimizer: str, learning_rate: float, batch_size: int, eps: float = 1e-8
+    workload: Workload, optimizer: str, learning_rate: float, batch_size: int, eps: float = 1e-8, fp16_weights: bool = False
 ) -> Callable[[BenchBatch], None]:
     """One training step of the embedding layer alone: KJT build + lookup + backward (+ fused update).
 
-    ``batch_size`` only documents the expected batch; TBE handles any size. The returned
-    callable carries ``.model`` (the ``DistributedModelParallel``) and ``.workload``.
+    ``batch_size`` only documents the expected batch; TBE handles any size. ``fp16_weights``
+    stores the weights in fp16 (TorchRec's ``DataType.FP16``; the optimizer state stays fp32).
+    The returned callable carries ``.model`` (the ``DistributedModelParallel``) and ``.workload``.
     """
     if not TORCHREC_AVAILABLE:
         raise RuntimeError(f"TorchRec is not available: {TORCHREC_UNAVAILABLE_REASON}")
-    from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+    from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, PoolingType
     from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
     optimizer_class, optimizer_kwargs, expected_type = _optimizer_spec(optimizer, learning_rate, eps)
@@ -126,6 +127,7 @@ def make_torchrec_step(
         EmbeddingBagConfig(
             name=name, feature_names=[name], num_embeddings=rows,
             embedding_dim=workload.embedding_dim, pooling=PoolingType.SUM,
+            data_type=DataType.FP16 if fp16_weights else DataType.FP32,
         )
         for name, rows in zip(names, workload.num_embeddings)
     ]
@@ -154,6 +156,8 @@ def make_torchrec_step(
             raise RuntimeError(f"TBE runs {tbe.optimizer}, expected {expected_type}")
         if tbe.use_cpu is not True:
             raise RuntimeError("TBE is not on CPU")
+        if (tbe.weights_precision.name == "FP16") != fp16_weights:
+            raise RuntimeError(f"TBE stores {tbe.weights_precision.name} weights, expected {'FP16' if fp16_weights else 'FP32'}")
 
     def step(batch: BenchBatch) -> None:
         values = torch.cat([batch.features[name][0] for name in names])

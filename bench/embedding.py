@@ -10,6 +10,11 @@ weights and optimizer state each example reads and writes, the bandwidth bound i
 
 TorchRec is optional: install it with ``bash bench/install_torchrec.sh``; without it the
 script says so and measures the rest.
+
+Half-precision storage is measured when asked for: ``--systems terarec,terarec_bf16,torchrec,torchrec_fp16``
+adds terarec with bfloat16 weights and state (stochastic rounding) and TorchRec with fp16
+weights (its CPU TBE has no bf16; its optimizer state stays fp32). Each system's bound and
+table bytes use its own bytes per value.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ from _workloads import BenchBatch, Workload, make_batches, make_workload, unique
 
 OPTIMIZERS = ("adagrad", "rowwise_adagrad", "sgd")
 SYSTEMS = ("terarec", "pytorch", "torchrec")
+HALF_SYSTEMS = ("terarec_bf16", "torchrec_fp16")
+# Bytes per stored (weight, optimizer state) value of each system.
+_VALUE_BYTES = {"terarec_bf16": (2, 2), "torchrec_fp16": (2, 4)}
 LEARNING_RATE = 0.01
 _STATE_FLOATS = {"sgd": lambda d: 0, "rowwise_adagrad": lambda d: 1, "adagrad": lambda d: d}
 
@@ -65,27 +73,32 @@ def memory_bandwidth_gb_s(megabytes: int = 512, repeat: int = 5) -> dict[str, fl
     return {"copy": 2 * a.nbytes / copy_s / 1e9, "triad": 3 * a.nbytes / triad_s / 1e9}
 
 
-def bytes_per_example(workload: Workload, optimizer: str, unique_per_example: float) -> float:
-    """Weights read by the lookup, plus each touched row's weights and state read and written once."""
-    dim = workload.embedding_dim
-    lookup = workload.ids_per_example * dim * 4
-    update = unique_per_example * 2 * (dim + _STATE_FLOATS[optimizer](dim)) * 4
-    return lookup + update
+def _row_bytes(workload: Workload, optimizer: str, system: str) -> int:
+    weight_bytes, state_bytes = _VALUE_BYTES.get(system, (4, 4))
+    return workload.embedding_dim * weight_bytes + _STATE_FLOATS[optimizer](workload.embedding_dim) * state_bytes
 
 
-def table_bytes(workload: Workload, optimizer: str) -> int:
-    """Bytes of float32 weights plus optimizer state of every table: what peak RSS is compared with."""
-    dim = workload.embedding_dim
-    return sum(workload.num_embeddings) * (dim + _STATE_FLOATS[optimizer](dim)) * 4
+def bytes_per_example(workload: Workload, optimizer: str, unique_per_example: float, system: str = "terarec") -> float:
+    """Weights read by the lookup, plus each touched row's weights and state read and written
+    once, at ``system``'s bytes per value."""
+    lookup = workload.ids_per_example * workload.embedding_dim * _VALUE_BYTES.get(system, (4, 4))[0]
+    return lookup + unique_per_example * 2 * _row_bytes(workload, optimizer, system)
 
 
-def _terarec_step(workload: Workload, optimizer: str):
+def table_bytes(workload: Workload, optimizer: str, system: str = "terarec") -> int:
+    """Bytes of weights plus optimizer state of every table as ``system`` stores them: what
+    peak RSS is compared with."""
+    return sum(workload.num_embeddings) * _row_bytes(workload, optimizer, system)
+
+
+def _terarec_step(workload: Workload, optimizer: str, dtype: str = "fp32"):
     from terarec import JaggedTensor
-    from terarec.embedding import EmbeddingCollection, EmbeddingTableConfig, OptimizerConfig, OptimizerType
+    from terarec.embedding import DataType, EmbeddingCollection, EmbeddingTableConfig, OptimizerConfig, OptimizerType
 
     configs = [
         EmbeddingTableConfig(
-            name, rows, workload.embedding_dim, (name,), optimizer=OptimizerConfig(OptimizerType(optimizer), LEARNING_RATE)
+            name, rows, workload.embedding_dim, (name,), optimizer=OptimizerConfig(OptimizerType(optimizer), LEARNING_RATE),
+            weights_dtype=DataType(dtype), state_dtype=DataType(dtype),
         )
         for name, rows in zip(workload.feature_names, workload.num_embeddings)
     ]
@@ -118,18 +131,20 @@ def _pytorch_step(workload: Workload, optimizer: str):
     return step
 
 
-def _torchrec_step(workload: Workload, optimizer: str, batch_size: int):
+def _torchrec_step(workload: Workload, optimizer: str, batch_size: int, fp16: bool = False):
     from _torchrec import TORCHREC_AVAILABLE, make_torchrec_step
 
-    return make_torchrec_step(workload, optimizer, LEARNING_RATE, batch_size) if TORCHREC_AVAILABLE else None
+    if not TORCHREC_AVAILABLE:
+        return None
+    return make_torchrec_step(workload, optimizer, LEARNING_RATE, batch_size, fp16_weights=fp16)
 
 
 def _make_step(system: str, workload: Workload, optimizer: str, batch_size: int):
-    if system == "terarec":
-        return _terarec_step(workload, optimizer)
+    if system.startswith("terarec"):
+        return _terarec_step(workload, optimizer, "bf16" if system == "terarec_bf16" else "fp32")
     if system == "pytorch":
         return _pytorch_step(workload, optimizer)
-    return _torchrec_step(workload, optimizer, batch_size)
+    return _torchrec_step(workload, optimizer, batch_size, fp16=system == "torchrec_fp16")
 
 
 def run_child(spec: dict[str, object]) -> dict[str, object]:
@@ -174,7 +189,7 @@ def main() -> None:
     parser.add_argument("--workloads", default="multihot,onehot")
     parser.add_argument("--distributions", default="zipf,uniform")
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"of {', '.join(SYSTEMS + HALF_SYSTEMS)}")
     parser.add_argument("--processes", type=int, help="child processes per case, median taken (default 3; 1 with --quick)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -195,7 +210,10 @@ def main() -> None:
     print(f"memory bandwidth: copy {bandwidth['copy']:.1f} GB/s, triad {bandwidth['triad']:.1f} GB/s; {threads} threads")
     if not TORCHREC_AVAILABLE:
         print(f"torchrec: not installed ({TORCHREC_UNAVAILABLE_REASON}); run bash bench/install_torchrec.sh")
-    systems = [s for s in args.systems.split(",") if s != "torchrec" or TORCHREC_AVAILABLE]
+    systems = [s for s in args.systems.split(",") if not s.startswith("torchrec") or TORCHREC_AVAILABLE]
+    unknown = set(systems) - set(SYSTEMS + HALF_SYSTEMS)
+    if unknown:
+        parser.error(f"--systems: unknown {', '.join(sorted(unknown))}; choose from {', '.join(SYSTEMS + HALF_SYSTEMS)}")
     results = []
     for workload_name in args.workloads.split(","):
         workload = make_workload(workload_name, max_rows)
@@ -203,7 +221,6 @@ def main() -> None:
             sample = make_batches(workload, distribution, args.batch_size, 2, seed=0)
             unique = unique_rows_per_example(workload, sample)
             for optimizer in args.optimizers.split(","):
-                bound = best_bandwidth * 1e9 / bytes_per_example(workload, optimizer, unique)
                 # Processes of the systems alternate: the VM's speed drifts by up to 2x over
                 # seconds to minutes (other tenants of the host), and alternating lets every
                 # system meet the same spells; the paired ratios below compare neighbours.
@@ -220,12 +237,13 @@ def main() -> None:
                     if any(run.get("skipped") for run in runs):
                         continue
                     measured = _median_run(runs)
+                    bound = best_bandwidth * 1e9 / bytes_per_example(workload, optimizer, unique, system)
                     row = {"system": system, "workload": workload_name, "distribution": distribution,
                            "optimizer": optimizer, "examples_per_second": measured.get("examples_per_second"),
                            "bound_examples_per_second": bound, "peak_rss_bytes": measured.get("peak_rss_bytes"),
                            "baseline_rss_bytes": measured.get("baseline_rss_bytes"),
                            "code_rss_bytes": measured.get("code_rss_bytes"),
-                           "unique_rows_per_example": unique, "table_bytes": table_bytes(workload, optimizer),
+                           "unique_rows_per_example": unique, "table_bytes": table_bytes(workload, optimizer, system),
                            "process_examples_per_second": [run.get("examples_per_second") for run in runs],
                            "process_huge_page_bytes": [run.get("huge_page_bytes") for run in runs],
                            **{k: v for k, v in measured.items() if k == "error"}}
@@ -239,10 +257,11 @@ def main() -> None:
                         f"memory {row['memory_over_table_bytes']:.2f}x table bytes"
                         if eps else f"error: {row.get('error')}"
                     )
-                    print(f"{workload_name:>8} {distribution:>7} {optimizer:>15} {system:>8}: {status}", flush=True)
-                if "terarec" in case_rows:
-                    for baseline in ("pytorch", "torchrec"):
-                        case_rows["terarec"][f"paired_vs_{baseline}"] = _paired_ratio(case_rows["terarec"], case_rows.get(baseline))
+                    print(f"{workload_name:>8} {distribution:>7} {optimizer:>15} {system:>13}: {status}", flush=True)
+                for ours in ("terarec", "terarec_bf16"):
+                    for other in case_rows:
+                        if ours in case_rows and other != ours:
+                            case_rows[ours][f"paired_vs_{other}"] = _paired_ratio(case_rows[ours], case_rows[other])
     _print_ratios(results)
     write_json(args.json, {
         "machine": machine_info(),
@@ -301,6 +320,15 @@ def _print_ratios(results: list[dict[str, object]]) -> None:
                         ("torchrec", "torchrec ex/s", ",.0f"), ("vs_pytorch", "x pytorch", ".2f"), ("vs_torchrec", "x torchrec", ".2f"),
                         ("paired_vs_pytorch", "paired x pytorch", ".2f"), ("paired_vs_torchrec", "paired x torchrec", ".2f"),
                         ("memory", "terarec memory / table bytes", ".2f")])
+    half = [row for row in results if row["system"] == "terarec_bf16" and row["examples_per_second"]]
+    if half:
+        print()
+        print_table(
+            [{"case": f"{r['workload']}/{r['distribution']}/{r['optimizer']}", **r} for r in half],
+            [("case", "case", ">32"), ("examples_per_second", "terarec bf16 ex/s", ",.0f"),
+             ("paired_vs_terarec", "paired x terarec fp32", ".2f"), ("paired_vs_torchrec", "paired x torchrec", ".2f"),
+             ("paired_vs_torchrec_fp16", "paired x torchrec fp16", ".2f"), ("memory_over_table_bytes", "memory / bf16 table bytes", ".2f")],
+        )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@ from pathlib import Path
 import pytest
 
 from terarec.data import BadRowPolicy, DataFormat
-from terarec.embedding import OptimizerType
+from terarec.embedding import DataType, OptimizerType
 from terarec.errors import ConfigError
 from terarec.train import Config, load_config
+from terarec.train.builders import build_table_configs
 
 
 def test_defaults_train_on_synthetic_data() -> None:
@@ -27,6 +28,17 @@ def test_yaml_then_overrides(tmp_path: Path) -> None:
     assert config.data.on_bad_row is BadRowPolicy.SKIP
     assert config.embedding.optimizer.type is OptimizerType.ADAM
     assert config.train.batch_size == 512
+
+
+def test_table_storage_dtypes_reach_every_table(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("embedding:\n  tables: [{name: shared, feature_names: [C1, C2], state_dtype: bf16, weights_dtype: fp32}]\n")
+    config = load_config(path, [("embedding.weights_dtype", "bf16")])
+    tables = {t.name: t for t in build_table_configs(config.embedding, ["C1", "C2", "C3"], {"C1": 10, "C2": 10, "C3": 10})}
+    assert (tables["shared"].weights_dtype, tables["shared"].state_dtype) == (DataType.FP32, DataType.BF16)
+    assert (tables["C3"].weights_dtype, tables["C3"].state_dtype) == (DataType.BF16, DataType.FP32)
+    with pytest.raises(ConfigError, match="embedding.state_dtype: expected one of fp32, bf16"):
+        load_config(overrides=[("embedding.state_dtype", "fp8")])
 
 
 def test_round_trip_through_plain_mapping() -> None:

@@ -23,6 +23,7 @@ from terarec.embedding import (
 )
 from terarec.embedding._bf16 import bf16_to_float32, float32_to_bf16
 from terarec.embedding.shards import RowShardTable
+from terarec.errors import ConfigError
 from terarec.sharding import ShardingOverride, ShardingPlanner, ShardingType, Tier, Topology
 from terarec.sharding.types import TableWorkload
 
@@ -133,5 +134,5 @@ def test_bf16_tables_stay_in_ram() -> None:
         Topology(1, ram_per_rank=1 << 30, ssd_per_rank=1 << 34), batch_size=64,
         overrides=[ShardingOverride("t", ShardingType.TABLE_WISE, Tier.SSD)],
     )  # fmt: skip
-    with pytest.raises(ValueError, match="bf16"):
+    with pytest.raises(ConfigError, match="stores bf16 and tiered files hold fp32 rows"):
         pinned.plan([table])

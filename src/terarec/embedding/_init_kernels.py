@@ -31,18 +31,23 @@ def _row_key(seed, row):
     return splitmix64(np.uint64(seed) ^ splitmix64(np.uint64(row)))
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _uniform_row(dst, key, scale):
-    for j in range(dst.shape[0]):
-        dst[j] = np.float32(scale * (2.0 * _unit_uniform(key, 2 * j) - 1.0))
+# Rows are written in the array's stored precision (store_nearest: float32 as is, bfloat16
+# rounded to nearest), straight from the float64 draw, so a bfloat16 table needs no float32
+# staging copy of its rows.
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _normal_row(dst, key, scale):
-    for j in range(dst.shape[0]):
+def _uniform_row(out, i, key, scale):
+    for j in range(out.shape[1]):
+        store_nearest(out, i, j, np.float32(scale * (2.0 * _unit_uniform(key, 2 * j) - 1.0)))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _normal_row(out, i, key, scale):
+    for j in range(out.shape[1]):
         u1 = 1.0 - _unit_uniform(key, 2 * j)  # in (0, 1]: log is finite
         u2 = _unit_uniform(key, 2 * j + 1)
-        dst[j] = np.float32(scale * np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2))
+        store_nearest(out, i, j, np.float32(scale * np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)))
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -53,7 +58,7 @@ def init_rows_uniform(out, rows, seed, scale):
     over ``2^53``, so element ``(r, j)`` depends only on ``(seed, r, j)``.
     """
     for i in numba.prange(rows.shape[0]):
-        _uniform_row(out[i], _row_key(seed, rows[i]), scale)
+        _uniform_row(out, i, _row_key(seed, rows[i]), scale)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -62,34 +67,32 @@ def init_rows_normal(out, rows, seed, scale):
     ``u1 = U(seed, rows[i], 2 j)`` and ``u2 = U(seed, rows[i], 2 j + 1)`` as in :func:`init_rows_uniform`.
     """
     for i in numba.prange(rows.shape[0]):
-        _normal_row(out[i], _row_key(seed, rows[i]), scale)
+        _normal_row(out, i, _row_key(seed, rows[i]), scale)
 
 
 INIT_UNIFORM, INIT_NORMAL, INIT_ZEROS = 0, 1, 2
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def init_row(dst, seed, key, scale, kind):
-    """One row as :func:`init_rows_uniform` / :func:`init_rows_normal` would make row ``key``
-    (``kind``: ``INIT_UNIFORM``, ``INIT_NORMAL`` or ``INIT_ZEROS``)."""
+def init_row(out, i, seed, key, scale, kind):
+    """Row ``i`` of ``out`` as :func:`init_rows_uniform` / :func:`init_rows_normal` would make
+    row ``key`` (``kind``: ``INIT_UNIFORM``, ``INIT_NORMAL`` or ``INIT_ZEROS``)."""
     if kind == INIT_UNIFORM:
-        _uniform_row(dst, _row_key(seed, key), scale)
+        _uniform_row(out, i, _row_key(seed, key), scale)
     elif kind == INIT_NORMAL:
-        _normal_row(dst, _row_key(seed, key), scale)
+        _normal_row(out, i, _row_key(seed, key), scale)
     else:
-        dst[:] = np.float32(0.0)
+        for j in range(out.shape[1]):
+            store_nearest(out, i, j, np.float32(0.0))
 
 
 @numba.njit(cache=True, nogil=True)
 def init_rows_at(weights, state, slots, keys, seed, scale, kind, initial_state):
     """Resets ``weights[slots[i]]`` to the initial row of ``keys[i]`` and its optimizer state to
-    ``initial_state``, in their stored precision (bfloat16 rounded to nearest). Serial on
-    purpose: it runs on the prepare thread, next to the trainer's parallel kernels."""
-    row = np.empty(weights.shape[1], dtype=np.float32)
+    ``initial_state``. Serial on purpose: it runs on the prepare thread, next to the trainer's
+    parallel kernels."""
     for i in range(slots.shape[0]):
-        init_row(row, seed, keys[i], scale, kind)
-        for j in range(row.shape[0]):
-            store_nearest(weights, slots[i], j, row[j])
+        init_row(weights, slots[i], seed, keys[i], scale, kind)
         for j in range(state.shape[1]):
             store_nearest(state, slots[i], j, initial_state)
 

@@ -222,7 +222,7 @@ def load_misses(
         i = miss_index[k]
         row, slot = unique_rows[i], out[i]
         if is_new[i]:
-            _init_kernels.init_row(weights[slot], seed, new_keys[i], scale, init_kind)
+            _init_kernels.init_row(weights, slot, seed, new_keys[i], scale, init_kind)
             state[slot] = initial_state
         elif _test_bit(on_disk, row):
             error = _read_record(fd, weights, state, slot, row, record)
@@ -231,7 +231,7 @@ def load_misses(
                 return READ_FAILED
             report[2] += 1
         else:
-            _init_kernels.init_row(weights[slot], seed, row, scale, init_kind)
+            _init_kernels.init_row(weights, slot, seed, row, scale, init_kind)
             state[slot] = initial_state
     return OK
 
@@ -286,7 +286,7 @@ def copy_rows(fd, weights, state, row_slot, on_disk, rows, seed, scale, init_kin
                 report[4], report[5] = row, error
                 return READ_FAILED
         else:
-            _init_kernels.init_row(out_w[i], seed, row, scale, init_kind)
+            _init_kernels.init_row(out_w, i, seed, row, scale, init_kind)
             out_s[i] = initial_state
     return OK
 

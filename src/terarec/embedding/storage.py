@@ -104,22 +104,18 @@ def encode(values: np.ndarray | float, dtype: np.dtype) -> np.ndarray:
 
 
 def initialize_rows(out: np.ndarray, first_row: int, init: InitConfig, num_embeddings: int, seed: np.uint64) -> None:
-    """Fills ``out`` (``float32`` or bfloat16 bits) with rows ``first_row, first_row + 1, ...``
-    in chunks (counter-based, so any row range gives the same values as the whole table)."""
+    """Fills ``out`` (``float32`` or bfloat16 bits, rounded to nearest) with rows ``first_row,
+    first_row + 1, ...`` in chunks (counter-based, so any row range gives the same values as
+    the whole table)."""
     if init.type is InitType.ZEROS:
         out.fill(0)  # +0.0 in both encodings
         return
     kernel = _init_kernels.init_rows_uniform if init.type is InitType.UNIFORM else _init_kernels.init_rows_normal
     scale = float(init.scale_for(num_embeddings))
-    staging = None if out.dtype == np.float32 else np.empty((min(out.shape[0], _INIT_CHUNK_ROWS), out.shape[1]), np.float32)
     for start in range(0, out.shape[0], _INIT_CHUNK_ROWS):
         stop = min(out.shape[0], start + _INIT_CHUNK_ROWS)
         rows = np.arange(first_row + start, first_row + stop, dtype=np.int64)
-        if staging is None:
-            kernel(out[start:stop], rows, np.uint64(seed), scale)
-        else:
-            kernel(staging[: stop - start], rows, np.uint64(seed), scale)
-            out[start:stop] = encode(staging[: stop - start], out.dtype)
+        kernel(out[start:stop], rows, np.uint64(seed), scale)
 
 
 class RamRowStorage(RowStorage):

@@ -133,11 +133,9 @@ def enumerate_options(
     """
     topo = estimator.topology
     configured_ssd = table.config.tiered is not None
-    # Tiered files hold float32 rows: a bfloat16 table stays in RAM.
+    # Tiered files hold float32 rows: a bfloat16 table stays in RAM (the planner refuses an SSD override).
     ram_only = DataType.BF16 in (table.config.weights_dtype, table.config.state_dtype)
     if override is not None and override.tier is not None:
-        if ram_only and override.tier is Tier.SSD:
-            raise ValueError(f"table {table.config.name!r} stores bf16, which SSD shards do not hold; pin it to RAM")
         tiers: tuple[Tier, ...] = (override.tier,)
     elif configured_ssd:
         tiers = (Tier.SSD,)

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import psutil
 
-from terarec.embedding import format_bytes
+from terarec.embedding import DataType, format_bytes
 from terarec.errors import ConfigError, PlanError
 from terarec.sharding.calibration import Calibration
 from terarec.sharding.enumerators import choose_options, enumerate_options
@@ -155,6 +155,7 @@ class ShardingPlanner:
         topo = self.topology
         by_name = {override.table: override for override in self.overrides}
         names = {table.name for table in tables}
+        by_table = {table.name: table for table in tables}
         for index, override in enumerate(self.overrides):
             if override.table not in names:
                 raise ConfigError(
@@ -163,6 +164,12 @@ class ShardingPlanner:
                 )
             if override.tier is Tier.SSD and override.sharding_type is ShardingType.DATA_PARALLEL:
                 raise ConfigError(f"sharding.overrides[{index}]: data-parallel table {override.table!r} must be in RAM")
+            stored = by_table[override.table].config
+            if override.tier is Tier.SSD and DataType.BF16 in (stored.weights_dtype, stored.state_dtype):
+                raise ConfigError(
+                    f"sharding.overrides[{index}] puts table {override.table!r} on SSD, but it stores bf16 and tiered "
+                    f"files hold fp32 rows; pin it to RAM or store it in fp32"
+                )
             if override.tier is Tier.SSD and topo.ssd_per_rank == 0:
                 raise ConfigError(
                     f"sharding.overrides[{index}] puts table {override.table!r} on SSD, but the ranks have no SSD "

@@ -247,7 +247,9 @@ class ColumnShardTable(_BlockTable):
     """Columns ``first_column ... first_column + num_columns - 1`` of the fixed in-RAM table
     ``table``: every row, hashed from raw IDs as the whole table does, pooled with its pooling.
     Saved, it is indistinguishable from the whole table. Row-wise Adagrad keeps one state value
-    per row over all columns, which a column block cannot split, so it is refused.
+    per row over all columns, which a column block cannot split, so it is refused. With bf16
+    storage its stochastic rounding is keyed on its own columns, so it trains like the whole
+    table in distribution but not bit for bit (a row-wise shard does round as the whole table).
 
     Example::
 

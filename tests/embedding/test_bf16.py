@@ -55,7 +55,7 @@ def _sgd_rows(start: float, step: float, rows: int, seed: int) -> np.ndarray:
     offsets = np.arange(rows + 1, dtype=np.int64)
     unique_rows, occurrence_offsets, occurrences, bag_of = _dedupe_kernels.dedupe(ids, offsets, rows)
     grad = np.full((rows, 8), step, dtype=np.float32)
-    _kernels.sgd_update(weights, np.zeros((rows, 0), np.uint16), unique_rows, occurrence_offsets, occurrences,
+    _kernels.sgd_update(weights, np.zeros((rows, 0), np.uint16), unique_rows, unique_rows, occurrence_offsets, occurrences,
                         bag_of, grad, offsets, False, np.uint64(seed), 1.0)  # fmt: skip
     return bf16_to_float32(weights)
 
@@ -124,15 +124,32 @@ def test_checkpoint_of_the_other_precision_is_refused(tmp_path: Path) -> None:
         FixedTable(_config(**BF16)).load(tmp_path)
 
 
-def test_bf16_tables_stay_in_ram() -> None:
-    with pytest.raises(ValueError, match="tiered table stores fp32 rows"):
-        _config(tiered=TieredConfig(cache_bytes=1 << 20), **BF16)
-    table = TableWorkload(dataclasses.replace(_config(**BF16), num_embeddings=10**6), (1.0,))
+def test_tiered_bf16_table_trains_as_in_ram(tmp_path: Path) -> None:
+    """A cache of 100 rows under about 350 touched ones: rows go to the file and back as bf16 records."""
+    ram = FixedTable(_config(**BF16), seed=4)
+    tiered = FixedTable(_config(tiered=TieredConfig(cache_bytes=100 * 64), **BF16), seed=4, directory=tmp_path)
+    assert tiered.memory_estimate().disk_bytes == 1000 * 64  # 16 weights + 16 state values, 2 bytes each
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(10):
+        values, offsets = torch.randint(0, 10**6, (40,), generator=generator), torch.arange(0, 41, 10)
+        grad = torch.randn(4, 16, generator=generator)
+        for table in (ram, tiered):
+            table.apply_gradients(values, offsets, grad)
+    assert tiered.counters()["disk_written_bytes"] > 0
+    np.testing.assert_array_equal(tiered.weights, ram.weights)
+    np.testing.assert_array_equal(tiered.state, ram.state)
+
+
+def test_mixed_precision_tables_stay_in_ram() -> None:
+    mixed = {"weights_dtype": DataType.BF16, "state_dtype": DataType.FP32}
+    with pytest.raises(ValueError, match="tiered table stores weights and state in one dtype"):
+        _config(tiered=TieredConfig(cache_bytes=1 << 20), **mixed)
+    table = TableWorkload(dataclasses.replace(_config(**mixed), num_embeddings=10**6), (1.0,))
     planner = ShardingPlanner(Topology(1, ram_per_rank=1 << 30, ssd_per_rank=1 << 34), batch_size=64)
     assert all(shard.tier is Tier.RAM for placement in planner.plan([table]).placements for shard in placement.shards)
     pinned = ShardingPlanner(
         Topology(1, ram_per_rank=1 << 30, ssd_per_rank=1 << 34), batch_size=64,
         overrides=[ShardingOverride("t", ShardingType.TABLE_WISE, Tier.SSD)],
     )  # fmt: skip
-    with pytest.raises(ConfigError, match="stores bf16 and tiered files hold fp32 rows"):
+    with pytest.raises(ConfigError, match="in different dtypes and a tiered file holds one"):
         pinned.plan([table])

@@ -134,7 +134,7 @@ def _update_case(id_kind: str, optimizer: str, mean: bool):  # type: ignore[no-u
     unique_rows, occurrence_offsets, occurrences, bag_of = _dedupe_kernels.dedupe(rows, offsets, 50)
     ref_rows, g = ref.row_gradients(rows, offsets, grad, mean)
     expected_w, expected_s = ref.update(optimizer, weights, state, ref_rows, g, lr=0.1, step=3)
-    args = (weights, state, unique_rows, occurrence_offsets, occurrences, bag_of, grad, offsets, mean)
+    args = (weights, state, unique_rows, unique_rows, occurrence_offsets, occurrences, bag_of, grad, offsets, mean)
     return args, expected_w, expected_s
 
 
@@ -174,7 +174,7 @@ def test_fused_update_bf16(optimizer: str, mean: bool) -> None:
     _run_update(optimizer, (weights, state, *args[2:]), seed=11)
     np.testing.assert_allclose(bf16_to_float32(state), expected_s, rtol=2**-7, atol=1e-6)
     np.testing.assert_allclose(bf16_to_float32(weights), expected_w, rtol=2**-7, atol=1e-3)
-    untouched = np.setdiff1d(np.arange(50), args[2])
+    untouched = np.setdiff1d(np.arange(50), args[2])  # args[2]: the slots updated
     np.testing.assert_array_equal(weights[untouched], float32_to_bf16(args[0])[untouched])
     _run_update(optimizer, (*again, *args[2:]), seed=11)
     np.testing.assert_array_equal(again[0], weights)
@@ -215,7 +215,7 @@ def test_update_sums_gradients_in_position_order() -> None:
     grad = rng.standard_normal((60, 16)).astype(np.float32)
     unique_rows, occurrence_offsets, occurrences, bag_of = _dedupe_kernels.dedupe(rows, offsets, 7)
     weights = np.zeros((7, 16), dtype=np.float32)
-    _kernels.sgd_update(weights, np.zeros((7, 0), np.float32), unique_rows, occurrence_offsets, occurrences, bag_of,
+    _kernels.sgd_update(weights, np.zeros((7, 0), np.float32), unique_rows, unique_rows, occurrence_offsets, occurrences, bag_of,
                         grad, offsets, False, np.uint64(0), 1.0)  # fmt: skip
     bags = [bag_of[occurrences[occurrence_offsets[u] : occurrence_offsets[u + 1]]] for u in range(len(unique_rows))]
     np.testing.assert_array_equal(weights[unique_rows], -_sequential_sums(bags, grad))

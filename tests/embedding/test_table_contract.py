@@ -32,16 +32,18 @@ from terarec.embedding import (
     TieredConfig,
 )
 
-TABLE_KINDS = ["fixed", "fixed_tiered", "fixed_bf16", "dynamic", "dynamic_tiered", "dynamic_bf16"]
+TABLE_KINDS = [
+    "fixed", "fixed_tiered", "fixed_bf16", "fixed_tiered_bf16", "dynamic", "dynamic_tiered", "dynamic_bf16", "dynamic_tiered_bf16"
+]  # fmt: skip
 MakeTable = Callable[..., EmbeddingTable]
 CACHE_ROWS = 120  # of 1000 rows
 
 
 def _build(kind: str, config: EmbeddingTableConfig, seed: int, directory: Path) -> EmbeddingTable:
-    if kind.endswith("_tiered"):
-        config = replace(config, tiered=TieredConfig(cache_bytes=CACHE_ROWS * config.row_bytes))
     if kind.endswith("_bf16"):
         config = replace(config, weights_dtype=DataType.BF16, state_dtype=DataType.BF16)
+    if "_tiered" in kind:
+        config = replace(config, tiered=TieredConfig(cache_bytes=CACHE_ROWS * config.row_bytes))
     if kind.startswith("dynamic"):
         return DynamicTable(replace(config, dynamic=DynamicConfig(sketch_width=1024)), seed, directory)
     if kind.startswith("fixed"):

@@ -357,16 +357,18 @@ def _adam_row(weights, state, s, row, g, step32, one_m_b1, one_m_b2, eps32, seed
 
 
 # The four fused updates share one signature prefix:
-#   weights (R, D), state (R, S), slots (U), occurrence_offsets (U + 1), occurrences (N),
-#   bag_of (N), grad_pooled (B, D), offsets (B + 1), is_mean (bool), seed (uint64, the step's
-#   rounding seed: :func:`step_rounding_seed`), then hyper-parameters. A storage that holds
-#   bfloat16 keeps slot ``r`` for row ``r`` (RAM), so the rounding key of a slot is its row's.
+#   weights (R, D), state (R, S), slots (U), rows (U, the table rows of the slots: bfloat16
+#   rounding is keyed by row, wherever a cache puts it), occurrence_offsets (U + 1),
+#   occurrences (N), bag_of (N), grad_pooled (B, D), offsets (B + 1), is_mean (bool), seed
+#   (uint64, the step's rounding seed: :func:`step_rounding_seed`), then hyper-parameters.
 # Each parallel item owns a chunk of unique rows (distinct slots), accumulates each row's
 # gradient into its own buffer and updates that row and its state in place.
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
-def sgd_update(weights, state, slots, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, seed, lr):
+def sgd_update(
+    weights, state, slots, rows, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, seed, lr
+):
     """``w -= lr * g``."""
     dim = weights.shape[1]
     lr32 = np.float32(lr)
@@ -378,12 +380,12 @@ def sgd_update(weights, state, slots, occurrence_offsets, occurrences, bag_of, g
         for k in range(start, stop):
             _prefetch_update(weights, state, slots, k, u, False)
             _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, 0, offsets, is_mean)
-            _sgd_row(weights, slots[k], slots[k], g, lr32, seed)
+            _sgd_row(weights, slots[k], rows[k], g, lr32, seed)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
 def adagrad_update(
-    weights, state, slots, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, seed, lr, eps
+    weights, state, slots, rows, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, seed, lr, eps
 ):
     """``s += g^2; w -= lr * g / (sqrt(s) + eps)`` elementwise, ``state`` is ``(R, D)``."""
     dim = weights.shape[1]
@@ -396,12 +398,12 @@ def adagrad_update(
         for k in range(start, stop):
             _prefetch_update(weights, state, slots, k, u, True)
             _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, 0, offsets, is_mean)
-            _adagrad_row(weights, state, slots[k], slots[k], g, lr32, eps32, seed)
+            _adagrad_row(weights, state, slots[k], rows[k], g, lr32, eps32, seed)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
 def rowwise_adagrad_update(
-    weights, state, slots, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, seed, lr, eps
+    weights, state, slots, rows, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, seed, lr, eps
 ):
     """``s += mean_j(g_j^2); w -= (lr / (sqrt(s) + eps)) * g``, ``state`` is ``(R, 1)`` (FBGEMM)."""
     dim = weights.shape[1]
@@ -414,7 +416,7 @@ def rowwise_adagrad_update(
         for k in range(start, stop):
             _prefetch_update(weights, state, slots, k, u, True)
             _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, 0, offsets, is_mean)
-            _rowwise_adagrad_row(weights, state, slots[k], slots[k], g, lr32, eps32, seed)
+            _rowwise_adagrad_row(weights, state, slots[k], rows[k], g, lr32, eps32, seed)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
@@ -422,6 +424,7 @@ def adam_update(
     weights,
     state,
     slots,
+    rows,
     occurrence_offsets,
     occurrences,
     bag_of,
@@ -448,7 +451,7 @@ def adam_update(
         for k in range(start, stop):
             _prefetch_update(weights, state, slots, k, u, True)
             _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, 0, offsets, is_mean)
-            _adam_row(weights, state, slots[k], slots[k], g, step32, one_m_b1, one_m_b2, eps32, seed)
+            _adam_row(weights, state, slots[k], rows[k], g, step32, one_m_b1, one_m_b2, eps32, seed)
 
 
 stamp_with_sources(globals(), _bf16)

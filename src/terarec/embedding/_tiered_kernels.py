@@ -1,7 +1,7 @@
 """numba kernels of the tiered storage: a CLOCK-managed row cache over a slab file.
 
-A row's record in the file is its weights then its optimizer state, ``F = D + S`` float32s
-at byte ``row * 4 F``. File I/O goes through libc's ``pread``/``pwrite`` called from compiled
+A row's record in the file is its weights then its optimizer state, ``F = D + S`` values of
+the storage's dtype (``float32``, or bfloat16 bits in ``uint16``) at byte ``row * F * itemsize``. File I/O goes through libc's ``pread``/``pwrite`` called from compiled
 code (declared as external symbols), so a batch's misses cost one system call
 each and no Python; the kernels release the GIL, so a batch's rows load on the prepare
 thread while the trainer computes the previous batch.
@@ -68,11 +68,13 @@ def _set_bit(bits, i):
 
 
 @numba.njit(cache=True, nogil=True)
-def _aligned_record(floats):
-    """A float32 buffer starting on a 512-byte boundary, as ``O_DIRECT`` I/O requires."""
-    raw = np.empty(floats + 128, dtype=np.float32)
-    shift = ((512 - raw.ctypes.data % 512) % 512) // 4
-    return raw[shift : shift + floats]
+def _aligned_record(values, like):
+    """A buffer of ``values`` elements of ``like``'s dtype starting on a 512-byte boundary, as
+    ``O_DIRECT`` I/O requires."""
+    itemsize = like.itemsize
+    raw = np.empty(values + 512 // itemsize, dtype=like.dtype)
+    shift = ((512 - raw.ctypes.data % 512) % 512) // itemsize
+    return raw[shift : shift + values]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -83,7 +85,7 @@ def _write_record(fd, weights, state, slot, row, record):
         record[j] = weights[slot, j]
     for j in range(state.shape[1]):
         record[dim + j] = state[slot, j]
-    nbytes = record.shape[0] * 4
+    nbytes = record.shape[0] * record.itemsize
     written = _pwrite(fd, record.ctypes.data, nbytes, row * nbytes)
     if written == nbytes:
         return 0
@@ -93,7 +95,7 @@ def _write_record(fd, weights, state, slot, row, record):
 @numba.njit(cache=True, nogil=True)
 def _read_record(fd, weights, state, slot, row, record):
     """Reads ``row``'s record into slot; returns 0 or errno (``-1`` for a short read: truncated file)."""
-    nbytes = record.shape[0] * 4
+    nbytes = record.shape[0] * record.itemsize
     got = _pread(fd, record.ctypes.data, nbytes, row * nbytes)
     if got != nbytes:
         return _errno() if got < 0 else -1
@@ -176,7 +178,7 @@ def plan_batch(
 def write_victims(fd, weights, state, dirty, out, miss_index, victims, start, stop, report):
     """Second phase, for misses ``[start, stop)`` (one call per I/O thread): writes each dirty
     victim's row back to the file. Touches no shared bookkeeping."""
-    record = _aligned_record(weights.shape[1] + state.shape[1])
+    record = _aligned_record(weights.shape[1] + state.shape[1], weights)
     for k in range(start, stop):
         slot = out[miss_index[k]]
         if victims[k] >= 0 and dirty[slot]:
@@ -216,8 +218,8 @@ def load_misses(
     """Last phase, for misses ``[start, stop)`` (one call per I/O thread): fills each missed
     slot from the file when ``on_disk`` says the file holds the row, else with the row's
     initial value (keyed by the row, as a RAM table starts), or for a new row
-    (``is_new``) by ``new_keys``."""
-    record = np.empty(weights.shape[1] + state.shape[1], dtype=np.float32)
+    (``is_new``) by ``new_keys``. ``initial_state`` is in the storage's dtype."""
+    record = np.empty(weights.shape[1] + state.shape[1], dtype=weights.dtype)
     for k in range(start, stop):
         i = miss_index[k]
         row, slot = unique_rows[i], out[i]
@@ -249,7 +251,7 @@ def mark_written(dirty, on_disk, changed, slots, rows):
 @numba.njit(cache=True, nogil=True)
 def read_rows(fd, rows, out, report):
     """``out[i] = record of rows[i]`` (``out`` is ``(n, F)``); for the incremental snapshot."""
-    nbytes = out.shape[1] * 4
+    nbytes = out.shape[1] * out.itemsize
     for i in range(rows.shape[0]):
         got = _pread(fd, out[i].ctypes.data, nbytes, rows[i] * nbytes)
         if got != nbytes:
@@ -261,7 +263,7 @@ def read_rows(fd, rows, out, report):
 @numba.njit(cache=True, nogil=True)
 def write_rows(fd, rows, records, report):
     """Writes ``records[i]`` as row ``rows[i]``; to replay an incremental snapshot."""
-    nbytes = records.shape[1] * 4
+    nbytes = records.shape[1] * records.itemsize
     for i in range(rows.shape[0]):
         written = _pwrite(fd, records[i].ctypes.data, nbytes, rows[i] * nbytes)
         if written != nbytes:
@@ -272,8 +274,8 @@ def write_rows(fd, rows, records, report):
 
 @numba.njit(cache=True, nogil=True)
 def copy_rows(fd, weights, state, row_slot, on_disk, rows, seed, scale, init_kind, initial_state, record, out_w, out_s, report):
-    """Current value of each of ``rows`` (cached, on disk, or initial) into ``out_w``/``out_s``,
-    leaving the cache as it is."""
+    """Current value of each of ``rows`` (cached, on disk, or initial) into ``out_w``/``out_s``
+    (the storage's dtype), leaving the cache as it is."""
     for i in range(rows.shape[0]):
         row = rows[i]
         slot = row_slot[row]

@@ -96,7 +96,9 @@ def build_storage(config: EmbeddingTableConfig, seed: int, directory: Path | Non
         )
     if directory is None:
         raise ValueError(f"table {config.name!r} is tiered: give a directory for its file on local disk")
-    return TieredRowStorage(*args, config.tiered, directory, config.name, initial_state=initial_state)
+    return TieredRowStorage(
+        *args, config.tiered, directory, config.name, initial_state=initial_state, dtype=config.weights_dtype
+    )
 
 
 class RowTable(EmbeddingTable):
@@ -213,6 +215,7 @@ class RowTable(EmbeddingTable):
             storage.weights,
             storage.state,
             prepared.unique_slots,
+            prepared.unique_rows,
             prepared.occurrence_offsets,
             prepared.occurrences,
             prepared.bag_of,

@@ -27,10 +27,13 @@ from terarec.embedding import _tiered_kernels as _k
 from terarec.embedding.storage import (
     NO_ROWS,
     RowStorage,
+    as_float32,
+    encode,
     init_arguments,
     initialize_rows,
 )
 from terarec.embedding.types import (
+    DataType,
     InitConfig,
     MemoryEstimate,
     TieredConfig,
@@ -84,7 +87,8 @@ class TieredStats:
 class TieredRowStorage(RowStorage):
     """A table's rows in ``directory/<name>.slab`` with the hot ones cached in RAM.
 
-    The cache holds ``cache_bytes // (4 (D + S))`` rows (weights and optimizer state). A batch
+    The cache holds ``cache_bytes // (b (D + S))`` rows (weights and optimizer state, ``b`` bytes
+    per value: 4 for fp32, 2 for bf16; weights and state share the dtype). A batch
     resolved while training marks its rows dirty; dirty rows are written back when evicted,
     and by :meth:`flush`. The slots of the current and the previous batch are never evicted,
     so the cache must hold two batches' distinct rows; a smaller one is refused with the numbers.
@@ -104,10 +108,12 @@ class TieredRowStorage(RowStorage):
         directory (Path): where the slab file lives (local disk; created if missing).
         name (str): the file's stem, usually the table name.
         initial_state (float, optional): starting value of every state float. Default: ``0.0``
+        dtype (DataType, optional): storage of weights and state, in the cache and the file.
+            Default: ``DataType.FP32``
 
     Attributes:
-        weights (np.ndarray): the cache's weights, :math:`(C, D)` ``float32``.
-        state (np.ndarray): the cache's optimizer state, :math:`(C, S)` ``float32``.
+        weights (np.ndarray): the cache's weights, :math:`(C, D)`, ``float32`` or bfloat16 bits.
+        state (np.ndarray): the cache's optimizer state, :math:`(C, S)`, likewise.
         path (Path): the slab file.
 
     Raises:
@@ -134,9 +140,10 @@ class TieredRowStorage(RowStorage):
         directory: Path | str,
         name: str,
         initial_state: float = 0.0,
+        dtype: DataType = DataType.FP32,
     ) -> None:
-        record_floats = embedding_dim + state_width
-        self._record_bytes = 4 * record_floats
+        record_values = embedding_dim + state_width
+        self._record_bytes = dtype.itemsize * record_values
         capacity = min(config.cache_bytes // self._record_bytes, num_embeddings)
         if capacity < 1:
             raise ValueError(
@@ -148,12 +155,13 @@ class TieredRowStorage(RowStorage):
         self._store = Path(directory) / f"{name}.snapshots"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._check_disk(self.num_embeddings * self._record_bytes)
-        self.weights = np.zeros((capacity, embedding_dim), dtype=np.float32)
-        self.state = np.zeros((capacity, state_width), dtype=np.float32)
+        self.weights = np.zeros((capacity, embedding_dim), dtype=dtype.numpy_dtype)
+        self.state = np.zeros((capacity, state_width), dtype=dtype.numpy_dtype)
         seed64 = np.uint64(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
         self._init = init
-        self._init_args = (seed64, *init_arguments(init, num_embeddings), np.float32(initial_state))
-        self._record = np.empty(record_floats, dtype=np.float32)
+        stored_initial_state = encode(initial_state, dtype.numpy_dtype)[()]  # a scalar of the storage's dtype
+        self._init_args = (seed64, *init_arguments(init, num_embeddings), stored_initial_state)
+        self._record = np.empty(record_values, dtype=dtype.numpy_dtype)
         self._report = np.zeros(6, dtype=np.int64)
         self._on_disk = np.zeros((num_embeddings + 7) // 8, dtype=np.uint8)
         self._changed = np.zeros_like(self._on_disk)
@@ -283,14 +291,14 @@ class TieredRowStorage(RowStorage):
                 self._raise_for(status, what)
 
     def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out_w = np.empty((rows.shape[0], self.weights.shape[1]), dtype=np.float32)
-        out_s = np.empty((rows.shape[0], self.state.shape[1]), dtype=np.float32)
+        out_w = np.empty((rows.shape[0], self.weights.shape[1]), dtype=self.weights.dtype)
+        out_s = np.empty((rows.shape[0], self.state.shape[1]), dtype=self.state.dtype)
         status = _k.copy_rows(
             self._fd, self.weights, self.state, self._row_slot, self._on_disk, rows, *self._init_args,
             self._record, out_w, out_s, self._report,
         )  # fmt: skip
         self._raise_for(status, "reading rows")
-        return out_w, out_s
+        return as_float32(out_w), as_float32(out_s)
 
     def slots_of(self, rows: np.ndarray) -> np.ndarray:
         slots = np.empty(rows.shape[0], dtype=np.int64)
@@ -316,8 +324,8 @@ class TieredRowStorage(RowStorage):
         if (self._slot_row >= 0).any() or self._on_disk.any():
             raise ValueError(f"{self.path}: materialize() needs a fresh table (rows are cached or on disk)")
         dim, seed, initial_state = self.weights.shape[1], self._init_args[0], self._init_args[3]
-        records = np.empty((chunk_rows, self._record.shape[0]), dtype=np.float32)
-        weights = np.empty((chunk_rows, dim), dtype=np.float32)
+        records = np.empty((chunk_rows, self._record.shape[0]), dtype=self._record.dtype)
+        weights = np.empty((chunk_rows, dim), dtype=self._record.dtype)
         for start in range(0, self.num_embeddings, chunk_rows):
             count = min(chunk_rows, self.num_embeddings - start)
             initialize_rows(weights[:count], start, self._init, self.num_embeddings, seed)
@@ -355,7 +363,7 @@ class TieredRowStorage(RowStorage):
             self._chain = [name]
         else:
             rows = np.flatnonzero(np.unpackbits(self._changed, bitorder="little")[: self.num_embeddings])
-            records = np.empty((rows.shape[0], self._record.shape[0]), dtype=np.float32)
+            records = np.empty((rows.shape[0], self._record.shape[0]), dtype=self._record.dtype)
             status = _k.read_rows(self._fd, rows, records, self._report)
             self._raise_for(status, "writing an incremental snapshot")
             name = f"delta-{self._saves:06d}.npz"
@@ -435,7 +443,7 @@ class TieredRowStorage(RowStorage):
                 rows, records = delta["rows"], delta["records"]
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             raise ValueError(f"{path}: unreadable incremental snapshot ({err!r})") from err
-        if rows.dtype != np.int64 or records.dtype != np.float32 or records.shape != (rows.shape[0], self._record.shape[0]):
+        if rows.dtype != np.int64 or records.dtype != self._record.dtype or records.shape != (rows.shape[0], self._record.shape[0]):
             raise ValueError(f"{path}: rows/records of the wrong type or shape ({rows.dtype} {rows.shape}, {records.dtype} {records.shape})")
         if rows.size and (rows.min() < 0 or rows.max() >= self.num_embeddings):
             raise ValueError(f"{path}: rows outside [0, {self.num_embeddings})")

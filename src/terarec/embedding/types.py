@@ -323,9 +323,12 @@ class EmbeddingTableConfig:
         for key in ("weights_dtype", "state_dtype"):
             if not isinstance(getattr(self, key), DataType):
                 raise ValueError(f"table {self.name!r}: {key} must be a DataType, got {getattr(self, key)!r}")
-        if self.tiered is not None and DataType.BF16 in (self.weights_dtype, self.state_dtype):
-            # The tiered file holds float32 records; a bf16 record layout is not built.
-            raise ValueError(f"table {self.name!r}: a tiered table stores fp32 rows; set weights_dtype and state_dtype to fp32")
+        if self.tiered is not None and self.weights_dtype is not self.state_dtype:
+            # A tiered file's records are one array of weights then state: one dtype.
+            raise ValueError(
+                f"table {self.name!r}: a tiered table stores weights and state in one dtype, got "
+                f"weights_dtype={self.weights_dtype.value} and state_dtype={self.state_dtype.value}"
+            )
 
     @property
     def row_bytes(self) -> int:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from terarec.embedding import DataType, format_bytes
+from terarec.embedding import format_bytes
 from terarec.errors import PlanError
 from terarec.sharding.estimators import ShardEstimator
 from terarec.sharding.types import (
@@ -133,8 +133,9 @@ def enumerate_options(
     """
     topo = estimator.topology
     configured_ssd = table.config.tiered is not None
-    # Tiered files hold float32 rows: a bfloat16 table stays in RAM (the planner refuses an SSD override).
-    ram_only = DataType.BF16 in (table.config.weights_dtype, table.config.state_dtype)
+    # A tiered file holds weights and state in one dtype: a table mixing fp32 and bf16 stays in
+    # RAM (the planner refuses an SSD override of one).
+    ram_only = table.config.weights_dtype is not table.config.state_dtype
     if override is not None and override.tier is not None:
         tiers: tuple[Tier, ...] = (override.tier,)
     elif configured_ssd:

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import psutil
 
-from terarec.embedding import DataType, format_bytes
+from terarec.embedding import format_bytes
 from terarec.errors import ConfigError, PlanError
 from terarec.sharding.calibration import Calibration
 from terarec.sharding.enumerators import choose_options, enumerate_options
@@ -165,10 +165,10 @@ class ShardingPlanner:
             if override.tier is Tier.SSD and override.sharding_type is ShardingType.DATA_PARALLEL:
                 raise ConfigError(f"sharding.overrides[{index}]: data-parallel table {override.table!r} must be in RAM")
             stored = by_table[override.table].config
-            if override.tier is Tier.SSD and DataType.BF16 in (stored.weights_dtype, stored.state_dtype):
+            if override.tier is Tier.SSD and stored.weights_dtype is not stored.state_dtype:
                 raise ConfigError(
-                    f"sharding.overrides[{index}] puts table {override.table!r} on SSD, but it stores bf16 and tiered "
-                    f"files hold fp32 rows; pin it to RAM or store it in fp32"
+                    f"sharding.overrides[{index}] puts table {override.table!r} on SSD, but it stores weights and state "
+                    f"in different dtypes and a tiered file holds one; pin it to RAM or give both the same dtype"
                 )
             if override.tier is Tier.SSD and topo.ssd_per_rank == 0:
                 raise ConfigError(

@@ -157,7 +157,8 @@ def make_torchrec_step(
         if tbe.use_cpu is not True:
             raise RuntimeError("TBE is not on CPU")
         if (tbe.weights_precision.name == "FP16") != fp16_weights:
-            raise RuntimeError(f"TBE stores {tbe.weights_precision.name} weights, expected {'FP16' if fp16_weights else 'FP32'}")
+            expected = "FP16" if fp16_weights else "FP32"
+            raise RuntimeError(f"TBE stores {tbe.weights_precision.name} weights, expected {expected}")
 
     def step(batch: BenchBatch) -> None:
         values = torch.cat([batch.features[name][0] for name in names])

@@ -327,7 +327,8 @@ def _print_ratios(results: list[dict[str, object]]) -> None:
             [{"case": f"{r['workload']}/{r['distribution']}/{r['optimizer']}", **r} for r in half],
             [("case", "case", ">32"), ("examples_per_second", "terarec bf16 ex/s", ",.0f"),
              ("paired_vs_terarec", "paired x terarec fp32", ".2f"), ("paired_vs_torchrec", "paired x torchrec", ".2f"),
-             ("paired_vs_torchrec_fp16", "paired x torchrec fp16", ".2f"), ("memory_over_table_bytes", "memory / bf16 table bytes", ".2f")],
+             ("paired_vs_torchrec_fp16", "paired x torchrec fp16", ".2f"),
+             ("memory_over_table_bytes", "memory / bf16 table bytes", ".2f")],
         )  # fmt: skip
 
 

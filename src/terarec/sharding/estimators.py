@@ -5,9 +5,10 @@ width ``D``, ``S`` optimizer-state floats per row, ``L`` IDs and ``F`` features 
 and ``p`` bytes per communicated value (:class:`~terarec.sharding.types.CommPrecision`):
 
 - **memory**: a shard of ``r`` rows and ``d`` columns holds ``r * (d a + S(d) s)`` bytes of
-  weights and state (``a``, ``s``: 4 bytes per value in fp32, 2 in bf16), as its :meth:`~terarec.embedding.EmbeddingTableConfig.memory_estimate`
-  says (which also counts ID maps of dynamic tables). In RAM that is all RAM; on SSD it is
-  all SSD, and RAM holds a cache of the hottest rows.
+  weights and state (``a``, ``s``: 4 bytes per value in fp32, 2 in bf16), as its
+  :meth:`~terarec.embedding.EmbeddingTableConfig.memory_estimate` says (which also counts ID
+  maps of dynamic tables). In RAM that is all RAM; on SSD it is all SSD, and RAM holds a cache
+  of the hottest rows.
 - **lookups**: ``N = G * L`` IDs reach the table; a shard of a fraction ``f`` of the rows
   (rows are hashed, so hot IDs spread evenly) sees ``n = f * N`` of them and ``u = f * U``
   distinct rows, ``U`` the expected distinct rows among ``N`` draws of a bounded Zipf law
@@ -213,7 +214,8 @@ class ShardEstimator:
 
     @staticmethod
     def row_bytes(table: TableWorkload, embedding_dim: int) -> int:
-        """Bytes of one row of weights and optimizer state at width ``embedding_dim``, each in its stored precision."""
+        """Bytes of one row of weights and optimizer state at width ``embedding_dim``, each in
+        its stored precision."""
         return _shard_config(table.config, 1, embedding_dim).row_bytes
 
     def storage(

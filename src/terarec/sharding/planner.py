@@ -154,13 +154,12 @@ class ShardingPlanner:
     ) -> tuple[ShardEstimator, list[TablePlacement]]:
         topo = self.topology
         by_name = {override.table: override for override in self.overrides}
-        names = {table.name for table in tables}
         by_table = {table.name: table for table in tables}
         for index, override in enumerate(self.overrides):
-            if override.table not in names:
+            if override.table not in by_table:
                 raise ConfigError(
                     f"sharding.overrides[{index}] names table {override.table!r}, which the model does not have; "
-                    f"tables are: {', '.join(sorted(names))}"
+                    f"tables are: {', '.join(sorted(by_table))}"
                 )
             if override.tier is Tier.SSD and override.sharding_type is ShardingType.DATA_PARALLEL:
                 raise ConfigError(f"sharding.overrides[{index}]: data-parallel table {override.table!r} must be in RAM")

@@ -6,7 +6,10 @@ cache over an SSD file holding the whole table), and in plain PyTorch.
   over the machine's RAM by default), every row written to the file before timing
   (``materialize``) and the file dropped from the kernel's page cache, and a RAM cache of
   ``--cache-fraction`` of the table bytes;
-- ``pytorch``: ``nn.EmbeddingBag(sparse=True)`` + ``torch.optim.Adagrad`` at ``--ram-rows``.
+- ``pytorch``: ``nn.EmbeddingBag(sparse=True)`` + ``torch.optim.Adagrad`` at ``--ram-rows``;
+- ``tiered_bf16`` (only when named in ``--cases``): ``tiered`` with weights and state stored in
+  bfloat16, so the file, the cache (the same fraction of its own, halved bytes: the same rows)
+  and every miss's I/O are half the size.
 
 Every case trains the same DLRM (13 dense features, ``--features`` one-hot sparse features,
 dim ``--dim``, MLPerf's MLPs or ``--mlp small``) with Adagrad on the same batches (generated as they are consumed, from a seed
@@ -46,6 +49,7 @@ from _machine import (
 from torch import nn
 
 CASES = ("ram", "tiered", "pytorch")
+OPTIONAL_CASES = ("tiered_bf16",)
 DISTRIBUTIONS = ("zipf", "uniform")
 ZIPF_EXPONENT = 1.05
 LEARNING_RATE = 0.01
@@ -97,6 +101,7 @@ def _model(spec: dict[str, object]) -> nn.Module:
 def _terarec(spec: dict[str, object], rows: int, workdir: Path) -> dict[str, object]:
     from terarec._background import iterate_in_background
     from terarec.embedding import (
+        DataType,
         EmbeddingCollection,
         EmbeddingTableConfig,
         OptimizerConfig,
@@ -107,11 +112,14 @@ def _terarec(spec: dict[str, object], rows: int, workdir: Path) -> dict[str, obj
 
     offsets = torch.arange(spec["batch_size"] + 1, dtype=torch.int64)
     optimizer = OptimizerConfig(OptimizerType.ADAGRAD, learning_rate=LEARNING_RATE)
+    dtype = DataType.BF16 if spec["case"] == "tiered_bf16" else DataType.FP32
     configs = [
-        EmbeddingTableConfig(f"C{i + 1}", rows, spec["dim"], (f"C{i + 1}",), optimizer=optimizer)
+        EmbeddingTableConfig(
+            f"C{i + 1}", rows, spec["dim"], (f"C{i + 1}",), optimizer=optimizer, weights_dtype=dtype, state_dtype=dtype
+        )
         for i in range(spec["features"])
     ]
-    tiered = spec["case"] == "tiered"
+    tiered = spec["case"].startswith("tiered")
     if tiered:
         cache = int(configs[0].row_bytes * rows * spec["cache_fraction"])
         configs = [replace(c, tiered=TieredConfig(cache_bytes=cache)) for c in configs]
@@ -226,7 +234,7 @@ def _pytorch(spec: dict[str, object], rows: int) -> dict[str, object]:
 
 def run_child(spec: dict[str, object]) -> dict[str, object]:
     spec["threads"] = set_threads(spec["threads"])
-    rows = spec["tiered_rows"] if spec["case"] == "tiered" else spec["ram_rows"]
+    rows = spec["tiered_rows"] if spec["case"].startswith("tiered") else spec["ram_rows"]
     workdir = Path(tempfile.mkdtemp(prefix="terarec-tiered-bench-", dir=spec["workdir"]))
     try:
         result = _pytorch(spec, rows) if spec["case"] == "pytorch" else _terarec(spec, rows, workdir)
@@ -249,7 +257,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps first (at least)")
     parser.add_argument("--max-warmup", type=int, default=3000, help="untimed steps while a tiered cache fills")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--cases", default=",".join(CASES), help=f"of {', '.join(CASES + OPTIONAL_CASES)}")
     parser.add_argument("--distributions", default=",".join(DISTRIBUTIONS))
     parser.add_argument("--workdir", default=".", help="directory on the disk to test (tables are written here)")
     parser.add_argument("--json", type=Path, default=None)

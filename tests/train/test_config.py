@@ -39,6 +39,11 @@ def test_table_storage_dtypes_reach_every_table(tmp_path: Path) -> None:
     assert (tables["C3"].weights_dtype, tables["C3"].state_dtype) == (DataType.BF16, DataType.FP32)
     with pytest.raises(ConfigError, match="embedding.state_dtype: expected one of fp32, bf16"):
         load_config(overrides=[("embedding.state_dtype", "fp8")])
+    with pytest.raises(ConfigError, match="embedding.tiered keeps weights and state in one dtype"):
+        load_config(overrides=[("embedding.tiered.cache_bytes", "1e6"), ("embedding.weights_dtype", "bf16")])
+    path.write_text("embedding:\n  tables: [{name: t, feature_names: [C1], tiered: {cache_bytes: 1000}, state_dtype: bf16}]\n")
+    with pytest.raises(ConfigError, match=r"embedding.tables\[0\] \('t'\) is tiered"):
+        build_table_configs(load_config(path).embedding, ["C1"], {"C1": 10})
 
 
 def test_round_trip_through_plain_mapping() -> None:

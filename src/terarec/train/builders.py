@@ -58,6 +58,12 @@ def build_table_configs(
                 )
             claimed[feature] = spec.name
         rows = spec.num_embeddings or _rows_for(config, sum(distinct_ids.get(f, 0) for f in spec.feature_names))
+        weights_dtype, state_dtype = spec.weights_dtype or config.weights_dtype, spec.state_dtype or config.state_dtype
+        if spec.tiered is not None and weights_dtype is not state_dtype:
+            raise ConfigError(
+                f"embedding.tables[{index}] ({spec.name!r}) is tiered, which keeps weights and state in one dtype, "
+                f"but its weights_dtype is {weights_dtype.value} and its state_dtype {state_dtype.value}"
+            )
         tables.append(
             EmbeddingTableConfig(
                 name=spec.name,
@@ -69,8 +75,8 @@ def build_table_configs(
                 init=spec.init or config.init,
                 dynamic=spec.dynamic,
                 tiered=spec.tiered,
-                weights_dtype=spec.weights_dtype or config.weights_dtype,
-                state_dtype=spec.state_dtype or config.state_dtype,
+                weights_dtype=weights_dtype,
+                state_dtype=state_dtype,
             )
         )
     for feature in sparse_features:

@@ -137,6 +137,11 @@ class EmbeddingConfig:
             )
         if not self.rows_per_distinct_id > 0:
             raise ConfigError(f"embedding.rows_per_distinct_id must be > 0, got {self.rows_per_distinct_id}")
+        if self.tiered is not None and self.weights_dtype is not self.state_dtype:
+            raise ConfigError(
+                f"embedding.tiered keeps weights and state in one dtype, but embedding.weights_dtype="
+                f"{self.weights_dtype.value} and embedding.state_dtype={self.state_dtype.value}"
+            )
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """numba kernels of the tiered storage: a CLOCK-managed row cache over a slab file.
 
 A row's record in the file is its weights then its optimizer state, ``F = D + S`` values of
-the storage's dtype (``float32``, or bfloat16 bits in ``uint16``) at byte ``row * F * itemsize``. File I/O goes through libc's ``pread``/``pwrite`` called from compiled
+the storage's dtype (``float32``, or bfloat16 bits in ``uint16``) at byte
+``row * F * itemsize``. File I/O goes through libc's ``pread``/``pwrite`` called from compiled
 code (declared as external symbols), so a batch's misses cost one system call
 each and no Python; the kernels release the GIL, so a batch's rows load on the prepare
 thread while the trainer computes the previous batch.

@@ -101,7 +101,7 @@ class RowShardStorage(RamRowStorage):
 
     def __init__(self, first_row: int, total_rows: int, *args: object, initial_state: float = 0.0, **dtypes: DataType) -> None:
         super().__init__(*args, initial_state=initial_state, first_row=first_row, total_rows=total_rows, **dtypes)  # type: ignore[arg-type]
-        self.first_row, self.total_rows = first_row, total_rows
+        self.total_rows = total_rows
 
     def _rows(self) -> slice:
         return slice(self.first_row, self.first_row + self.weights.shape[0])

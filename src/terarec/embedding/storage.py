@@ -30,10 +30,13 @@ class RowStorage(abc.ABC):
         weights (np.ndarray): rows, :math:`(R_s, D)` (``R_s`` slots), ``float32`` or bfloat16
             bits in ``uint16`` (:class:`~terarec.embedding.types.DataType`).
         state (np.ndarray): optimizer state, :math:`(R_s, S)`; ``S`` may be 0. Same dtypes.
+        first_row (int): the whole table's row that this storage's row 0 is (a row shard's
+            first row, else 0); bfloat16 rounding is keyed by the whole table's row.
     """
 
     weights: np.ndarray
     state: np.ndarray
+    first_row: int = 0
 
     @abc.abstractmethod
     def resolve(

@@ -210,7 +210,6 @@ class RowTable(EmbeddingTable):
         grad = grad_pooled.detach().numpy()
         self.step += 1
         storage, opt = self._storage, self.config.optimizer
-        first_row = storage.first_row if isinstance(storage, RamRowStorage) else 0
         args = (
             storage.weights,
             storage.state,
@@ -222,7 +221,7 @@ class RowTable(EmbeddingTable):
             grad,
             prepared.offsets,
             self.config.pooling is PoolingType.MEAN,
-            _kernels.step_rounding_seed(self._table_seed, self.step, first_row),
+            _kernels.step_rounding_seed(self._table_seed, self.step, storage.first_row),
         )
         lr = float(opt.learning_rate)
         if opt.type is OptimizerType.SGD:

@@ -118,6 +118,10 @@ def _settings(workload: dict[str, object], precision: str) -> list[str]:
         "data.synthetic.num_eval_examples": workload["num_eval_examples"],
         "embedding.embedding_dim": workload["embedding_dim"],
         "train.batch_size": workload["batch_size"],
+        # the DLRM these figures have always measured, one pass, no validation rounds in the timing
+        "model.type": "dlrm",
+        "train.epochs": 1,
+        "data.val_fraction": 0,
     }
     sets = itertools.chain.from_iterable(("--set", f"{key}={value}") for key, value in keys.items())
     return [*sets, "--comm-precision", precision]

@@ -50,8 +50,11 @@ def _overrides(spec: dict[str, object], out: str) -> list[tuple[str, object]]:
         ("embedding.max_rows", rows),
         ("embedding.optimizer.type", "adagrad"),
         ("embedding.optimizer.learning_rate", LEARNING_RATE),
-        ("model.bottom_mlp", ",".join(map(str, _mlp((512, 256), spec["mlp_scale"])))),
-        ("model.top_mlp", ",".join(map(str, _mlp((1024, 1024, 512, 256), spec["mlp_scale"])))),
+        ("model.type", "dlrm"),
+        ("model.dlrm.bottom_mlp", ",".join(map(str, _mlp((512, 256), spec["mlp_scale"])))),
+        ("model.dlrm.top_mlp", ",".join(map(str, _mlp((1024, 1024, 512, 256), spec["mlp_scale"])))),
+        ("data.val_fraction", 0),
+        ("train.epochs", 1),
         ("train.dense_optimizer", "adagrad"),
         ("train.dense_learning_rate", LEARNING_RATE),
         ("train.batch_size", spec["batch_size"]),
@@ -82,7 +85,7 @@ def _loop(spec: dict[str, object], step, batches) -> float:
 
 def _baseline(spec: dict[str, object], system: str) -> dict[str, object]:
     from terarec.data import BatchLoader, DataConfig, SyntheticConfig, load_splits
-    from terarec.models import DLRM
+    from terarec.models import InputSpec, ModelInput, build_model
     from terarec.train import load_config
 
     config = load_config(overrides=_overrides(spec, "unused"))
@@ -91,7 +94,7 @@ def _baseline(spec: dict[str, object], system: str) -> dict[str, object]:
     torch.manual_seed(0)
     features = data.schema.sparse_features
     dim, rows = spec["dim"], spec["rows"]
-    model = DLRM(data.schema.num_dense, len(features), dim, config.model.bottom_mlp, config.model.top_mlp)
+    model = build_model(config.model, InputSpec(data.schema.num_dense, tuple(features), (dim,) * len(features)))
     loss_fn = nn.BCEWithLogitsLoss()
     params = list(model.parameters())
     if system == "pytorch":
@@ -100,18 +103,18 @@ def _baseline(spec: dict[str, object], system: str) -> dict[str, object]:
     optimizer = torch.optim.Adagrad(params, lr=LEARNING_RATE)
     forward = torch.compile(model) if system.endswith("+compile") else model
     autocast = system.endswith("+bf16")
-    random_embeddings = torch.randn(spec["batch_size"], len(features), dim) * 0.01
+    random_embeddings = torch.randn(spec["batch_size"], len(features) * dim) * 0.01
 
     def step(batch) -> None:
         if system == "pytorch":
-            pooled = torch.stack(
+            pooled = torch.cat(
                 [bag(torch.remainder(batch.sparse[f].values, rows), batch.sparse[f].offsets) for bag, f in zip(bags, features)],
                 dim=1,
             )
         else:
             pooled = random_embeddings[: batch.batch_size]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            logits = forward(batch.dense, pooled)
+            logits = forward(ModelInput(batch.dense, pooled, model.spec, model.layout))
         loss = loss_fn(logits.float(), batch.labels)
         loss.backward()
         optimizer.step()

@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -47,6 +48,9 @@ from _machine import (
     write_json,
 )
 from torch import nn
+
+if TYPE_CHECKING:
+    from terarec.models import RecModel
 
 CASES = ("ram", "tiered", "pytorch")
 OPTIONAL_CASES = ("tiered_bf16",)
@@ -90,12 +94,20 @@ MLPS = {  # (bottom, top) hidden widths; DLRM appends the dim and the logit laye
 }
 
 
-def _model(spec: dict[str, object]) -> nn.Module:
-    from terarec.models import DLRM
+def _model(spec: dict[str, object]) -> RecModel:
+    from terarec.models import DLRMConfig, InputSpec, ModelConfig, ModelType, build_model
 
     torch.manual_seed(0)
     bottom, top = MLPS[spec["mlp"]]
-    return DLRM(NUM_DENSE, spec["features"], spec["dim"], bottom, top)
+    names = tuple(f"C{f + 1}" for f in range(spec["features"]))
+    config = ModelConfig(type=ModelType.DLRM, dlrm=DLRMConfig(bottom_mlp=bottom, top_mlp=top))
+    return build_model(config, InputSpec(NUM_DENSE, names, (spec["dim"],) * len(names)))
+
+
+def _logits(model: RecModel, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    from terarec.models import ModelInput
+
+    return model(ModelInput(dense, pooled, model.spec, model.layout))
 
 
 def _terarec(spec: dict[str, object], rows: int, workdir: Path) -> dict[str, object]:
@@ -143,7 +155,7 @@ def _terarec(spec: dict[str, object], rows: int, workdir: Path) -> dict[str, obj
     def train(items) -> None:
         for batch, prepared in items:
             pooled = collection.lookup(prepared)
-            loss = loss_fn(model(batch["dense"], pooled.stacked()), batch["labels"])
+            loss = loss_fn(_logits(model, batch["dense"], pooled.values), batch["labels"])
             loss.backward()
             collection.apply_gradients(prepared, pooled.values.grad)
             dense_optimizer.step()
@@ -211,8 +223,8 @@ def _pytorch(spec: dict[str, object], rows: int) -> dict[str, object]:
     offsets = torch.arange(spec["batch_size"], dtype=torch.int64)
 
     def step(batch: dict[str, object]) -> None:
-        pooled = torch.stack([bag(hashed(ids), offsets) for bag, ids in zip(bags, batch["ids"])], dim=1)
-        loss_fn(model(batch["dense"], pooled), batch["labels"]).backward()
+        pooled = torch.cat([bag(hashed(ids), offsets) for bag, ids in zip(bags, batch["ids"])], dim=1)
+        loss_fn(_logits(model, batch["dense"], pooled), batch["labels"]).backward()
         for optimizer in (sparse_optimizer, dense_optimizer):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -131,13 +131,13 @@ def from_mapping(cls: type[T], raw: Mapping[str, object], prefix: str = "") -> T
 
     Example::
 
-        >>> from terarec.models import ModelConfig
-        >>> from_mapping(ModelConfig, {"top_mlp": [32, 16]}).top_mlp
+        >>> from terarec.models import DLRMConfig
+        >>> from_mapping(DLRMConfig, {"top_mlp": [32, 16]}).top_mlp
         (32, 16)
-        >>> from_mapping(ModelConfig, {"top_mpl": [32]}, "model")
+        >>> from_mapping(DLRMConfig, {"top_mpl": [32]}, "model.dlrm")
         Traceback (most recent call last):
         ...
-        terarec.errors.ConfigError: unknown config key 'model.top_mpl'; did you mean 'top_mlp'?
+        terarec.errors.ConfigError: unknown config key 'model.dlrm.top_mpl'; did you mean 'top_mlp'?
     """
     hints = _field_types(cls)
     names = [field.name for field in dataclasses.fields(cls)]  # type: ignore[arg-type]

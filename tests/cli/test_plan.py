@@ -46,8 +46,8 @@ def test_plans_the_default_synthetic_run_and_writes_json(tmp_path: Path, capsys:
     assert plan["comm_precision"] == "bf16" and plan["calibration"].startswith("uncalibrated")
     placements = {p["name"]: p for p in plan["placements"]}
     assert len(placements) == 26 and placements["C1"]["sharding_type"] == "row_wise"
-    # tables sized as training sizes them: 2 rows per distinct ID, at least 16
-    assert placements["C1"]["num_embeddings"] == 80_000 and placements["C6"]["num_embeddings"] == 16
+    # tables sized as training sizes them: 16 rows per distinct ID, at least 16
+    assert placements["C1"]["num_embeddings"] == 16 * 40_000 and placements["C6"]["num_embeddings"] == 16 * 3
     assert {rank["rank"] for rank in plan["ranks"]} == {0, 1, 2, 3}
 
 
@@ -83,7 +83,8 @@ def test_preset_100t_finds_the_machines_it_needs(tmp_path: Path, capsys: pytest.
 
 
 def test_refusal_is_one_line_with_what_would_fit(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plan", "--world-size", "2", "--ram-per-rank", "16MiB"]) == 2
+    args = ["--set", "embedding.rows_per_distinct_id=2", "--set", "model.type=dlrm"]
+    assert main(["plan", "--world-size", "2", "--ram-per-rank", "16MiB", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("terarec: error: ") and "\n" not in err
     assert "would fit:" in err and "--world-size" in err and "--ssd-per-rank" in err

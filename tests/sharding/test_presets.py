@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from terarec.errors import ConfigError
-from terarec.models import DLRM, ModelConfig
+from terarec.models import DLRMConfig, DNNConfig, InputSpec, ModelConfig, ModelType, build_model
 from terarec.sharding import (
+    DenseWorkload,
     Resource,
     ShardingPlanner,
     ShardingType,
     Tier,
-    dlrm_dense_workload,
+    dlrm_workload,
     get_preset,
     minimum_world_size,
 )
@@ -55,8 +56,22 @@ def test_unknown_preset_lists_the_known_ones() -> None:
         get_preset("1t")
 
 
-def test_dlrm_dense_workload_counts_the_model_parameters() -> None:
-    model = DLRM.from_config(ModelConfig(bottom_mlp=(32,), top_mlp=(64, 16)), 13, 26, 8)
-    workload = dlrm_dense_workload(13, (32,), (64, 16), 26, 8)
+def test_dense_workload_counts_what_the_model_computes() -> None:
+    spec = InputSpec(13, tuple(f"C{i}" for i in range(26)), (8,) * 26)
+    config = ModelConfig(type=ModelType.DNN, dnn=DNNConfig(mlp=(64, 16)))
+    workload = DenseWorkload.of_model(build_model(config, spec))
+    widths = [13 + 26 * 8, 64, 16, 1]
+    weights = sum(a * b for a, b in zip(widths, widths[1:]))
+    assert workload.num_parameters == weights + sum(widths[1:])
+    # a multiply-add is 2 FLOPs: forward, the weights' gradient and the input's gradient
+    assert workload.flops_per_example == 6 * weights
+
+
+def test_dlrm_workload_counts_the_model_parameters() -> None:
+    config = ModelConfig(type=ModelType.DLRM, dlrm=DLRMConfig(bottom_mlp=(32,), top_mlp=(64, 16)))
+    model = build_model(config, InputSpec(13, tuple(f"C{i}" for i in range(26)), (8,) * 26))
+    workload = dlrm_workload(13, (32,), (64, 16), (8,) * 26)
     assert workload.num_parameters == sum(p.numel() for p in model.parameters())
-    assert workload.flops_per_example > 6 * workload.num_parameters
+    pairs = 27 * 26 // 2
+    assert workload.flops_per_example > 6 * (8 * 27 * 27)  # the Gram matrix alone, forward and backward
+    assert workload.flops_per_example > 2 * (13 * 32 + 32 * 8 + (pairs + 8) * 64 + 64 * 16 + 16)

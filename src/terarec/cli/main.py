@@ -26,6 +26,8 @@ __all__ = ["main"]
 _TRAIN_SHORTCUTS = {
     "data": "data.path",
     "eval_data": "data.eval_path",
+    "val_data": "data.val_path",
+    "label_threshold": "data.label_threshold",
     "format": "data.format",
     "label": "data.label",
     "dense": "data.dense_features",
@@ -43,13 +45,14 @@ _TRAIN_SHORTCUTS = {
     "mode": "sharding.mode",
     "comm_precision": "sharding.comm_precision",
 }
-_DATA_FLAGS = ("data", "format", "label", "dense", "ignore", "delimiter", "on_bad_row")
+_DATA_FLAGS = ("data", "format", "label", "label_threshold", "dense", "ignore", "delimiter", "on_bad_row")
 
 
 def _add_data_flags(parser: argparse.ArgumentParser, data_help: str) -> None:
     parser.add_argument("--data", metavar="PATH", help=data_help)
     parser.add_argument("--format", choices=["criteo", "csv", "parquet", "prepared"], help="input format (data.format); default: from the file name")
     parser.add_argument("--label", metavar="COL", help="label column of CSV/Parquet input (data.label)")
+    parser.add_argument("--label-threshold", type=float, metavar="X", help="positive when the label is >= X, e.g. a rating (data.label_threshold)")
     parser.add_argument("--dense", metavar="COLS", help="comma-separated dense columns (data.dense_features); every other column is sparse")
     parser.add_argument("--ignore", metavar="COLS", help="comma-separated columns to leave out (data.ignore)")
     parser.add_argument("--delimiter", metavar="CHAR", help="CSV field delimiter (data.delimiter)")
@@ -65,13 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, metavar="FILE", help="YAML config; flags override it")
     _add_data_flags(train, "training data: file, comma-separated files, glob or directory (data.path); default: synthetic")
     train.add_argument("--eval-data", metavar="PATH", help="evaluation data (data.eval_path); default: the last 10%% of --data")
-    train.add_argument("--model", choices=["dlrm"], help="dense model (model.type)")
+    train.add_argument("--val-data", metavar="PATH", help="validation data for early stopping (data.val_path); default: the last 10%% of the training rows")
+    train.add_argument("--model", metavar="NAME", help="dense model (model.type): lr, dnn, dlrm, dcnv2, deepfm, wide_deep, xdeepfm or finalmlp; default: dcnv2")
     train.add_argument("--out", metavar="DIR", help="run directory for metrics and checkpoints (train.out)")
     train.add_argument("--seed", type=int, help="seed of tables, dense weights and data order (train.seed)")
     length = train.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=int, help="passes over the training data (train.epochs)")
+    length.add_argument("--epochs", type=int, help="most passes over the training data (train.epochs); default: from the row count")
     length.add_argument("--steps", type=int, help="train for this many steps instead (train.steps)")
-    train.add_argument("--batch-size", type=int, help="examples per step (train.batch_size)")
+    train.add_argument("--batch-size", type=int, help="examples per step (train.batch_size); default: from the row count")
     train.add_argument("--checkpoint-every", type=int, metavar="N", help="checkpoint every N steps (train.checkpoint_every)")
     train.add_argument("--threads", type=int, help="torch and numba threads (train.num_threads); default: all cores")
     train.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --out")
@@ -192,6 +196,12 @@ def _train(args: argparse.Namespace) -> int:
         f"eval: AUC {metrics['auc']:.4f} | log loss {metrics['logloss']:.4f} | NE {metrics['ne']:.4f} | "
         f"calibration {metrics['calibration']:.3f} | {metrics['eval_examples']:,} examples"
     )
+    if metrics["validation"]:
+        best = metrics["model_step"]
+        print(
+            f"validation: {len(metrics['validation'])} rounds on {metrics['val_rows']:,} rows; the model of step "
+            f"{best:,} was best{' and training stopped early' if metrics['stopped_early'] else ''}"
+        )
     print(
         f"train: {metrics['train_examples']:,} examples in {metrics['steps']:,} steps, "
         f"{metrics['examples_per_second']:,.0f} examples/s; total {time.perf_counter() - started:.1f}s"

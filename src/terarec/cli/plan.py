@@ -140,8 +140,10 @@ def _shard_overrides(args: argparse.Namespace, existing: Sequence[ShardingOverri
     return tuple(pinned.values())
 
 
-def _config_workloads(config: Config) -> tuple[list[TableWorkload], DenseWorkload, list[str]]:
-    """The run's tables as training builds them, their bag sizes and skew, and the dense network."""
+def _config_workloads(config: Config) -> tuple[list[TableWorkload], DenseWorkload, int, list[str]]:
+    """The run's tables as training builds them, their bag sizes and skew, the dense network,
+    and the training rows."""
+    from terarec.models import model_class
     from terarec.data import (
         CRITEO_1TB_CARDINALITIES,
         DataFormat,
@@ -168,7 +170,7 @@ def _config_workloads(config: Config) -> tuple[list[TableWorkload], DenseWorkloa
         }
         sizes = synthetic.bag_sizes or (1,) * synthetic.num_sparse
         pooling = {name: float(size) for name, size in zip(features, sizes, strict=True)}
-        num_dense = synthetic.num_dense
+        num_dense, num_rows = synthetic.num_dense, synthetic.num_examples
         skew = synthetic.zipf_exponent if skew is None else skew
         notes.append("synthetic data: tables sized from its cardinalities (an upper bound of the distinct IDs)")
     else:
@@ -181,14 +183,14 @@ def _config_workloads(config: Config) -> tuple[list[TableWorkload], DenseWorkloa
         features = list(train.schema.sparse_features)
         distinct = stats.distinct_ids
         pooling = mean_bag_sizes(train)
-        num_dense = train.schema.num_dense
+        num_dense, num_rows = train.schema.num_dense, train.num_rows
         if skew is None:
             skew = DEFAULT_ZIPF_EXPONENT
             notes.append(f"ID skew assumed: Zipf exponent {DEFAULT_ZIPF_EXPONENT} (set sharding.zipf_exponent)")
-    tables = build_table_configs(config.embedding, features, distinct)
+    tables = build_table_configs(config.embedding, features, distinct, model_class(config.model.type).layout)
     workloads = table_workloads(tables, pooling, skew)
     dense = dense_workload(config, num_dense, tables)
-    return workloads, dense, notes
+    return workloads, dense, num_rows, notes
 
 
 def _plan_config(args: argparse.Namespace) -> Plan:
@@ -198,7 +200,10 @@ def _plan_config(args: argparse.Namespace) -> Plan:
     config = load_config(args.config, _overrides_for_plan(args))
     sharding = dataclasses.replace(config.sharding, overrides=_shard_overrides(args, config.sharding.overrides))
     calibration = _calibration(args)
-    workloads, dense, notes = _config_workloads(dataclasses.replace(config, sharding=sharding))
+    from terarec.train.schedule import auto_batch_size
+
+    workloads, dense, num_rows, notes = _config_workloads(dataclasses.replace(config, sharding=sharding))
+    batch_size = config.train.batch_size or auto_batch_size(num_rows)
     if sharding.network_gbps is None and sharding.world_size > sharding.ranks_per_host:
         notes.append("network bandwidth assumed: 10 Gbit/s per host (set --network-gbps)")
     if sharding.ram_per_rank is None:
@@ -210,7 +215,7 @@ def _plan_config(args: argparse.Namespace) -> Plan:
     topology = build_topology(sharding, calibration)
     planner = ShardingPlanner(
         topology,
-        max(1, config.train.batch_size // sharding.world_size),
+        max(1, batch_size // sharding.world_size),
         sharding.comm_precision,
         sharding.overrides,
         sharding.min_cache_fraction,

@@ -102,6 +102,14 @@ class DataConfig:
         dense_transform (DenseTransform, optional): Default: ``DenseTransform.SIGNED_LOG1P``
         eval_fraction (float, optional): held-out tail when ``eval_path`` is ``None``, in
             :math:`(0, 1)`. Default: ``0.1``
+        val_path (str, optional): validation data (early stopping, the best model); ``None``
+            carves it from the training data. Default: ``None``
+        val_fraction (float, optional): without ``val_path``, the tail of the training rows
+            (after the evaluation split is held out) used for validation, in :math:`[0, 1)`;
+            ``0`` validates nothing and keeps the last model. Default: ``0.1``
+        label_threshold (float, optional): CSV/Parquet labels are numbers (a rating, a watch
+            time) and an example is positive when its label is ``>= label_threshold``; ``None``
+            requires labels 0 or 1. Default: ``None``
         synthetic (SyntheticConfig, optional): the generator used when ``path`` is ``None``.
 
     Example::
@@ -124,10 +132,13 @@ class DataConfig:
     on_bad_row: BadRowPolicy = BadRowPolicy.ERROR
     dense_transform: DenseTransform = DenseTransform.SIGNED_LOG1P
     eval_fraction: float = 0.1
+    val_path: str | None = None
+    val_fraction: float = 0.1
+    label_threshold: float | None = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
-        for name in ("path", "eval_path", "label"):
+        for name in ("path", "eval_path", "val_path", "label"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ConfigError(f"data.{name} must be a non-empty string or null, got {value!r}")
@@ -154,5 +165,11 @@ class DataConfig:
         frac = self.eval_fraction
         if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 < frac < 1.0:
             raise ConfigError(f"data.eval_fraction must be in (0, 1), got {frac!r}")
+        frac = self.val_fraction
+        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 <= frac < 1.0:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {frac!r}")
+        threshold = self.label_threshold
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+            raise ConfigError(f"data.label_threshold must be a number or null, got {threshold!r}")
         if not isinstance(self.synthetic, SyntheticConfig):
             raise ConfigError(f"data.synthetic must be a SyntheticConfig, got {type(self.synthetic).__name__}")

@@ -144,8 +144,9 @@ class _BlockConverter:
         schema, n = self.schema, batch.num_rows
         bad_any = np.zeros(n, dtype=bool)
         checks: list[tuple[str, np.ndarray, str]] = []
-        labels, bad = _convert.to_labels(batch.column(schema.label))
-        checks.append((schema.label, bad, "expected a label 0 or 1"))
+        threshold = self.config.label_threshold
+        labels, bad = _convert.to_labels(batch.column(schema.label), threshold)
+        checks.append((schema.label, bad, "expected a label 0 or 1" if threshold is None else "expected a number"))
         dense = np.zeros((n, schema.num_dense), dtype=np.float64)
         for j, name in enumerate(schema.dense_features):
             try:

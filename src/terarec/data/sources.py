@@ -35,6 +35,7 @@ class DataSplits:
         train (ColumnarData): training examples.
         eval (ColumnarData): evaluation examples.
         stats (DatasetStats): statistics of ``train``.
+        val (ColumnarData, optional): validation examples, or ``None`` when there are none.
         eval_probabilities (np.ndarray, optional): true click probabilities of ``eval``
             (synthetic data only), else ``None``.
         cardinalities (dict[str, int], optional): distinct possible IDs per feature (synthetic
@@ -44,6 +45,7 @@ class DataSplits:
     train: ColumnarData
     eval: ColumnarData
     stats: DatasetStats
+    val: ColumnarData | None = None
     eval_probabilities: np.ndarray | None = None
     cardinalities: dict[str, int] | None = None
 
@@ -152,6 +154,9 @@ def load_splits(config: DataConfig, stats: DatasetStats | None = None) -> DataSp
     Synthetic data when ``config.path`` is ``None`` (:func:`generate_synthetic`); else the
     examples of ``config.path``, evaluated on ``config.eval_path`` or, without one, on the last
     ``config.eval_fraction`` of the rows (logs are in time order, so this evaluates on the future).
+    Validation comes from ``config.val_path`` or, without one, the last ``config.val_fraction``
+    of the training rows: the most recent before the evaluation period, and a view, not a copy,
+    of memory-mapped data. Statistics are those of the training rows left.
 
     Args:
         config (DataConfig): the ``data`` section of the run's configuration.
@@ -163,14 +168,15 @@ def load_splits(config: DataConfig, stats: DatasetStats | None = None) -> DataSp
 
         >>> from terarec.data import SyntheticConfig
         >>> splits = load_splits(DataConfig(synthetic=SyntheticConfig(num_examples=100, num_eval_examples=20)))
-        >>> splits.train.num_rows, splits.eval.num_rows, splits.stats.num_rows, splits.cardinalities["C6"]
-        (100, 20, 100, 3)
+        >>> splits.train.num_rows, splits.val.num_rows, splits.eval.num_rows, splits.stats.num_rows
+        (90, 10, 20, 90)
     """
     if config.path is None:
-        if config.eval_path is not None:
-            raise ConfigError("data.eval_path is set but data.path is not: give both, or neither for synthetic data")
+        if config.eval_path is not None or config.val_path is not None:
+            raise ConfigError("data.eval_path or data.val_path is set but data.path is not: give data.path too")
         ds = generate_synthetic(config.synthetic, config.dense_transform)
-        return DataSplits(ds.train, ds.eval, compute_stats(ds.train), ds.eval_probabilities, ds.cardinalities)
+        train, val = _carve_validation(ds.train, config, "synthetic data")
+        return DataSplits(train, ds.eval, stats or compute_stats(train), val, ds.eval_probabilities, ds.cardinalities)
     data = load_dataset(config.path, config)
     if config.eval_path is not None:
         train, evaluation = data, load_dataset(config.eval_path, config)
@@ -185,4 +191,25 @@ def load_splits(config: DataConfig, stats: DatasetStats | None = None) -> DataSp
         cut = data.num_rows - num_eval
         train, evaluation = data.slice_rows(0, cut), data.slice_rows(cut, data.num_rows)
         train.skipped_rows = data.skipped_rows
-    return DataSplits(train, evaluation, stats if stats is not None else compute_stats(train))
+    train, val = _carve_validation(train, config, config.path)
+    return DataSplits(train, evaluation, stats if stats is not None else compute_stats(train), val)
+
+
+def _carve_validation(train: ColumnarData, config: DataConfig, source: str) -> tuple[ColumnarData, ColumnarData | None]:
+    """The training rows left and the validation data (``val_path``, or the training tail)."""
+    if config.val_path is not None:
+        val = load_dataset(config.val_path, config)
+        if val.schema != train.schema:
+            raise DataError(f"{config.val_path}: columns differ from {source}: "
+                            f"{val.schema.to_dict()} vs {train.schema.to_dict()}")
+        return train, val
+    if config.val_fraction == 0:
+        return train, None
+    num_val = int(round(train.num_rows * config.val_fraction))
+    if num_val < 1 or num_val >= train.num_rows:
+        raise DataError(f"{source}: {train.num_rows} training rows are too few to hold out "
+                        f"data.val_fraction={config.val_fraction} for validation (set data.val_fraction=0)")
+    cut = train.num_rows - num_val
+    kept, val = train.slice_rows(0, cut), train.slice_rows(cut, train.num_rows)
+    kept.skipped_rows = train.skipped_rows
+    return kept, val

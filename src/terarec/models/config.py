@@ -1,37 +1,274 @@
-"""Configuration of the dense models."""
+"""Configuration of the dense models: one section shared by every model, one small section each.
+
+``model.type`` picks the architecture; ``model.dropout``, ``model.batch_norm`` and
+``model.activation`` shape every MLP of it; ``model.<type>`` holds what only that model has
+(``model.dcnv2.num_layers``). Unused sections keep their defaults and cost nothing.
+"""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["ModelConfig", "ModelType"]
+from terarec.errors import ConfigError
+
+__all__ = [
+    "Activation",
+    "DCNStructure",
+    "DCNv2Config",
+    "DLRMConfig",
+    "DNNConfig",
+    "DeepFMConfig",
+    "FinalMLPConfig",
+    "InteractionType",
+    "ModelConfig",
+    "ModelType",
+    "WideDeepConfig",
+    "XDeepFMConfig",
+]
 
 
 class ModelType(enum.Enum):
-    """Dense architectures on top of the pooled embeddings."""
+    """Dense architectures on top of the pooled embeddings (see :mod:`terarec.models`)."""
 
+    LR = "lr"
+    DNN = "dnn"
     DLRM = "dlrm"
+    DCNV2 = "dcnv2"
+    DEEPFM = "deepfm"
+    WIDE_DEEP = "wide_deep"
+    XDEEPFM = "xdeepfm"
+    FINALMLP = "finalmlp"
+
+
+class Activation(enum.Enum):
+    """Hidden-layer activation of every MLP. ``SMELU`` is Smooth ReLU (Shamir et al., 2022),
+    which Google's work on irreproducibility in recommenders found to make runs agree better."""
+
+    RELU = "relu"
+    SMELU = "smelu"
+
+
+class InteractionType(enum.Enum):
+    """How DLRM combines its vectors: pairwise dot products, or plain concatenation."""
+
+    DOT = "dot"
+    CAT = "cat"
+
+
+class DCNStructure(enum.Enum):
+    """DCN-v2's two layouts: the MLP after the cross network, or beside it."""
+
+    STACKED = "stacked"
+    PARALLEL = "parallel"
+
+
+def _check_widths(key: str, widths: tuple[int, ...], allow_empty: bool = True) -> None:
+    if not isinstance(widths, tuple) or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+        raise ConfigError(f"{key} must be a list of widths >= 1, got {widths!r}")
+    if not allow_empty and not widths:
+        raise ConfigError(f"{key} needs at least one width")
+
+
+def _as_tuple(config: object, name: str) -> tuple[int, ...]:
+    value = getattr(config, name)
+    if isinstance(value, list):
+        value = tuple(value)
+        object.__setattr__(config, name, value)
+    return value
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """Which dense model to build and how wide.
+class DNNConfig:
+    """``model.dnn``: an MLP over the dense features and every embedding side by side.
 
     Args:
-        type (ModelType, optional): the architecture. Default: ``ModelType.DLRM``
+        mlp (tuple[int, ...], optional): hidden widths. Default: ``(256, 128)``
+    """
+
+    mlp: tuple[int, ...] = (256, 128)
+
+    def __post_init__(self) -> None:
+        _check_widths("model.dnn.mlp", _as_tuple(self, "mlp"), allow_empty=False)
+
+
+@dataclass(frozen=True)
+class DLRMConfig:
+    """``model.dlrm``: Meta's DLRM.
+
+    Args:
         bottom_mlp (tuple[int, ...], optional): hidden widths of the dense-feature MLP; a final
             layer projecting to the embedding dim is appended. Default: ``(64,)``
         top_mlp (tuple[int, ...], optional): hidden widths of the MLP over the interaction; a
             final one-unit layer (the logit) is appended. Default: ``(128, 64)``
+        interaction (InteractionType, optional): ``dot`` products or ``cat``. Default: ``InteractionType.DOT``
     """
 
-    type: ModelType = ModelType.DLRM
     bottom_mlp: tuple[int, ...] = (64,)
     top_mlp: tuple[int, ...] = (128, 64)
+    interaction: InteractionType = InteractionType.DOT
 
     def __post_init__(self) -> None:
-        for name in ("bottom_mlp", "top_mlp"):
-            sizes = getattr(self, name)
-            if any(size < 1 for size in sizes):
-                raise ValueError(f"model.{name} widths must be >= 1, got {list(sizes)}")
+        _check_widths("model.dlrm.bottom_mlp", _as_tuple(self, "bottom_mlp"))
+        _check_widths("model.dlrm.top_mlp", _as_tuple(self, "top_mlp"))
+
+
+@dataclass(frozen=True)
+class DCNv2Config:
+    """``model.dcnv2``: DCN-v2's cross network and an MLP.
+
+    Args:
+        num_layers (int, optional): cross layers. Default: ``3``
+        structure (DCNStructure, optional): MLP after (``stacked``) or beside (``parallel``) the
+            cross network. Default: ``DCNStructure.PARALLEL``
+        low_rank (int, optional): rank of each expert's factorised cross weight (``U V^T``);
+            ``None`` uses full matrices. Default: ``64``
+        num_experts (int, optional): low-rank experts mixed by a gate (the paper's DCN-Mix, as
+            in MLPerf's DLRM-DCNv2); more than one needs ``low_rank``. Default: ``1``
+        mlp (tuple[int, ...], optional): hidden widths of the MLP. Default: ``(256, 128)``
+    """
+
+    num_layers: int = 3
+    structure: DCNStructure = DCNStructure.PARALLEL
+    low_rank: int | None = 64
+    num_experts: int = 1
+    mlp: tuple[int, ...] = (256, 128)
+
+    def __post_init__(self) -> None:
+        _check_widths("model.dcnv2.mlp", _as_tuple(self, "mlp"))
+        if self.num_layers < 1:
+            raise ConfigError(f"model.dcnv2.num_layers must be >= 1, got {self.num_layers}")
+        if self.low_rank is not None and self.low_rank < 1:
+            raise ConfigError(f"model.dcnv2.low_rank must be >= 1 or null, got {self.low_rank}")
+        if self.num_experts < 1:
+            raise ConfigError(f"model.dcnv2.num_experts must be >= 1, got {self.num_experts}")
+        if self.num_experts > 1 and self.low_rank is None:
+            raise ConfigError("model.dcnv2.num_experts > 1 mixes low-rank experts: set model.dcnv2.low_rank too")
+        if self.structure is DCNStructure.STACKED and not self.mlp:
+            raise ConfigError("model.dcnv2.structure=stacked needs model.dcnv2.mlp widths")
+
+
+@dataclass(frozen=True)
+class DeepFMConfig:
+    """``model.deepfm``: DeepFM's factorisation machine and MLP.
+
+    Args:
+        mlp (tuple[int, ...], optional): hidden widths. Default: ``(256, 128)``
+    """
+
+    mlp: tuple[int, ...] = (256, 128)
+
+    def __post_init__(self) -> None:
+        _check_widths("model.deepfm.mlp", _as_tuple(self, "mlp"))
+
+
+@dataclass(frozen=True)
+class WideDeepConfig:
+    """``model.wide_deep``: Wide & Deep.
+
+    Args:
+        mlp (tuple[int, ...], optional): hidden widths of the deep part. Default: ``(256, 128)``
+    """
+
+    mlp: tuple[int, ...] = (256, 128)
+
+    def __post_init__(self) -> None:
+        _check_widths("model.wide_deep.mlp", _as_tuple(self, "mlp"), allow_empty=False)
+
+
+@dataclass(frozen=True)
+class XDeepFMConfig:
+    """``model.xdeepfm``: xDeepFM's compressed interaction network (CIN) and MLP.
+
+    Args:
+        cin_layers (tuple[int, ...], optional): feature maps per CIN layer. Default: ``(64, 64)``
+        split_half (bool, optional): each CIN layer but the last sends half its maps to the
+            output and half to the next layer, as in the paper. Default: ``True``
+        mlp (tuple[int, ...], optional): hidden widths. Default: ``(256, 128)``
+    """
+
+    cin_layers: tuple[int, ...] = (64, 64)
+    split_half: bool = True
+    mlp: tuple[int, ...] = (256, 128)
+
+    def __post_init__(self) -> None:
+        _check_widths("model.xdeepfm.cin_layers", _as_tuple(self, "cin_layers"), allow_empty=False)
+        _check_widths("model.xdeepfm.mlp", _as_tuple(self, "mlp"))
+        if self.split_half and any(w % 2 for w in self.cin_layers[:-1]):
+            raise ConfigError(
+                f"model.xdeepfm.split_half needs even cin_layers widths (all but the last), got {list(self.cin_layers)}"
+            )
+
+
+@dataclass(frozen=True)
+class FinalMLPConfig:
+    """``model.finalmlp``: FinalMLP's two gated MLP streams and their bilinear fusion.
+
+    Args:
+        mlp1 (tuple[int, ...], optional): hidden widths of the first stream. Default: ``(256, 128)``
+        mlp2 (tuple[int, ...], optional): hidden widths of the second stream. Default: ``(256, 128)``
+        num_heads (int, optional): heads of the bilinear aggregation; must divide both streams'
+            output widths. Default: ``1``
+        feature_selection (bool, optional): gate each stream's input by a learned function of
+            the features, as in the paper. Default: ``True``
+    """
+
+    mlp1: tuple[int, ...] = (256, 128)
+    mlp2: tuple[int, ...] = (256, 128)
+    num_heads: int = 1
+    feature_selection: bool = True
+
+    def __post_init__(self) -> None:
+        _check_widths("model.finalmlp.mlp1", _as_tuple(self, "mlp1"), allow_empty=False)
+        _check_widths("model.finalmlp.mlp2", _as_tuple(self, "mlp2"), allow_empty=False)
+        if self.num_heads < 1 or self.mlp1[-1] % self.num_heads or self.mlp2[-1] % self.num_heads:
+            raise ConfigError(
+                f"model.finalmlp.num_heads ({self.num_heads}) must be >= 1 and divide the last widths of "
+                f"mlp1 ({self.mlp1[-1]}) and mlp2 ({self.mlp2[-1]})"
+            )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which dense model to build, and how its MLPs look.
+
+    Args:
+        type (ModelType, optional): the architecture. Default: ``ModelType.DCNV2``
+        dropout (float, optional): dropout after every hidden layer of every MLP, in ``[0, 1)``.
+            Default: ``0.0``
+        batch_norm (bool, optional): batch normalisation before every hidden activation.
+            Default: ``False``
+        activation (Activation, optional): hidden activation. Default: ``Activation.RELU``
+        smelu_beta (float, optional): half-width of SmeLU's quadratic region. Default: ``1.0``
+        dnn (DNNConfig, optional): see :class:`DNNConfig`.
+        dlrm (DLRMConfig, optional): see :class:`DLRMConfig`.
+        dcnv2 (DCNv2Config, optional): see :class:`DCNv2Config`.
+        deepfm (DeepFMConfig, optional): see :class:`DeepFMConfig`.
+        wide_deep (WideDeepConfig, optional): see :class:`WideDeepConfig`.
+        xdeepfm (XDeepFMConfig, optional): see :class:`XDeepFMConfig`.
+        finalmlp (FinalMLPConfig, optional): see :class:`FinalMLPConfig`.
+
+    Example::
+
+        >>> ModelConfig(type=ModelType.DLRM).dlrm.top_mlp
+        (128, 64)
+    """
+
+    type: ModelType = ModelType.DCNV2
+    dropout: float = 0.0
+    batch_norm: bool = False
+    activation: Activation = Activation.RELU
+    smelu_beta: float = 1.0
+    dnn: DNNConfig = field(default_factory=DNNConfig)
+    dlrm: DLRMConfig = field(default_factory=DLRMConfig)
+    dcnv2: DCNv2Config = field(default_factory=DCNv2Config)
+    deepfm: DeepFMConfig = field(default_factory=DeepFMConfig)
+    wide_deep: WideDeepConfig = field(default_factory=WideDeepConfig)
+    xdeepfm: XDeepFMConfig = field(default_factory=XDeepFMConfig)
+    finalmlp: FinalMLPConfig = field(default_factory=FinalMLPConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.smelu_beta > 0:
+            raise ConfigError(f"model.smelu_beta must be > 0, got {self.smelu_beta!r}")

@@ -2,78 +2,70 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
-from torch import nn
 
-from terarec.models.config import ModelConfig
-from terarec.models.layers import MLP, DotInteraction
+from terarec.models.base import RecModel
+from terarec.models.config import InteractionType, ModelConfig
+from terarec.models.inputs import InputSpec, ModelInput
+from terarec.models.interactions import DotInteraction
+from terarec.models.layers import MLP, logit_head, require_common_dim
 
 __all__ = ["DLRM"]
 
 
-class DLRM(nn.Module):
+class DLRM(RecModel):
     """The dense network of DLRM (Naumov et al., 2019), fed with pooled embeddings.
 
     A bottom MLP maps the dense features to one ``D``-wide vector; it and the ``F`` pooled
-    embeddings interact through pairwise dot products (:class:`DotInteraction`); a top MLP maps
-    the bottom vector and the interactions to one logit. Embedding tables are not part of this
-    module: they live in :class:`terarec.embedding.EmbeddingCollection`, update themselves, and
-    hand their pooled rows in as ``sparse``. With no dense features the bottom MLP is skipped.
+    embeddings interact through pairwise dot products (:class:`DotInteraction`), or are simply
+    concatenated (``model.dlrm.interaction=cat``); a top MLP maps the result to one logit. With
+    no dense features the bottom MLP is skipped. Dot interactions need one embedding dim.
 
     Args:
-        num_dense (int): dense features per example (may be 0).
-        num_sparse (int): ``F``, sparse features per example.
-        embedding_dim (int): ``D``, shared by every table (dot products need equal widths).
-        bottom_mlp (Sequence[int]): hidden widths of the bottom MLP (``D`` is appended).
-        top_mlp (Sequence[int]): hidden widths of the top MLP (the one-unit logit layer is appended).
+        config (ModelConfig): ``model.dlrm`` and the MLP options.
+        spec (InputSpec): input widths.
 
     Shape:
-        - dense: :math:`(B, D_{dense})`
-        - sparse: :math:`(B, F, D)`
+        - Input: :class:`~terarec.models.ModelInput`
         - Output: :math:`(B)` logits
 
     Example::
 
         >>> _ = torch.manual_seed(0)
-        >>> model = DLRM(num_dense=13, num_sparse=26, embedding_dim=8, bottom_mlp=[16], top_mlp=[32])
-        >>> model(torch.randn(4, 13), torch.randn(4, 26, 8)).shape
+        >>> spec = InputSpec(13, tuple(f"C{i}" for i in range(26)), (8,) * 26)
+        >>> model = DLRM(ModelConfig(), spec)
+        >>> model(ModelInput(torch.randn(4, 13), torch.randn(4, 208), spec, model.layout)).shape
         torch.Size([4])
     """
 
-    def __init__(
-        self,
-        num_dense: int,
-        num_sparse: int,
-        embedding_dim: int,
-        bottom_mlp: Sequence[int],
-        top_mlp: Sequence[int],
-    ) -> None:
-        super().__init__()
-        if num_sparse < 1 and num_dense < 1:
-            raise ValueError("DLRM needs at least one dense or sparse feature")
-        self.num_dense = num_dense
-        self.num_sparse = num_sparse
-        self.embedding_dim = embedding_dim
-        self.bottom = MLP(num_dense, [*bottom_mlp, embedding_dim]) if num_dense > 0 else None
-        num_vectors = num_sparse + (1 if self.bottom is not None else 0)
-        self.interaction = DotInteraction(num_vectors)
-        interaction_width = self.interaction.num_pairs + (embedding_dim if self.bottom is not None else 0)
-        self.top = MLP(interaction_width, [*top_mlp, 1], final_activation=False)
+    def __init__(self, config: ModelConfig, spec: InputSpec) -> None:
+        super().__init__(spec)
+        options = config.dlrm
+        self.interaction_type = options.interaction
+        if options.interaction is InteractionType.DOT:
+            dim = require_common_dim("dlrm", spec, "dot interactions; or set model.dlrm.interaction=cat")
+        else:
+            dim = spec.common_dim() or max(spec.embedding_dims, default=1)
+        self.bottom = MLP.from_config(config, spec.num_dense, [*options.bottom_mlp, dim]) if spec.num_dense else None
+        has_bottom = self.bottom is not None
+        if options.interaction is InteractionType.DOT:
+            self.interaction: DotInteraction | None = DotInteraction(spec.num_sparse + int(has_bottom))
+            width = self.interaction.num_pairs + (dim if has_bottom else 0)
+        else:
+            self.interaction = None
+            width = spec.embedding_width + (dim if has_bottom else 0)
+        self.top = logit_head(config, width, options.top_mlp)
 
-    @classmethod
-    def from_config(cls, config: ModelConfig, num_dense: int, num_sparse: int, embedding_dim: int) -> DLRM:
-        """Builds the model that ``config`` describes for the given input widths."""
-        return cls(num_dense, num_sparse, embedding_dim, config.bottom_mlp, config.top_mlp)
-
-    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: ModelInput) -> torch.Tensor:
+        if self.interaction is None:
+            parts = [inputs.concatenated()] if self.bottom is None else [self.bottom(inputs.dense), inputs.concatenated()]
+            return self.top(torch.cat(parts, dim=1)).squeeze(1)
+        vectors = inputs.stacked()
         if self.bottom is None:
-            interactions = self.interaction(sparse)[:, self.embedding_dim :]
+            interactions = self.interaction(vectors)[:, vectors.shape[2] :]
             return self.top(interactions).squeeze(1)
-        bottom = self.bottom(dense)
-        vectors = torch.cat([bottom.unsqueeze(1), sparse], dim=1)
+        vectors = torch.cat([self.bottom(inputs.dense).unsqueeze(1), vectors], dim=1)
         return self.top(self.interaction(vectors)).squeeze(1)
 
     def extra_repr(self) -> str:
-        return f"num_dense={self.num_dense}, num_sparse={self.num_sparse}, embedding_dim={self.embedding_dim}"
+        return f"interaction={self.interaction_type.value}"

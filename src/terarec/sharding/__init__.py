@@ -46,7 +46,7 @@ from terarec.sharding.presets import (
     PRESETS,
     ClusterSpec,
     ModelPreset,
-    dlrm_dense_workload,
+    dlrm_workload,
     get_preset,
 )
 from terarec.sharding.sharded import (
@@ -106,7 +106,7 @@ __all__ = [
     "build_topology",
     "choose_options",
     "default_calibration_path",
-    "dlrm_dense_workload",
+    "dlrm_workload",
     "enumerate_options",
     "estimate_plan",
     "expected_unique",

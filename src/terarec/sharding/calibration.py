@@ -49,7 +49,6 @@ import torch
 from terarec.embedding import EmbeddingTableConfig
 from terarec.embedding.table import FixedTable
 from terarec.errors import ConfigError
-from terarec.sharding.presets import dlrm_dense_workload
 
 __all__ = ["Calibration", "default_calibration_path", "load_calibration", "measure_calibration", "save_calibration"]
 
@@ -196,26 +195,25 @@ def _embedding_bandwidth() -> float:
 
 
 def _dense_flops() -> float:
-    from torch import nn
-
-    from terarec.models import DLRM, ModelConfig
+    from terarec.models import InputSpec, ModelConfig, ModelInput, ModelType, build_model
 
     generator = torch.Generator().manual_seed(0)
-    config = ModelConfig()
-    model = DLRM.from_config(config, 13, _FEATURES, _DIM)
+    spec = InputSpec(13, tuple(f"C{f}" for f in range(_FEATURES)), (_DIM,) * _FEATURES)
+    with torch.random.fork_rng():
+        model = build_model(ModelConfig(type=ModelType.DLRM), spec)
     optimizer = torch.optim.Adam(model.parameters())
     dense = torch.rand(_BATCH, 13, generator=generator)
-    sparse = torch.rand(_BATCH, _FEATURES, _DIM, generator=generator, requires_grad=True)
+    pooled = torch.rand(_BATCH, _FEATURES * _DIM, generator=generator, requires_grad=True)
+    inputs = ModelInput(dense, pooled, spec, model.layout)
     labels = torch.randint(0, 2, (_BATCH,), generator=generator).float()
     best = math.inf
     for _ in range(6):
         started = time.perf_counter()
-        nn.functional.binary_cross_entropy_with_logits(model(dense, sparse).float(), labels).backward()
+        model.loss(model(inputs), labels).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         best = min(best, time.perf_counter() - started)
-    workload = dlrm_dense_workload(13, config.bottom_mlp, config.top_mlp, _FEATURES, _DIM)
-    return _BATCH * workload.flops_per_example / best
+    return _BATCH * model.dense_cost().flops_per_example / best
 
 
 def _exchange_seconds(group: object) -> tuple[float, int]:

@@ -7,17 +7,18 @@ network, a batch size and the :class:`ClusterSpec` it is meant for; ``terarec pl
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from terarec.embedding import EmbeddingTableConfig, OptimizerConfig, OptimizerType
 from terarec.errors import ConfigError
+from terarec.models import DLRMConfig, InputSpec, ModelConfig, ModelType, build_model
 from terarec.sharding.types import CommPrecision, DenseWorkload, TableWorkload, Topology
 
-__all__ = ["PRESETS", "ClusterSpec", "ModelPreset", "dlrm_dense_workload", "get_preset"]
+__all__ = ["PRESETS", "ClusterSpec", "ModelPreset", "dlrm_workload", "get_preset"]
 
 
 @dataclass(frozen=True)
@@ -106,27 +107,19 @@ class ModelPreset:
         return sum(t.config.num_embeddings * t.config.embedding_dim for t in self.tables)
 
 
-def dlrm_dense_workload(
-    num_dense: int, bottom_mlp: Sequence[int], top_mlp: Sequence[int], num_sparse: int, embedding_dim: int
-) -> DenseWorkload:
-    """Parameters and FLOPs of a DLRM's dense part: bottom MLP to ``embedding_dim``, pairwise dot
-    interaction of ``num_sparse + 1`` vectors, top MLP to one logit.
-
-    FLOPs per example are ``6 x`` the MLP weights (multiply-add forward, twice that backward)
-    plus ``3 x n (n - 1) D`` for the interaction's dot products, ``n = num_sparse + 1``.
+def dlrm_workload(num_dense: int, bottom_mlp: Sequence[int], top_mlp: Sequence[int], spec_dims: Sequence[int]) -> DenseWorkload:
+    """The dense workload of a DLRM with these MLPs over ``len(spec_dims)`` features, as the
+    model counts it (built on a forked RNG, so callers' random streams are untouched).
 
     Example::
 
-        >>> dlrm_dense_workload(13, (64,), (128, 64), 26, 16).num_parameters
+        >>> dlrm_workload(13, (64,), (128, 64), (16,) * 26).num_parameters
         57361
     """
-    vectors = num_sparse + 1
-    bottom = [num_dense, *bottom_mlp, embedding_dim]
-    top = [vectors * (vectors - 1) // 2 + embedding_dim, *top_mlp, 1]
-    weights = sum(a * b for layers in (bottom, top) for a, b in itertools.pairwise(layers))
-    biases = sum(sum(layers[1:]) for layers in (bottom, top))
-    flops = 6.0 * weights + 3.0 * vectors * (vectors - 1) * embedding_dim
-    return DenseWorkload(num_parameters=weights + biases, flops_per_example=flops)
+    config = ModelConfig(type=ModelType.DLRM, dlrm=DLRMConfig(tuple(bottom_mlp), tuple(top_mlp)))
+    spec = InputSpec(num_dense, tuple(f"f{i}" for i in range(len(spec_dims))), tuple(spec_dims))
+    with torch.random.fork_rng():
+        return DenseWorkload.of_model(build_model(config, spec))
 
 
 def _persia_100t() -> ModelPreset:
@@ -157,7 +150,7 @@ def _persia_100t() -> ModelPreset:
             "to 1e7 rows, all 128-dim with row-wise Adagrad"
         ),
         tables=tables,
-        dense=dlrm_dense_workload(13, (512, 256), (1024, 1024, 512, 256), num_sparse, dim),
+        dense=dlrm_workload(13, (512, 256), (1024, 1024, 512, 256), (dim,) * num_sparse),
         batch_size=4096,
         comm_precision=CommPrecision.BF16,
         cluster=ClusterSpec(ram_per_machine=1 << 40, ssd_per_machine=8 * 10**12, network_gbps=100.0),

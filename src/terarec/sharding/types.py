@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 from terarec.embedding import EmbeddingTableConfig
 from terarec.errors import ConfigError
+from terarec.models import RecModel
 
 __all__ = [
     "CommPrecision",
@@ -401,6 +402,13 @@ class DenseWorkload:
     def ram_bytes(self) -> int:
         """RAM of one replica: ``num_parameters * bytes_per_parameter``."""
         return self.num_parameters * self.bytes_per_parameter
+
+    @classmethod
+    def of_model(cls, model: RecModel) -> DenseWorkload:
+        """The workload of ``model``, as it counts its own parameters and FLOPs
+        (:meth:`~terarec.models.RecModel.dense_cost`)."""
+        cost = model.dense_cost()
+        return cls(num_parameters=cost.num_parameters, flops_per_example=cost.flops_per_example)
 
 
 @dataclass(frozen=True)

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
-from terarec.embedding import EmbeddingTableConfig
+from terarec.embedding import EmbeddingTableConfig, OptimizerConfig, OptimizerType
 from terarec.errors import ConfigError
-from terarec.models import DLRM, ModelConfig, ModelType
+from terarec.models import EmbeddingLayout, InputSpec, ModelConfig, RecModel, model_class
+from terarec.models import build_model as build_registered_model
 from terarec.train.config import DenseOptimizerType, EmbeddingConfig, TrainConfig
 
-__all__ = ["build_dense_optimizer", "build_model", "build_table_configs"]
+__all__ = ["build_dense_optimizer", "build_model", "build_table_configs", "input_spec"]
+
+
+def _with_wide_column(optimizer: OptimizerConfig, layout: EmbeddingLayout) -> OptimizerConfig:
+    """Row-wise Adagrad as element-wise Adagrad for a table that carries a wide column beside
+    the embedding: one shared step size would tie the ID's scalar weight, whose gradient is the
+    logit's own, to its embedding's much smaller ones (the weight then takes ~sqrt(D) too large
+    steps). Costs a state value per column instead of per row."""
+    if layout.wide and layout.deep and optimizer.type is OptimizerType.ROWWISE_ADAGRAD:
+        return dataclasses.replace(optimizer, type=OptimizerType.ADAGRAD)
+    return optimizer
 
 
 def _rows_for(config: EmbeddingConfig, distinct_ids: int) -> int:
@@ -25,6 +37,7 @@ def build_table_configs(
     config: EmbeddingConfig,
     sparse_features: Sequence[str],
     distinct_ids: Mapping[str, int],
+    layout: EmbeddingLayout = EmbeddingLayout(),
 ) -> list[EmbeddingTableConfig]:
     """One table per :class:`TableSpec`, then one per remaining sparse feature, sized from the data.
 
@@ -32,6 +45,11 @@ def build_table_configs(
         config (EmbeddingConfig): the table policy.
         sparse_features (Sequence[str]): the dataset's sparse features, in model input order.
         distinct_ids (Mapping[str, int]): estimated distinct IDs per feature in the training data.
+        layout (EmbeddingLayout, optional): the columns the model reads from a row: a table's
+            ``embedding_dim`` is ``layout.table_dim`` of the configured one (one more column
+            for a wide weight; only that column for logistic regression), and a table with a
+            wide column beside its embedding trains row-wise Adagrad element-wise. Default:
+            embeddings only
 
     Raises:
         ConfigError: when a spec names an unknown feature, or a feature sits in two tables.
@@ -40,7 +58,7 @@ def build_table_configs(
 
         >>> tables = build_table_configs(EmbeddingConfig(), ["C1", "C2"], {"C1": 100, "C2": 5})
         >>> [(t.name, t.num_embeddings) for t in tables]
-        [('C1', 200), ('C2', 16)]
+        [('C1', 1600), ('C2', 80)]
     """
     known = set(sparse_features)
     claimed: dict[str, str] = {}
@@ -68,10 +86,10 @@ def build_table_configs(
             EmbeddingTableConfig(
                 name=spec.name,
                 num_embeddings=rows,
-                embedding_dim=spec.embedding_dim or config.embedding_dim,
+                embedding_dim=layout.table_dim(spec.embedding_dim or config.embedding_dim),
                 feature_names=tuple(spec.feature_names),
                 pooling=spec.pooling or config.pooling,
-                optimizer=spec.optimizer or config.optimizer,
+                optimizer=_with_wide_column(spec.optimizer or config.optimizer, layout),
                 init=spec.init or config.init,
                 dynamic=spec.dynamic,
                 tiered=spec.tiered,
@@ -86,10 +104,10 @@ def build_table_configs(
             EmbeddingTableConfig(
                 name=feature,
                 num_embeddings=_rows_for(config, distinct_ids.get(feature, 0)),
-                embedding_dim=config.embedding_dim,
+                embedding_dim=layout.table_dim(config.embedding_dim),
                 feature_names=(feature,),
                 pooling=config.pooling,
-                optimizer=config.optimizer,
+                optimizer=_with_wide_column(config.optimizer, layout),
                 init=config.init,
                 dynamic=config.dynamic,
                 tiered=config.tiered,
@@ -100,24 +118,37 @@ def build_table_configs(
     return tables
 
 
-def build_model(config: ModelConfig, num_dense: int, tables: Sequence[EmbeddingTableConfig]) -> nn.Module:
-    """The dense model for ``tables``' pooled outputs. Seed torch first: weights come from its RNG."""
-    if config.type is ModelType.DLRM:
-        dims = {table.embedding_dim for table in tables}
-        if len(dims) > 1:
-            raise ConfigError(
-                f"model.type=dlrm needs one embedding_dim for every table (dot interactions), got {sorted(dims)}"
-            )
-        num_sparse = sum(len(table.feature_names) for table in tables)
-        return DLRM.from_config(config, num_dense, num_sparse, dims.pop() if dims else 1)
-    raise ConfigError(f"model.type: unsupported model {config.type.value!r}")
+def input_spec(num_dense: int, tables: Sequence[EmbeddingTableConfig], layout: EmbeddingLayout) -> InputSpec:
+    """The widths a model reading ``tables`` through ``layout`` gets, features in collection order.
+
+    Example::
+
+        >>> from terarec.embedding import EmbeddingTableConfig, OptimizerConfig, OptimizerType
+        >>> tables = [EmbeddingTableConfig("t", 10, 9, ("user", "item"))]
+        >>> input_spec(13, tables, EmbeddingLayout(wide=True)).embedding_dims
+        (8, 8)
+    """
+    names, dims = [], []
+    for table in tables:
+        dim = table.embedding_dim - (1 if layout.wide else 0)
+        names.extend(table.feature_names)
+        dims.extend([dim if layout.deep else 0] * len(table.feature_names))
+    return InputSpec(num_dense, tuple(names), tuple(dims))
+
+
+def build_model(config: ModelConfig, num_dense: int, tables: Sequence[EmbeddingTableConfig]) -> RecModel:
+    """The dense model for ``tables``' pooled outputs (built with :func:`build_table_configs`
+    for the same model). Seed torch first: weights come from its RNG."""
+    layout = model_class(config.type).layout
+    return build_registered_model(config, input_spec(num_dense, tables, layout))
 
 
 def build_dense_optimizer(config: TrainConfig, parameters: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
-    """The torch optimizer that trains the dense network."""
-    rate = config.dense_learning_rate
+    """The torch optimizer that trains the dense network, with ``train.weight_decay``."""
+    rate, decay = config.dense_learning_rate, config.weight_decay
     if config.dense_optimizer is DenseOptimizerType.ADAM:
-        return torch.optim.Adam(parameters, lr=rate)
+        # Decoupled decay (AdamW): with Adam, L2 in the gradient is rescaled away per weight.
+        return torch.optim.AdamW(parameters, lr=rate, weight_decay=decay)
     if config.dense_optimizer is DenseOptimizerType.ADAGRAD:
-        return torch.optim.Adagrad(parameters, lr=rate)
-    return torch.optim.SGD(parameters, lr=rate)
+        return torch.optim.Adagrad(parameters, lr=rate, weight_decay=decay)
+    return torch.optim.SGD(parameters, lr=rate, weight_decay=decay)

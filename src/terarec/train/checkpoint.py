@@ -31,9 +31,12 @@ from terarec.train.distributed import World
 
 __all__ = [
     "TrainerState",
+    "best_checkpoint",
     "checkpoint_step",
+    "discard_checkpoints",
     "latest_checkpoint",
     "load_checkpoint",
+    "mark_best",
     "read_run_spec",
     "resolve_checkpoint",
     "save_checkpoint",
@@ -41,6 +44,7 @@ __all__ = [
 
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
+BEST = "best"  # file in checkpoints/ naming the best validated checkpoint
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -53,12 +57,21 @@ class TrainerState:
         epoch (int): the current epoch.
         batch_in_epoch (int): batches of ``epoch`` already consumed.
         examples_seen (int): training examples consumed.
+        best_step (int, optional): the step of the best validated model so far. Default: ``None``
+        best_value (float, optional): its validation metric. Default: ``None``
+        stale_validations (int, optional): validations since the best one. Default: ``0``
+        validations (tuple[dict[str, float], ...], optional): every validation so far: its
+            ``step`` and metrics. Default: ``()``
     """
 
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
     examples_seen: int = 0
+    best_step: int | None = None
+    best_value: float | None = None
+    stale_validations: int = 0
+    validations: tuple[dict[str, float], ...] = ()
 
 
 def _write_json(path: Path, payload: Mapping[str, object]) -> None:
@@ -149,10 +162,44 @@ def save_checkpoint(
             shutil.rmtree(staging, ignore_errors=True)
         raise
     if world.is_primary:
+        best = best_checkpoint(run_dir)
         for old in _checkpoints(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            if old != best:
+                shutil.rmtree(old, ignore_errors=True)
     world.barrier()
     return final
+
+
+def discard_checkpoints(run_dir: Path) -> int:
+    """Removes the checkpoints of an earlier run in ``run_dir`` (a fresh run there would
+    otherwise mix its checkpoints with them) and returns how many there were."""
+    root = Path(run_dir) / CHECKPOINTS
+    found = _checkpoints(root)
+    for old in found:
+        shutil.rmtree(old)
+    (root / BEST).unlink(missing_ok=True)
+    return len(found)
+
+
+def mark_best(checkpoint: Path) -> None:
+    """Records ``checkpoint`` as its run's best validated one: :func:`resolve_checkpoint` of
+    the run then means it, and pruning keeps it. Written atomically (temporary file, rename)."""
+    checkpoint = Path(checkpoint)
+    pointer = checkpoint.parent / BEST
+    staging = checkpoint.parent / f".tmp-{BEST}"
+    staging.write_text(checkpoint.name)
+    fsync_path(staging)
+    os.rename(staging, pointer)
+    fsync_path(checkpoint.parent)
+
+
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint :func:`mark_best` recorded for the run, or ``None`` (none, or pruned)."""
+    pointer = Path(run_dir) / CHECKPOINTS / BEST
+    if not pointer.is_file():
+        return None
+    candidate = pointer.parent / pointer.read_text().strip()
+    return candidate if _STEP_DIR.match(candidate.name) and (candidate / MANIFEST).is_file() else None
 
 
 def _checkpoints(root: Path) -> list[Path]:
@@ -181,7 +228,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def resolve_checkpoint(path: Path) -> Path:
-    """Accepts a checkpoint directory or a run directory (meaning its newest checkpoint).
+    """Accepts a checkpoint directory or a run directory (meaning its best validated
+    checkpoint when validation chose one, else its newest).
 
     Raises:
         DataError: when ``path`` holds no checkpoint.
@@ -189,7 +237,7 @@ def resolve_checkpoint(path: Path) -> Path:
     path = Path(path)
     if (path / MANIFEST).is_file():
         return path
-    latest = latest_checkpoint(path)
+    latest = best_checkpoint(path) or latest_checkpoint(path)
     if latest is None:
         raise DataError(f"{path}: no checkpoint here (expected a run directory or a checkpoints/step-N directory)")
     return latest
@@ -244,4 +292,6 @@ def load_checkpoint(
     collection.load(directory / "tables")
     if restore_rng:
         torch.set_rng_state(torch.load(directory / "rng.pt", weights_only=True)["torch"])
-    return TrainerState(**json.loads((directory / "trainer.json").read_text()))
+    raw = json.loads((directory / "trainer.json").read_text())
+    raw["validations"] = tuple(raw.get("validations", ()))
+    return TrainerState(**raw)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from terarec._dataclass_codec import from_mapping
 from terarec.data import BatchLoader, ColumnarData, Schema, load_dataset, load_splits
 from terarec.embedding import EmbeddingCollection, EmbeddingTableConfig
 from terarec.errors import DataError
+from terarec.models import ModelInput, RecModel
 from terarec.train.builders import build_model
 from terarec.train.checkpoint import load_checkpoint, read_run_spec, resolve_checkpoint
 from terarec.train.config import Config, DensePrecision
@@ -26,7 +26,7 @@ __all__ = ["evaluate", "evaluate_checkpoint", "predict"]
 
 
 def predict(
-    model: nn.Module,
+    model: RecModel,
     collection: EmbeddingCollection,
     data: ColumnarData,
     batch_size: int,
@@ -54,8 +54,9 @@ def predict(
             for batch in batches:
                 # One batch at a time on this thread: prepare may use every core.
                 pooled = collection.lookup(collection.prepare(batch.sparse, parallel=True))
+                inputs = ModelInput(batch.dense, pooled.values, model.spec, model.layout)
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    logits = model(batch.dense, pooled.stacked()).float()
+                    logits = model(inputs).float()
                 labels.append(batch.labels.numpy())
                 probabilities.append(torch.sigmoid(logits).numpy())
     finally:
@@ -67,7 +68,7 @@ def predict(
 
 
 def evaluate(
-    model: nn.Module,
+    model: RecModel,
     collection: EmbeddingCollection,
     data: ColumnarData,
     batch_size: int,

@@ -44,8 +44,8 @@ def load_rank_splits(config: DataConfig, world: World, run_dir: Path) -> DataSpl
 
         >>> from terarec.data import SyntheticConfig
         >>> synthetic = DataConfig(synthetic=SyntheticConfig(num_examples=100, num_eval_examples=20))
-        >>> load_rank_splits(synthetic, World(), Path("unused")).train.num_rows
-        100
+        >>> load_rank_splits(synthetic, World(), Path("unused")).train.num_rows  # 10 validate
+        90
     """
     if world.size == 1 or config.path is None or _is_prepared(config.path, config):
         return load_splits(config)
@@ -54,6 +54,7 @@ def load_rank_splits(config: DataConfig, world: World, run_dir: Path) -> DataSpl
         config,
         path=str(target / "train"),
         eval_path=str(target / "eval") if config.eval_path is not None else None,
+        val_path=str(target / "val") if config.val_path is not None else None,
         format=DataFormat.PREPARED,
     )
     payload: list[dict[str, object] | None] = [None]
@@ -61,6 +62,8 @@ def load_rank_splits(config: DataConfig, world: World, run_dir: Path) -> DataSpl
         prepare_path(config, target / "train", overwrite=True)
         if config.eval_path is not None:
             prepare_path(dataclasses.replace(config, path=config.eval_path), target / "eval", overwrite=True)
+        if config.val_path is not None:
+            prepare_path(dataclasses.replace(config, path=config.val_path), target / "val", overwrite=True)
         splits = load_splits(prepared)
         payload[0] = splits.stats.to_dict()
     dist.monitored_barrier(timeout=INGEST_TIMEOUT, wait_all_ranks=True)

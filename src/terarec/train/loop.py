@@ -7,7 +7,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numba
@@ -24,6 +24,7 @@ from terarec.embedding import (
     PooledEmbeddings,
 )
 from terarec.errors import ConfigError
+from terarec.models import ModelInput, RecModel, model_class
 from terarec.sharding import TrainingMode
 from terarec.train.builders import (
     build_dense_optimizer,
@@ -32,18 +33,22 @@ from terarec.train.builders import (
 )
 from terarec.train.checkpoint import (
     TrainerState,
+    best_checkpoint,
     checkpoint_step,
+    discard_checkpoints,
     latest_checkpoint,
     load_checkpoint,
+    mark_best,
     save_checkpoint,
 )
-from terarec.train.config import Config, DensePrecision
+from terarec.train.config import Config, DensePrecision, StoppingMetric, TrainConfig
 from terarec.train.distributed import World, join_world, leave_world, sum_over_ranks
 from terarec.train.evaluate import evaluate
 from terarec.train.ingest import load_rank_splits
 from terarec.train.metrics import auc
 from terarec.train.placement import Placement, build_collection, saved_placement
 from terarec.train.reporting import StepReporter
+from terarec.train.schedule import lr_scale, resolve_auto
 from terarec.train.updates import (
     EmbeddingUpdates,
     HybridUpdates,
@@ -53,7 +58,6 @@ from terarec.train.updates import (
 
 __all__ = ["TrainResult", "check_cache_sizes", "configure_threads", "fit"]
 
-_LOSS = nn.BCEWithLogitsLoss()
 PREPARE_AHEAD = 1  # batches whose IDs are mapped and de-duplicated ahead of training
 
 
@@ -74,11 +78,19 @@ def configure_threads(num_threads: int | None) -> int:
     return count
 
 
-def forward_backward(model: nn.Module, batch: Batch, pooled: PooledEmbeddings, bf16: bool) -> torch.Tensor:
-    """Loss of one batch, with gradients left on the dense parameters and on ``pooled.values``."""
+def forward_backward(
+    model: RecModel, trainable: nn.Module, batch: Batch, pooled: PooledEmbeddings, bf16: bool, embedding_l2: float
+) -> torch.Tensor:
+    """Loss of one batch, with gradients left on the dense parameters and on ``pooled.values``.
+
+    ``trainable`` is ``model`` itself, or its DistributedDataParallel wrapper.
+    """
+    inputs = ModelInput(batch.dense, pooled.values, model.spec, model.layout)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits = model(batch.dense, pooled.stacked())
-    loss = _LOSS(logits.float(), batch.labels)
+        logits = trainable(inputs)
+    loss = model.loss(logits.float(), batch.labels)
+    if embedding_l2 > 0:
+        loss = loss + embedding_l2 * pooled.values.square().sum() / pooled.values.shape[0]
     loss.backward()
     return loss.detach()
 
@@ -87,12 +99,38 @@ def advance(state: TrainerState, batch_size: int, batches_per_epoch: int) -> Tra
     """The state after one more step; the only place the step counter changes."""
     next_batch = state.batch_in_epoch + 1
     rolls_over = next_batch >= batches_per_epoch
-    return TrainerState(
+    return replace(
+        state,
         step=state.step + 1,
         epoch=state.epoch + 1 if rolls_over else state.epoch,
         batch_in_epoch=0 if rolls_over else next_batch,
         examples_seen=state.examples_seen + batch_size,
     )
+
+
+def record_validation(state: TrainerState, metrics: dict[str, float], settings: TrainConfig) -> tuple[TrainerState, bool]:
+    """The state after a validation at ``state.step``, and whether it is the best so far."""
+    stopping = settings.early_stopping
+    value = float(metrics[stopping.metric.value])
+    sign = 1.0 if stopping.metric is StoppingMetric.AUC else -1.0
+    improved = state.best_value is None or sign * (value - state.best_value) > stopping.min_delta
+    history = (*state.validations, {"step": state.step, **metrics})
+    if improved:
+        return replace(state, best_step=state.step, best_value=value, stale_validations=0, validations=history), True
+    return replace(state, stale_validations=state.stale_validations + 1, validations=history), False
+
+
+def should_stop(state: TrainerState, settings: TrainConfig) -> bool:
+    """Whether validation has stopped improving for ``train.early_stopping.patience`` rounds."""
+    patience = settings.early_stopping.patience
+    return patience > 0 and state.stale_validations >= patience
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, settings: TrainConfig, step: int, total_steps: int) -> None:
+    """The dense learning rate of ``step``: a pure function of the step, so resume is exact."""
+    rate = settings.dense_learning_rate * lr_scale(step, total_steps, settings.warmup_steps, settings.lr_decay)
+    for group in optimizer.param_groups:
+        group["lr"] = rate
 
 
 def _batches_from(loader: BatchLoader, state: TrainerState, count: int) -> Iterator[Batch]:
@@ -108,11 +146,10 @@ def _batches_from(loader: BatchLoader, state: TrainerState, count: int) -> Itera
         epoch, start = epoch + 1, 0
 
 
-def _segment_end(step: int, total_steps: int, checkpoint_every: int) -> int:
-    """The step where the pipeline must drain: the next checkpoint, or the end of training."""
-    if not checkpoint_every:
-        return total_steps
-    return min(total_steps, (step // checkpoint_every + 1) * checkpoint_every)
+def _segment_end(step: int, total_steps: int, *intervals: int) -> int:
+    """The step where the pipeline must drain: the next checkpoint or validation, or the end of training."""
+    ends = [(step // every + 1) * every for every in intervals if every]
+    return min([total_steps, *ends])
 
 
 def _run_spec(
@@ -177,17 +214,21 @@ def fit(config: Config) -> TrainResult:
 
 
 def _fit(config: Config, world: World) -> TrainResult:
-    settings = config.train
-    if settings.batch_size % world.size or settings.batch_size < world.size:
-        raise ConfigError(f"train.batch_size ({settings.batch_size}) must be a multiple of the {world.size} ranks")
-    run_dir = Path(settings.out)
-    threads = configure_threads(settings.num_threads or max(1, (os.cpu_count() or 1) // world.local_size))
+    run_dir = Path(config.train.out)
+    threads = configure_threads(config.train.num_threads or max(1, (os.cpu_count() or 1) // world.local_size))
     splits = load_rank_splits(config.data, world, run_dir)
+    requested = config.train
+    config = replace(config, train=resolve_auto(requested, splits.stats.num_rows))
+    settings = config.train
+    batch_size, epochs = int(settings.batch_size or 0), int(settings.epochs or 0)
+    if batch_size % world.size or batch_size < world.size:
+        raise ConfigError(f"train.batch_size ({batch_size}) must be a multiple of the {world.size} ranks")
     schema = splits.train.schema
-    table_configs = build_table_configs(config.embedding, schema.sparse_features, splits.stats.distinct_ids)
+    layout = model_class(config.model.type).layout
+    table_configs = build_table_configs(config.embedding, schema.sparse_features, splits.stats.distinct_ids, layout)
     tables_dir = Path(settings.tables_dir) if settings.tables_dir else run_dir / "tables"
     # An owner prepares its tables for the global batch.
-    check_cache_sizes(table_configs, max(settings.batch_size, settings.eval_batch_size))
+    check_cache_sizes(table_configs, max(batch_size, settings.eval_batch_size))
 
     checkpoint = latest_checkpoint(run_dir) if settings.resume else None
     if settings.resume and checkpoint is None:
@@ -197,8 +238,10 @@ def _fit(config: Config, world: World) -> TrainResult:
         config, table_configs, splits.train, world, tables_dir, saved_placement(checkpoint, world.size)
     )
     model = build_model(config.model, schema.num_dense, table_configs)
-    # DLRM has no buffers to keep in step: skip the broadcast DDP would make before every forward.
-    trainable = DistributedDataParallel(model, broadcast_buffers=False) if world.size > 1 else model
+    # Buffers (batch norm's running statistics) follow rank 0's; a model without them skips
+    # the broadcast DDP would otherwise make before every forward.
+    has_buffers = any(True for _ in model.buffers(recurse=True) if _.is_floating_point())
+    trainable = DistributedDataParallel(model, broadcast_buffers=has_buffers) if world.size > 1 else model
     optimizer = build_dense_optimizer(settings, list(model.parameters()))
     run_spec = _run_spec(config, splits, table_configs, world, placement)
     state = TrainerState()
@@ -208,7 +251,7 @@ def _fit(config: Config, world: World) -> TrainResult:
     # With several ranks the last, partial global batch is dropped: a rank could get no rows.
     loader = BatchLoader(
         splits.train,
-        settings.batch_size // world.size,
+        batch_size // world.size,
         shuffle=settings.shuffle,
         seed=settings.seed,
         drop_last=world.size > 1,
@@ -218,12 +261,16 @@ def _fit(config: Config, world: World) -> TrainResult:
     if loader.num_batches == 0:
         raise ConfigError(
             f"data.path: the training data ({splits.train.source}) has {splits.train.num_rows} rows, "
-            f"not one batch of {settings.batch_size}"
+            f"not one batch of {batch_size}"
         )
-    total_steps = settings.steps or settings.epochs * loader.num_batches
+    total_steps = settings.steps or epochs * loader.num_batches
+    validate_every = (settings.eval_every or loader.num_batches) if splits.val is not None else 0
     bf16 = settings.dense_precision is DensePrecision.BF16
     if world.is_primary:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if checkpoint is None and (discarded := discard_checkpoints(run_dir)):
+            print(f"removed {discarded} checkpoint(s) of an earlier run in {run_dir} (--resume continues a run)")
+        print(_schedule_line(requested, settings, splits.stats.num_rows, total_steps, validate_every > 0), flush=True)
     world.barrier()
     updates = _updates(config, collection, table_configs)
     started = time.perf_counter()
@@ -236,10 +283,10 @@ def _fit(config: Config, world: World) -> TrainResult:
         # Pipeline: while this thread trains on batch n, the loader gathers batch n+2 and a
         # second thread maps, de-duplicates and (tiered tables) loads the rows of batch n+1.
         # Results are the same as without it. A stateful table (dynamic: admission, eviction)
-        # changes while preparing, so the pipeline drains before each checkpoint: the
-        # checkpoint then holds no trace of a batch it has not trained on.
-        while state.step < total_steps:
-            stop = _segment_end(state.step, total_steps, settings.checkpoint_every)
+        # changes while preparing, so the pipeline drains before each checkpoint and each
+        # validation: the checkpoint then holds no trace of a batch it has not trained on.
+        while state.step < total_steps and not should_stop(state, settings):
+            stop = _segment_end(state.step, total_steps, settings.checkpoint_every, validate_every)
             prepared_batches = iterate_in_background(
                 ((b, collection.prepare(b.sparse)) for b in _batches_from(loader, state, stop - state.step)),
                 depth=PREPARE_AHEAD,
@@ -247,10 +294,11 @@ def _fit(config: Config, world: World) -> TrainResult:
             )
             with contextlib.closing(prepared_batches) as batches:
                 for batch, prepared in batches:
+                    set_learning_rate(optimizer, settings, state.step, total_steps)
                     updates.before_lookup()
                     pooled = collection.lookup(prepared)  # type: ignore[arg-type]
                     updates.after_lookup()
-                    loss = forward_backward(trainable, batch, pooled, bf16)
+                    loss = forward_backward(model, trainable, batch, pooled, bf16, settings.embedding_l2)
                     updates.apply(prepared, pooled.values.grad)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -258,13 +306,27 @@ def _fit(config: Config, world: World) -> TrainResult:
                     if reporter.log_step(state.step, float(loss), prepared.global_batch_size):
                         reporter.log_metrics("tables", collection.counters(), state.step)
             updates.drain()
-            if settings.checkpoint_every and state.step % settings.checkpoint_every == 0:
-                save_checkpoint(run_dir, state, model, optimizer, collection, run_spec, settings.keep_checkpoints, world)
+            improved = False
+            if validate_every and (state.step % validate_every == 0 or state.step == total_steps):
+                assert splits.val is not None
+                validation = evaluate(model, collection, splits.val, settings.eval_batch_size, bf16, world)  # type: ignore[arg-type]
+                reporter.log_metrics("validation", validation.to_dict(), state.step)
+                state, improved = record_validation(state, validation.to_dict(), settings)
+            if improved or (settings.checkpoint_every and state.step % settings.checkpoint_every == 0):
+                saved = save_checkpoint(
+                    run_dir, state, model, optimizer, collection, run_spec, settings.keep_checkpoints, world
+                )
+                if improved and world.is_primary:
+                    mark_best(saved)
         train_seconds = time.perf_counter() - started
         comm_bytes = sum_over_ranks(world, _comm_bytes(collection) - start_comm)
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None or checkpoint_step(checkpoint) != state.step:
             checkpoint = save_checkpoint(run_dir, state, model, optimizer, collection, run_spec, settings.keep_checkpoints, world)
+        best = best_checkpoint(run_dir) if state.best_step is not None else None
+        if best is not None and settings.early_stopping.restore_best and state.best_step != state.step:
+            load_checkpoint(best, model, collection)
+            checkpoint = best
         metrics = evaluate(model, collection, splits.eval, settings.eval_batch_size, bf16, world)  # type: ignore[arg-type]
         reporter.log_metrics("eval", metrics.to_dict(), state.step)
 
@@ -275,18 +337,27 @@ def _fit(config: Config, world: World) -> TrainResult:
         "examples_per_second": trained / train_seconds if train_seconds > 0 else 0.0,
         "train_seconds": train_seconds,
         "steps": state.step,
+        "model_step": checkpoint_step(checkpoint),
+        "stopped_early": state.step < total_steps,
+        "batch_size": settings.batch_size,
+        "epochs": settings.epochs,
+        "validation": list(state.validations),
         "train_examples": state.examples_seen,
         "eval_examples": metrics.examples,
         "train_rows": splits.train.num_rows,
+        "val_rows": splits.val.num_rows if splits.val is not None else 0,
         "skipped_rows": splits.train.skipped_rows + splits.eval.skipped_rows,
         "threads": threads,
         "world_size": world.size,
         "checkpoint": str(checkpoint),
+        "dense_parameters": sum(p.numel() for p in model.parameters()),
         "table_ram_bytes": sum(estimate.ram_bytes for estimate in estimates.values()),
         "table_disk_bytes": sum(estimate.disk_bytes for estimate in estimates.values()),
         "tables": collection.counters(),
         "config": config.to_dict(),
     }
+    if state.best_value is not None:
+        result[f"best_validation_{settings.early_stopping.metric.value}"] = state.best_value
     if plan is not None:
         result["placement"] = placement
         result["predicted_step_seconds"] = plan.step_seconds
@@ -297,3 +368,16 @@ def _fit(config: Config, world: World) -> TrainResult:
     if world.is_primary:
         (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     return TrainResult(metrics=result, run_dir=run_dir, checkpoint=checkpoint)
+
+
+def _schedule_line(requested: TrainConfig, settings: TrainConfig, rows: int, total_steps: int, validating: bool) -> str:
+    """One line saying how long training runs, and which of its lengths were chosen from the data."""
+    line = f"batch size {settings.batch_size}, "
+    line += f"{total_steps} steps" if settings.steps else f"up to {settings.epochs} epoch(s) = {total_steps} steps"
+    line += f" over {rows:,} training rows"
+    auto = [f"train.{name}" for name in ("batch_size", "epochs") if getattr(requested, name) is None]
+    if auto and not (settings.steps and auto == ["train.epochs"]):
+        line += f" ({' and '.join(auto)} chosen from the row count)"
+    if validating and settings.early_stopping.patience:
+        line += f"; stops early when validation {settings.early_stopping.metric.value} stops improving"
+    return line

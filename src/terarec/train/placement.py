@@ -16,6 +16,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from terarec.data import ColumnarData
@@ -41,10 +42,10 @@ from terarec.sharding import (
     TableWorkload,
     Tier,
     build_topology,
-    dlrm_dense_workload,
     load_calibration,
 )
 from terarec.sharding.sharded import SPLIT_TYPES, executable_types
+from terarec.train.builders import build_model
 from terarec.train.checkpoint import read_run_spec
 from terarec.train.config import Config
 from terarec.train.distributed import World
@@ -83,10 +84,10 @@ def table_workloads(
 
 
 def dense_workload(config: Config, num_dense: int, tables: Sequence[EmbeddingTableConfig]) -> DenseWorkload:
-    """The run's dense network (DLRM) as the planner costs it."""
-    dim = max(t.embedding_dim for t in tables)
-    features = sum(len(t.feature_names) for t in tables)
-    return dlrm_dense_workload(num_dense, config.model.bottom_mlp, config.model.top_mlp, features, dim)
+    """The run's dense network as the planner costs it: the model counts its own parameters and
+    FLOPs. Built on a forked RNG, so the run's seeded initialisation is untouched."""
+    with torch.random.fork_rng():
+        return DenseWorkload.of_model(build_model(config.model, num_dense, tables))
 
 
 def _zipf_exponent(config: Config) -> float:

@@ -46,8 +46,8 @@ def test_plans_the_default_synthetic_run_and_writes_json(tmp_path: Path, capsys:
     assert plan["comm_precision"] == "bf16" and plan["calibration"].startswith("uncalibrated")
     placements = {p["name"]: p for p in plan["placements"]}
     assert len(placements) == 26 and placements["C1"]["sharding_type"] == "row_wise"
-    # tables sized as training sizes them: 16 rows per distinct ID, at least 16
-    assert placements["C1"]["num_embeddings"] == 16 * 40_000 and placements["C6"]["num_embeddings"] == 16 * 3
+    # tables sized as training sizes them: 64 rows per distinct ID, at most 1M
+    assert placements["C1"]["num_embeddings"] == 1_000_000 and placements["C6"]["num_embeddings"] == 64 * 3
     assert {rank["rank"] for rank in plan["ranks"]} == {0, 1, 2, 3}
 
 

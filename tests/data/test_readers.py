@@ -152,6 +152,19 @@ def test_csv_columns_and_delimiter(tmp_path):
     assert data.schema.sparse_features == ("user",) and data.dense[:, 0].tolist() == [3.5, 0.0]
 
 
+def test_label_threshold_turns_ratings_into_clicks(tmp_path):
+    path = write(tmp_path / "ratings.tsv", ["rating\tuser\titem", "4\tu1\ti1", "3.5\tu2\ti2", "5\tu1\ti3", "1\tu3\ti1"])
+    cfg = DataConfig(label="rating", delimiter="\t", label_threshold=4.0)
+    assert read_files([path], DataFormat.CSV, cfg).labels.tolist() == [1.0, 0.0, 1.0, 0.0]
+    with pytest.raises(DataError, match=re.escape(f"{path}:2:1: column 'rating': expected a label 0 or 1, got '4'")):
+        read_files([path], DataFormat.CSV, DataConfig(label="rating", delimiter="\t"))
+    bad = write(tmp_path / "bad.tsv", ["rating\tuser", "4\tu1", "five\tu2"])
+    with pytest.raises(DataError, match=re.escape(f"{bad}:3:1: column 'rating': expected a number, got 'five'")):
+        read_files([bad], DataFormat.CSV, cfg)
+    with pytest.raises(ConfigError, match="data.label_threshold must be a number"):
+        DataConfig(label="rating", label_threshold="high")
+
+
 def test_unknown_columns_suggest(tmp_path):
     path = write(tmp_path / "a.csv", [CSV_HEADER, "1,2,u,i"])
     with pytest.raises(ConfigError, match=r"data.dense_features names column 'prize'.*did you mean 'price'.*Available"):

@@ -40,6 +40,11 @@ def test_raw_holdout_and_eval_path():
     assert (splits.train.num_rows, splits.val, splits.eval.num_rows) == (368, None, 41)
 
 
+def test_too_few_rows_to_validate_names_the_key():
+    with pytest.raises(DataError, match=r"dev.tsv: 368 rows are too few to hold out data.val_fraction=0.001"):
+        load_splits(DataConfig(path=str(CRITEO_DIR / "dev.tsv"), val_fraction=0.001))
+
+
 def test_path_forms(tmp_path):
     assert resolve_path(str(CRITEO_DIR / "*.tsv"))[0] == sorted(CRITEO_DIR.glob("*.tsv"))
     files, fmt = resolve_path(str(CRITEO_DIR))

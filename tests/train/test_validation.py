@@ -120,3 +120,26 @@ def test_embedding_l2_shrinks_the_rows_a_batch_touches(tmp_path: Path) -> None:
         return sum(float((w.astype("float64") ** 2).sum()) for k, w in weights.items() if k.endswith("weights.npy"))
 
     assert table_norm(tmp_path / "l2", 1.0) < 0.9 * table_norm(tmp_path / "plain", 0.0)
+
+
+def test_report_plots_the_curves_and_the_calibration_of_the_best_model(tmp_path: Path, capsys) -> None:
+    fit(tiny_config(tmp_path / "run", train__steps=40, data__val_fraction=0.1, train__eval_every=10, train__log_every=5))
+    assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "plots")]) == 0
+    written = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert written == ["calibration.png", "curves.png"]
+    assert all((tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in written)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [step for step, _ in metrics["train_loss"]] == list(range(5, 41, 5))
+
+
+def test_reliability_bins_against_a_hand_count() -> None:
+    import numpy as np
+
+    from terarec.train.report import reliability_bins
+
+    labels = np.array([0, 0, 1, 1, 1, 0], dtype=np.float32)
+    scores = np.array([0.05, 0.12, 0.18, 0.55, 0.58, 0.99], dtype=np.float32)
+    bins = reliability_bins(labels, scores, num_bins=5)  # edges 0, .2, .4, .6, .8, 1
+    assert [(b.low, b.count) for b in bins] == [(0.0, 3), (0.4, 2), (0.8, 1)]
+    assert bins[0].click_rate == pytest.approx(1 / 3) and bins[1].click_rate == 1.0 and bins[2].click_rate == 0.0
+    assert bins[0].mean_prediction == pytest.approx((0.05 + 0.12 + 0.18) / 3)

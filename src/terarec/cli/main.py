@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     prepare = commands.add_parser("prepare", help="convert raw files once into terarec's fast memory-mapped format")
     _add_data_flags(prepare, "raw input: file, comma-separated files, glob or directory")
     prepare.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory to create")
+    report = commands.add_parser("report", help="plot a run's learning curves and calibration (pip install 'terarec[plot]')")
+    report.add_argument("run", type=Path, metavar="RUN", help="the --out directory of a finished run")
+    report.add_argument("--out", type=Path, metavar="DIR", help="where the PNG files go; default: RUN/report")
     _plan.add_parser(commands)
     return parser
 
@@ -284,12 +287,20 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from terarec.train.report import write_report
+
+    for path in write_report(args.run, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``terarec`` command line; returns the process exit code."""
     raw = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(raw)
     args.argv = raw
-    handlers = {"train": _train, "eval": _eval, "prepare": _prepare, "plan": _plan.run}
+    handlers = {"train": _train, "eval": _eval, "prepare": _prepare, "report": _report, "plan": _plan.run}
     try:
         return handlers[args.command](args)
     except TerarecError as error:

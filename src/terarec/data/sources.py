@@ -179,37 +179,38 @@ def load_splits(config: DataConfig, stats: DatasetStats | None = None) -> DataSp
         return DataSplits(train, ds.eval, stats or compute_stats(train), val, ds.eval_probabilities, ds.cardinalities)
     data = load_dataset(config.path, config)
     if config.eval_path is not None:
-        train, evaluation = data, load_dataset(config.eval_path, config)
-        if evaluation.schema != train.schema:
-            raise DataError(f"{config.eval_path}: columns differ from {config.path}: "
-                            f"{evaluation.schema.to_dict()} vs {train.schema.to_dict()}")
+        train, evaluation = data, _load_alike(config.eval_path, config, data, config.path)
     else:
-        num_eval = int(round(data.num_rows * config.eval_fraction))
-        if num_eval < 1 or num_eval >= data.num_rows:
-            raise DataError(f"{config.path}: {data.num_rows} rows are too few to hold out "
-                            f"data.eval_fraction={config.eval_fraction} for evaluation")
-        cut = data.num_rows - num_eval
-        train, evaluation = data.slice_rows(0, cut), data.slice_rows(cut, data.num_rows)
-        train.skipped_rows = data.skipped_rows
+        train, evaluation = _split_tail(data, config.eval_fraction, "data.eval_fraction", config.path, "evaluation")
     train, val = _carve_validation(train, config, config.path)
     return DataSplits(train, evaluation, stats if stats is not None else compute_stats(train), val)
+
+
+def _load_alike(path: str, config: DataConfig, like: ColumnarData, source: str) -> ColumnarData:
+    """The data at ``path``, which must have ``like``'s columns."""
+    loaded = load_dataset(path, config)
+    if loaded.schema != like.schema:
+        raise DataError(f"{path}: columns differ from {source}: {loaded.schema.to_dict()} vs {like.schema.to_dict()}")
+    return loaded
+
+
+def _split_tail(
+    data: ColumnarData, fraction: float, key: str, source: str, purpose: str
+) -> tuple[ColumnarData, ColumnarData]:
+    """``data`` less its last ``fraction`` of rows, and those rows (views, not copies)."""
+    num_tail = int(round(data.num_rows * fraction))
+    if num_tail < 1 or num_tail >= data.num_rows:
+        raise DataError(f"{source}: {data.num_rows} rows are too few to hold out {key}={fraction} for {purpose}")
+    cut = data.num_rows - num_tail
+    head, tail = data.slice_rows(0, cut), data.slice_rows(cut, data.num_rows)
+    head.skipped_rows = data.skipped_rows
+    return head, tail
 
 
 def _carve_validation(train: ColumnarData, config: DataConfig, source: str) -> tuple[ColumnarData, ColumnarData | None]:
     """The training rows left and the validation data (``val_path``, or the training tail)."""
     if config.val_path is not None:
-        val = load_dataset(config.val_path, config)
-        if val.schema != train.schema:
-            raise DataError(f"{config.val_path}: columns differ from {source}: "
-                            f"{val.schema.to_dict()} vs {train.schema.to_dict()}")
-        return train, val
+        return train, _load_alike(config.val_path, config, train, source)
     if config.val_fraction == 0:
         return train, None
-    num_val = int(round(train.num_rows * config.val_fraction))
-    if num_val < 1 or num_val >= train.num_rows:
-        raise DataError(f"{source}: {train.num_rows} training rows are too few to hold out "
-                        f"data.val_fraction={config.val_fraction} for validation (set data.val_fraction=0)")
-    cut = train.num_rows - num_val
-    kept, val = train.slice_rows(0, cut), train.slice_rows(cut, train.num_rows)
-    kept.skipped_rows = train.skipped_rows
-    return kept, val
+    return _split_tail(train, config.val_fraction, "data.val_fraction", source, "validation (or set it to 0)")

@@ -40,9 +40,22 @@ class RecModel(nn.Module, abc.ABC):
     example. Embedding tables are not part of the module: they update themselves outside
     autograd and hand their pooled rows in.
 
+    Args:
+        config (ModelConfig): the ``model`` section: ``type``, the MLP options, and the model's
+            own section (``model.dcnv2``, ...).
+        spec (InputSpec): the widths of the inputs the model will get.
+
     Attributes:
         layout (EmbeddingLayout): class-level; the columns each table row holds for this model.
         spec (InputSpec): the widths the model was built for.
+
+    Shape:
+        - Input: :class:`~terarec.models.ModelInput`: dense :math:`(B, D_{dense})`, pooled
+          :math:`(B, \\sum_f W_f)`
+        - Output: :math:`(B)` logits
+
+    Raises:
+        ConfigError: when the model cannot work with these inputs, naming the key to change.
     """
 
     layout: ClassVar[EmbeddingLayout] = EmbeddingLayout()

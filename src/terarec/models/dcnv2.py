@@ -23,13 +23,8 @@ class DCNv2(RecModel):
     the cross network's output. ``low_rank`` and ``num_experts`` select the factorised and
     mixture-of-experts cross layers. Features may have different embedding dims.
 
-    Args:
-        config (ModelConfig): ``model.dcnv2`` and the MLP options.
-        spec (InputSpec): input widths.
-
-    Shape:
-        - Input: :class:`~terarec.models.ModelInput`
-        - Output: :math:`(B)` logits
+    Options: ``model.dcnv2`` and the MLP options of :class:`~terarec.models.ModelConfig`.
+    Arguments and shapes as :class:`~terarec.models.RecModel`.
 
     Example::
 

@@ -19,13 +19,9 @@ class DeepFM(RecModel):
     interactions of the embeddings, and an MLP over dense features and embeddings. The FM
     needs one embedding dim for every feature; ``model.deepfm.mlp=[]`` leaves out the MLP.
 
-    Args:
-        config (ModelConfig): ``model.deepfm`` and the MLP options.
-        spec (InputSpec): input widths.
-
-    Shape:
-        - Input: :class:`~terarec.models.ModelInput`, each feature ``D + 1`` columns
-        - Output: :math:`(B)` logits
+    Options: ``model.deepfm`` and the MLP options of :class:`~terarec.models.ModelConfig`.
+    Arguments and shapes as :class:`~terarec.models.RecModel`; each feature's table row holds
+    its embedding then the wide column.
 
     Example::
 

@@ -21,13 +21,8 @@ class DLRM(RecModel):
     concatenated (``model.dlrm.interaction=cat``); a top MLP maps the result to one logit. With
     no dense features the bottom MLP is skipped. Dot interactions need one embedding dim.
 
-    Args:
-        config (ModelConfig): ``model.dlrm`` and the MLP options.
-        spec (InputSpec): input widths.
-
-    Shape:
-        - Input: :class:`~terarec.models.ModelInput`
-        - Output: :math:`(B)` logits
+    Options: ``model.dlrm`` and the MLP options of :class:`~terarec.models.ModelConfig`.
+    Arguments and shapes as :class:`~terarec.models.RecModel`.
 
     Example::
 
@@ -58,7 +53,9 @@ class DLRM(RecModel):
 
     def forward(self, inputs: ModelInput) -> torch.Tensor:
         if self.interaction is None:
-            parts = [inputs.concatenated()] if self.bottom is None else [self.bottom(inputs.dense), inputs.concatenated()]
+            parts = [inputs.concatenated()]
+            if self.bottom is not None:
+                parts.insert(0, self.bottom(inputs.dense))
             return self.top(torch.cat(parts, dim=1)).squeeze(1)
         vectors = inputs.stacked()
         if self.bottom is None:

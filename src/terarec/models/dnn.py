@@ -17,13 +17,8 @@ class DNN(RecModel):
     Recommendations", RecSys 2016): dense features and embeddings concatenated, then an MLP of
     ``model.dnn.mlp`` hidden widths and a logit. Features may have different embedding dims.
 
-    Args:
-        config (ModelConfig): ``model.dnn`` and the MLP options.
-        spec (InputSpec): input widths.
-
-    Shape:
-        - Input: :class:`~terarec.models.ModelInput`
-        - Output: :math:`(B)` logits
+    Options: ``model.dnn`` and the MLP options of :class:`~terarec.models.ModelConfig`.
+    Arguments and shapes as :class:`~terarec.models.RecModel`.
 
     Example::
 

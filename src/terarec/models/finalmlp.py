@@ -44,13 +44,8 @@ class FinalMLP(RecModel):
     :class:`FeatureGate`, fused by a multi-head bilinear :class:`InteractionAggregation`.
     Features may have different embedding dims.
 
-    Args:
-        config (ModelConfig): ``model.finalmlp`` and the MLP options.
-        spec (InputSpec): input widths.
-
-    Shape:
-        - Input: :class:`~terarec.models.ModelInput`
-        - Output: :math:`(B)` logits
+    Options: ``model.finalmlp`` and the MLP options of :class:`~terarec.models.ModelConfig`.
+    Arguments and shapes as :class:`~terarec.models.RecModel`.
 
     Example::
 

@@ -21,14 +21,9 @@ class LogisticRegression(RecModel):
     With hashed IDs this is the classic hashed-feature CTR baseline (McMahan et al., "Ad Click
     Prediction: a View from the Trenches", KDD 2013); every deep model should beat it.
 
-    Args:
-        config (ModelConfig): unused beyond ``type``; LR has no options.
-        spec (InputSpec): input widths; embedding dims are ``0`` (the layout reads only the
-            wide column).
-
-    Shape:
-        - Input: :class:`~terarec.models.ModelInput`, ``pooled`` :math:`(B, F)`
-        - Output: :math:`(B)` logits
+    Built from a :class:`~terarec.models.ModelConfig` (LR has no options of its own) and an
+    :class:`~terarec.models.InputSpec` whose embedding dims are ``0``: it reads only the wide
+    column. Arguments and shapes as :class:`~terarec.models.RecModel`.
 
     Example::
 

@@ -17,13 +17,9 @@ class WideDeep(RecModel):
     weight per ID, the table's wide column, and the dense features) and a deep MLP over dense
     features and embeddings. Features may have different embedding dims.
 
-    Args:
-        config (ModelConfig): ``model.wide_deep`` and the MLP options.
-        spec (InputSpec): input widths.
-
-    Shape:
-        - Input: :class:`~terarec.models.ModelInput`, each feature ``D_f + 1`` columns
-        - Output: :math:`(B)` logits
+    Options: ``model.wide_deep`` and the MLP options of :class:`~terarec.models.ModelConfig`.
+    Arguments and shapes as :class:`~terarec.models.RecModel`; each feature's table row holds
+    its embedding then the wide column.
 
     Example::
 

@@ -19,13 +19,9 @@ class XDeepFM(RecModel):
     over the ``(B, F, D)`` embeddings (explicit vector-wise crosses; one embedding dim needed),
     and an MLP over dense features and embeddings, summed into the logit.
 
-    Args:
-        config (ModelConfig): ``model.xdeepfm`` and the MLP options.
-        spec (InputSpec): input widths.
-
-    Shape:
-        - Input: :class:`~terarec.models.ModelInput`, each feature ``D + 1`` columns
-        - Output: :math:`(B)` logits
+    Options: ``model.xdeepfm`` and the MLP options of :class:`~terarec.models.ModelConfig`.
+    Arguments and shapes as :class:`~terarec.models.RecModel`; each feature's table row holds
+    its embedding then the wide column.
 
     Example::
 

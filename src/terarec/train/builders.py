@@ -58,7 +58,7 @@ def build_table_configs(
 
         >>> tables = build_table_configs(EmbeddingConfig(), ["C1", "C2"], {"C1": 100, "C2": 5})
         >>> [(t.name, t.num_embeddings) for t in tables]
-        [('C1', 1600), ('C2', 80)]
+        [('C1', 6400), ('C2', 320)]
     """
     known = set(sparse_features)
     claimed: dict[str, str] = {}

@@ -22,7 +22,7 @@ from terarec.train.config import Config, DensePrecision
 from terarec.train.distributed import World, gather_arrays
 from terarec.train.metrics import ClickMetrics, compute_metrics
 
-__all__ = ["evaluate", "evaluate_checkpoint", "predict"]
+__all__ = ["evaluate", "evaluate_checkpoint", "predict", "predict_checkpoint"]
 
 
 def predict(
@@ -80,17 +80,22 @@ def evaluate(
     return compute_metrics(labels, probabilities)
 
 
-def evaluate_checkpoint(
+def predict_checkpoint(
     checkpoint: Path, data_path: str | None = None, data_overrides: Mapping[str, object] | None = None
-) -> tuple[ClickMetrics, ColumnarData]:
-    """Rebuilds the model saved in ``checkpoint`` and evaluates it.
+) -> tuple[np.ndarray, np.ndarray, ColumnarData]:
+    """Rebuilds the model saved in ``checkpoint`` and scores data with it.
 
     Args:
-        checkpoint (Path): a checkpoint directory, or a run directory (its newest checkpoint).
+        checkpoint (Path): a checkpoint directory, or a run directory (its best validated
+            checkpoint, else its newest).
         data_path (str, optional): data to score, read with the run's data settings; ``None``
             scores the run's own evaluation split. Default: ``None``
         data_overrides (Mapping[str, object], optional): ``data`` config keys to change for
             reading (e.g. ``format``). Default: ``None``
+
+    Returns:
+        tuple[np.ndarray, np.ndarray, ColumnarData]: labels and click probabilities, both
+        :math:`(R)`, and the data scored.
 
     Raises:
         DataError: when the data's columns differ from those the model was trained on.
@@ -116,4 +121,13 @@ def evaluate_checkpoint(
         model = build_model(config.model, schema.num_dense, tables)
         load_checkpoint(directory, model, collection)
         bf16 = config.train.dense_precision is DensePrecision.BF16
-        return evaluate(model, collection, data, config.train.eval_batch_size, bf16), data
+        labels, probabilities = predict(model, collection, data, config.train.eval_batch_size, bf16)
+    return labels, probabilities, data
+
+
+def evaluate_checkpoint(
+    checkpoint: Path, data_path: str | None = None, data_overrides: Mapping[str, object] | None = None
+) -> tuple[ClickMetrics, ColumnarData]:
+    """:func:`predict_checkpoint`'s scores as metrics (same arguments)."""
+    labels, probabilities, data = predict_checkpoint(checkpoint, data_path, data_overrides)
+    return compute_metrics(labels, probabilities), data

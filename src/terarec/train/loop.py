@@ -108,7 +108,9 @@ def advance(state: TrainerState, batch_size: int, batches_per_epoch: int) -> Tra
     )
 
 
-def record_validation(state: TrainerState, metrics: dict[str, float], settings: TrainConfig) -> tuple[TrainerState, bool]:
+def record_validation(
+    state: TrainerState, metrics: dict[str, float], settings: TrainConfig
+) -> tuple[TrainerState, bool]:
     """The state after a validation at ``state.step``, and whether it is the best so far."""
     stopping = settings.early_stopping
     value = float(metrics[stopping.metric.value])
@@ -309,7 +311,9 @@ def _fit(config: Config, world: World) -> TrainResult:
             improved = False
             if validate_every and (state.step % validate_every == 0 or state.step == total_steps):
                 assert splits.val is not None
-                validation = evaluate(model, collection, splits.val, settings.eval_batch_size, bf16, world)  # type: ignore[arg-type]
+                validation = evaluate(
+                    model, collection, splits.val, settings.eval_batch_size, bf16, world  # type: ignore[arg-type]
+                )
                 reporter.log_metrics("validation", validation.to_dict(), state.step)
                 state, improved = record_validation(state, validation.to_dict(), settings)
             if improved or (settings.checkpoint_every and state.step % settings.checkpoint_every == 0):
@@ -329,6 +333,7 @@ def _fit(config: Config, world: World) -> TrainResult:
             checkpoint = best
         metrics = evaluate(model, collection, splits.eval, settings.eval_batch_size, bf16, world)  # type: ignore[arg-type]
         reporter.log_metrics("eval", metrics.to_dict(), state.step)
+        loss_curve = [[step, loss] for step, loss in reporter.loss_curve]
 
     trained = state.examples_seen - start_examples
     estimates = EmbeddingCollection.estimate_memory(table_configs)
@@ -342,6 +347,7 @@ def _fit(config: Config, world: World) -> TrainResult:
         "batch_size": settings.batch_size,
         "epochs": settings.epochs,
         "validation": list(state.validations),
+        "train_loss": loss_curve,
         "train_examples": state.examples_seen,
         "eval_examples": metrics.examples,
         "train_rows": splits.train.num_rows,

@@ -34,6 +34,10 @@ class StepReporter:
         progress (bool): draw the progress bar.
         events (bool, optional): write TensorBoard events (one rank of a distributed run does).
             Default: ``True``
+
+    Attributes:
+        loss_curve (list[tuple[int, float]]): ``(step, mean training loss since the previous
+            report)`` at every report, for ``metrics.json``.
     """
 
     def __init__(
@@ -46,6 +50,7 @@ class StepReporter:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        self.loss_curve: list[tuple[int, float]] = []
         self._loss_sum = 0.0
         self._loss_count = 0
         self._examples = 0
@@ -63,6 +68,7 @@ class StepReporter:
         elapsed = max(time.perf_counter() - self._since, 1e-9)
         rate = self._examples / elapsed
         mean_loss = self._loss_sum / self._loss_count
+        self.loss_curve.append((step, mean_loss))
         self.bar.update(self._pending_steps)
         self.bar.set_postfix(loss=f"{mean_loss:.4f}", ex_s=f"{rate:,.0f}", refresh=False)
         if self.writer is not None:

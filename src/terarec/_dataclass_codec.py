@@ -68,7 +68,12 @@ def _convert(value: object, annotation: object, key: str) -> object:
         raise ConfigError(errors[0])
     if origin is tuple:
         (item_type, _ellipsis) = typing.get_args(annotation)
-        if isinstance(value, str):
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            try:  # a YAML flow list, which may nest: "[[C1, C2], [C3, C4]]"
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise ConfigError(f"{key}: not a valid list: {value!r}") from None
+        elif isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")

@@ -110,6 +110,12 @@ class DataConfig:
         label_threshold (float, optional): CSV/Parquet labels are numbers (a rating, a watch
             time) and an example is positive when its label is ``>= label_threshold``; ``None``
             requires labels 0 or 1. Default: ``None``
+        bucketize (tuple[str, ...], optional): dense features that also become sparse features
+            ``<name>_bucket`` (see :mod:`terarec.data.derived`). Default: ``()``
+        bucket_width (float, optional): width of a bucket in transformed units (with the signed
+            ``log1p`` transform, 1 makes each bucket span a factor of ``e``). Default: ``1.0``
+        crosses (tuple[tuple[str, ...], ...], optional): sparse features to cross, each list of
+            two or more becoming the feature ``A_x_B``. Default: ``()``
         synthetic (SyntheticConfig, optional): the generator used when ``path`` is ``None``.
 
     Example::
@@ -135,6 +141,9 @@ class DataConfig:
     val_path: str | None = None
     val_fraction: float = 0.1
     label_threshold: float | None = None
+    bucketize: tuple[str, ...] = ()
+    bucket_width: float = 1.0
+    crosses: tuple[tuple[str, ...], ...] = ()
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
@@ -146,7 +155,7 @@ class DataConfig:
             _check_enum("data.format", self.format, DataFormat)
         _check_enum("data.on_bad_row", self.on_bad_row, BadRowPolicy)
         _check_enum("data.dense_transform", self.dense_transform, DenseTransform)
-        for name in ("dense_features", "ignore"):
+        for name in ("dense_features", "ignore", "bucketize"):
             value = getattr(self, name)
             if isinstance(value, list):
                 value = tuple(value)
@@ -155,6 +164,13 @@ class DataConfig:
                 raise ConfigError(f"data.{name} must be a list of column names, got {value!r}")
             if len(set(value)) != len(value):
                 raise ConfigError(f"data.{name} names a column twice: {list(value)}")
+        if isinstance(self.crosses, list):
+            object.__setattr__(self, "crosses", tuple(tuple(c) if isinstance(c, list) else c for c in self.crosses))
+        for index, cross in enumerate(self.crosses):
+            if not isinstance(cross, tuple) or len(cross) < 2 or not all(isinstance(c, str) and c for c in cross):
+                raise ConfigError(f"data.crosses[{index}] must be a list of two or more feature names, got {cross!r}")
+        if isinstance(self.bucket_width, bool) or not isinstance(self.bucket_width, (int, float)) or not self.bucket_width > 0:
+            raise ConfigError(f"data.bucket_width must be a number > 0, got {self.bucket_width!r}")
         both = set(self.dense_features) & set(self.ignore)
         if both:
             raise ConfigError(f"data.dense_features and data.ignore both name {sorted(both)}")

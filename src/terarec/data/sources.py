@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from terarec.data.config import DataConfig
+from terarec.data.derived import derive_features
 from terarec.data.prepared import open_prepared, prepare
 from terarec.data.readers import read_files
 from terarec.data.stats import DatasetStats, compute_stats
@@ -114,7 +115,8 @@ def resolve_path(path: str, fmt: DataFormat | None = None) -> tuple[list[Path], 
 
 
 def load_dataset(path: str, config: DataConfig) -> ColumnarData:
-    """Loads the examples a data path names (prepared directories are memory-mapped).
+    """Loads the examples a data path names (prepared directories are memory-mapped), with the
+    derived features ``config`` declares (:func:`~terarec.data.derived.derive_features`).
 
     Args:
         path (str): see :func:`resolve_path`.
@@ -123,10 +125,11 @@ def load_dataset(path: str, config: DataConfig) -> ColumnarData:
     paths, fmt = resolve_path(path, config.format)
     if fmt is DataFormat.PREPARED:
         parts = [open_prepared(p) for p in paths]
-        if len(parts) > 1:
-            return ColumnarData.concat(parts)  # several prepared directories: copied into RAM
-        return parts[0]
-    return read_files(paths, fmt, config)
+        # several prepared directories: copied into RAM
+        data = ColumnarData.concat(parts) if len(parts) > 1 else parts[0]
+    else:
+        data = read_files(paths, fmt, config)
+    return derive_features(data, config)
 
 
 def prepare_path(config: DataConfig, out_dir: Path, *, overwrite: bool = False) -> DatasetStats:
@@ -175,8 +178,9 @@ def load_splits(config: DataConfig, stats: DatasetStats | None = None) -> DataSp
         if config.eval_path is not None or config.val_path is not None:
             raise ConfigError("data.eval_path or data.val_path is set but data.path is not: give data.path too")
         ds = generate_synthetic(config.synthetic, config.dense_transform)
-        train, val = _carve_validation(ds.train, config, "synthetic data")
-        return DataSplits(train, ds.eval, stats or compute_stats(train), val, ds.eval_probabilities, ds.cardinalities)
+        train, val = _carve_validation(derive_features(ds.train, config), config, "synthetic data")
+        evaluation = derive_features(ds.eval, config)
+        return DataSplits(train, evaluation, stats or compute_stats(train), val, ds.eval_probabilities, ds.cardinalities)
     data = load_dataset(config.path, config)
     if config.eval_path is not None:
         train, evaluation = data, _load_alike(config.eval_path, config, data, config.path)

@@ -187,7 +187,8 @@ def _config_workloads(config: Config) -> tuple[list[TableWorkload], DenseWorkloa
         if skew is None:
             skew = DEFAULT_ZIPF_EXPONENT
             notes.append(f"ID skew assumed: Zipf exponent {DEFAULT_ZIPF_EXPONENT} (set sharding.zipf_exponent)")
-    tables = build_table_configs(config.embedding, features, distinct, model_class(config.model.type).layout)
+    model_type = model_class(config.model.type)
+    tables = build_table_configs(config.embedding, features, distinct, model_type.layout, model_type.embedding_optimizer)
     workloads = table_workloads(tables, pooling, skew)
     dense = dense_workload(config, num_dense, tables)
     return workloads, dense, num_rows, notes

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional
 from torch.utils.flop_counter import FlopCounterMode
 
+from terarec.embedding import OptimizerConfig, OptimizerType
 from terarec.models.config import ModelConfig
 from terarec.models.inputs import EmbeddingLayout, InputSpec, ModelInput
 
@@ -47,6 +48,9 @@ class RecModel(nn.Module, abc.ABC):
 
     Attributes:
         layout (EmbeddingLayout): class-level; the columns each table row holds for this model.
+        embedding_optimizer (OptimizerConfig): class-level; the tables' optimizer when the
+            config leaves ``embedding.optimizer`` unset: row-wise Adagrad at 0.05, lower for
+            models whose logit multiplies embeddings directly (DeepFM, xDeepFM).
         spec (InputSpec): the widths the model was built for.
 
     Shape:
@@ -59,6 +63,7 @@ class RecModel(nn.Module, abc.ABC):
     """
 
     layout: ClassVar[EmbeddingLayout] = EmbeddingLayout()
+    embedding_optimizer: ClassVar[OptimizerConfig] = OptimizerConfig(OptimizerType.ROWWISE_ADAGRAD, learning_rate=0.05)
 
     def __init__(self, spec: InputSpec) -> None:
         super().__init__()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from terarec.embedding import OptimizerConfig, OptimizerType
 from terarec.models.base import RecModel
 from terarec.models.config import ModelConfig
 from terarec.models.inputs import EmbeddingLayout, InputSpec, ModelInput
@@ -33,6 +34,10 @@ class DeepFM(RecModel):
     """
 
     layout = EmbeddingLayout(deep=True, wide=True)
+    # The FM / CIN terms sum products of embeddings straight into the logit: at row-wise
+    # Adagrad's usual 0.05 they grow overconfident within an epoch (Criteo sample test AUC 0.70
+    # against 0.725 at 0.01, log loss above the base rate's).
+    embedding_optimizer = OptimizerConfig(OptimizerType.ROWWISE_ADAGRAD, learning_rate=0.01)
 
     def __init__(self, config: ModelConfig, spec: InputSpec) -> None:
         super().__init__(spec)

@@ -38,6 +38,7 @@ def build_table_configs(
     sparse_features: Sequence[str],
     distinct_ids: Mapping[str, int],
     layout: EmbeddingLayout = EmbeddingLayout(),
+    model_optimizer: OptimizerConfig | None = None,
 ) -> list[EmbeddingTableConfig]:
     """One table per :class:`TableSpec`, then one per remaining sparse feature, sized from the data.
 
@@ -50,6 +51,8 @@ def build_table_configs(
             for a wide weight; only that column for logistic regression), and a table with a
             wide column beside its embedding trains row-wise Adagrad element-wise. Default:
             embeddings only
+        model_optimizer (OptimizerConfig, optional): the model's optimizer for tables whose
+            config sets none. Default: row-wise Adagrad at ``0.05``
 
     Raises:
         ConfigError: when a spec names an unknown feature, or a feature sits in two tables.
@@ -60,6 +63,7 @@ def build_table_configs(
         >>> [(t.name, t.num_embeddings) for t in tables]
         [('C1', 6400), ('C2', 320)]
     """
+    default_optimizer = config.optimizer or model_optimizer or OptimizerConfig()
     known = set(sparse_features)
     claimed: dict[str, str] = {}
     tables: list[EmbeddingTableConfig] = []
@@ -89,7 +93,7 @@ def build_table_configs(
                 embedding_dim=layout.table_dim(spec.embedding_dim or config.embedding_dim),
                 feature_names=tuple(spec.feature_names),
                 pooling=spec.pooling or config.pooling,
-                optimizer=_with_wide_column(spec.optimizer or config.optimizer, layout),
+                optimizer=_with_wide_column(spec.optimizer or default_optimizer, layout),
                 init=spec.init or config.init,
                 dynamic=spec.dynamic,
                 tiered=spec.tiered,
@@ -107,7 +111,7 @@ def build_table_configs(
                 embedding_dim=layout.table_dim(config.embedding_dim),
                 feature_names=(feature,),
                 pooling=config.pooling,
-                optimizer=_with_wide_column(config.optimizer, layout),
+                optimizer=_with_wide_column(default_optimizer, layout),
                 init=config.init,
                 dynamic=config.dynamic,
                 tiered=config.tiered,

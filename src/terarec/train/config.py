@@ -24,7 +24,6 @@ from terarec.embedding import (
     DynamicConfig,
     InitConfig,
     OptimizerConfig,
-    OptimizerType,
     PoolingType,
     TieredConfig,
 )
@@ -153,7 +152,11 @@ class EmbeddingConfig:
             ``1 - exp(-1/k)`` of the IDs share their row with another (1.6% at 64, 39% at 2),
             which costs real data AUC. Default: ``64.0``
         pooling (PoolingType, optional): Default: ``PoolingType.SUM``
-        optimizer (OptimizerConfig, optional): Default: row-wise Adagrad, learning rate ``0.05``
+        optimizer (OptimizerConfig, optional): every table's sparse optimizer; ``None`` takes the
+            model's (:attr:`~terarec.models.RecModel.embedding_optimizer`: row-wise Adagrad at
+            ``0.05``, ``0.01`` for DeepFM and xDeepFM); setting any of its keys
+            (``embedding.optimizer.learning_rate=0.1``) starts from row-wise Adagrad at ``0.05``.
+            Default: ``None``
         init (InitConfig, optional): Default: uniform ``±sqrt(1/R)``
         dynamic (DynamicConfig, optional): make every table not in ``tables`` collisionless,
             with admission and eviction (``embedding.dynamic.min_count=2``). Default: ``None``
@@ -172,9 +175,7 @@ class EmbeddingConfig:
     min_rows: int = 16
     rows_per_distinct_id: float = 64.0
     pooling: PoolingType = PoolingType.SUM
-    optimizer: OptimizerConfig = field(
-        default_factory=lambda: OptimizerConfig(OptimizerType.ROWWISE_ADAGRAD, learning_rate=0.05)
-    )
+    optimizer: OptimizerConfig | None = None
     init: InitConfig = field(default_factory=InitConfig)
     dynamic: DynamicConfig | None = None
     tiered: TieredConfig | None = None

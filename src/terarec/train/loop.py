@@ -226,8 +226,10 @@ def _fit(config: Config, world: World) -> TrainResult:
     if batch_size % world.size or batch_size < world.size:
         raise ConfigError(f"train.batch_size ({batch_size}) must be a multiple of the {world.size} ranks")
     schema = splits.train.schema
-    layout = model_class(config.model.type).layout
-    table_configs = build_table_configs(config.embedding, schema.sparse_features, splits.stats.distinct_ids, layout)
+    model_type = model_class(config.model.type)
+    table_configs = build_table_configs(
+        config.embedding, schema.sparse_features, splits.stats.distinct_ids, model_type.layout, model_type.embedding_optimizer
+    )
     tables_dir = Path(settings.tables_dir) if settings.tables_dir else run_dir / "tables"
     # An owner prepares its tables for the global batch.
     check_cache_sizes(table_configs, max(batch_size, settings.eval_batch_size))

@@ -100,6 +100,22 @@ def test_two_ranks_train_the_model_of_one_process(runs: dict[str, Path]) -> None
     assert two["comm_bytes_per_step"] == pytest.approx(two["predicted_comm_bytes_per_step"], rel=0.1)
 
 
+def test_batch_norm_and_validation_on_two_ranks_score_as_the_saved_model(tmp_path: Path) -> None:
+    out = tmp_path / "bn"
+    keys = {**CRITEO_KEYS, "data.val_fraction": 0.1, "train.eval_every": 40, "model.batch_norm": True, "train.out": str(out)}
+    keys["train.early_stopping.restore_best"] = False  # the last model: its statistics last moved per rank
+    keys["train.eval_batch_size"] = 64  # both ranks score a share of every batch
+    _train_ranks(_config_file(tmp_path / "bn.yaml", keys), 2)
+    metrics = _metrics(out)
+    assert [v["step"] for v in metrics["validation"]] == [40, 80, 112]
+    # every rank evaluated with rank 0's batch-norm statistics, the ones its checkpoint holds
+    report = tmp_path / "eval.json"
+    subprocess.run([sys.executable, "-m", "terarec", "eval", "--checkpoint", str(out), "--json", str(report)], check=True)
+    evaluated = json.loads(report.read_text())
+    assert evaluated["auc"] == pytest.approx(metrics["auc"], abs=1e-6)
+    assert evaluated["logloss"] == pytest.approx(metrics["logloss"], abs=1e-6)
+
+
 def test_two_rank_runs_are_bit_identical(runs: dict[str, Path]) -> None:
     first, second = _metrics(runs["two"]), _metrics(runs["two_again"])
     assert first["auc"] == second["auc"] and first["logloss"] == second["logloss"]

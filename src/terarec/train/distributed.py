@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["World", "gather_arrays", "join_world", "leave_world", "sum_over_ranks"]
+__all__ = ["World", "broadcast_buffers", "gather_arrays", "join_world", "leave_world", "sum_over_ranks"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,24 @@ def gather_arrays(world: World, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     gathered: list[tuple[np.ndarray, ...] | None] = [None] * world.size
     dist.all_gather_object(gathered, arrays)
     return tuple(np.concatenate([part[i] for part in gathered if part is not None]) for i in range(len(arrays)))
+
+
+def broadcast_buffers(world: World, module: torch.nn.Module) -> None:
+    """Rank 0's floating-point buffers (batch norm's running statistics) on every rank.
+
+    DistributedDataParallel broadcasts them before each training forward, but every rank then
+    updates them with its own batch; evaluating afterwards would score each rank's share with
+    different statistics, and not as the checkpoint (rank 0's) does.
+
+    Example::
+
+        >>> broadcast_buffers(World(), torch.nn.BatchNorm1d(2))  # one process: nothing to do
+    """
+    if world.size == 1:
+        return
+    for buffer in module.buffers():
+        if buffer.is_floating_point():
+            dist.broadcast(buffer, src=0)
 
 
 def sum_over_ranks(world: World, value: float) -> float:

@@ -42,7 +42,7 @@ from terarec.train.checkpoint import (
     save_checkpoint,
 )
 from terarec.train.config import Config, DensePrecision, StoppingMetric, TrainConfig
-from terarec.train.distributed import World, join_world, leave_world, sum_over_ranks
+from terarec.train.distributed import World, broadcast_buffers, join_world, leave_world, sum_over_ranks
 from terarec.train.evaluate import evaluate
 from terarec.train.ingest import load_rank_splits
 from terarec.train.metrics import auc
@@ -313,6 +313,7 @@ def _fit(config: Config, world: World) -> TrainResult:
             improved = False
             if validate_every and (state.step % validate_every == 0 or state.step == total_steps):
                 assert splits.val is not None
+                broadcast_buffers(world, model)
                 validation = evaluate(
                     model, collection, splits.val, settings.eval_batch_size, bf16, world  # type: ignore[arg-type]
                 )
@@ -333,6 +334,7 @@ def _fit(config: Config, world: World) -> TrainResult:
         if best is not None and settings.early_stopping.restore_best and state.best_step != state.step:
             load_checkpoint(best, model, collection)
             checkpoint = best
+        broadcast_buffers(world, model)
         metrics = evaluate(model, collection, splits.eval, settings.eval_batch_size, bf16, world)  # type: ignore[arg-type]
         reporter.log_metrics("eval", metrics.to_dict(), state.step)
         loss_curve = [[step, loss] for step, loss in reporter.loss_curve]

@@ -49,8 +49,9 @@ class RecModel(nn.Module, abc.ABC):
     Attributes:
         layout (EmbeddingLayout): class-level; the columns each table row holds for this model.
         embedding_optimizer (OptimizerConfig): class-level; the tables' optimizer when the
-            config leaves ``embedding.optimizer`` unset: row-wise Adagrad at 0.05, lower for
-            models whose logit multiplies embeddings directly (DeepFM, xDeepFM).
+            config leaves ``embedding.optimizer`` unset: row-wise Adagrad at 0.1 (0.05 for
+            logistic regression), lower for models whose logit multiplies embeddings directly
+            (DeepFM, xDeepFM).
         spec (InputSpec): the widths the model was built for.
 
     Shape:
@@ -63,7 +64,7 @@ class RecModel(nn.Module, abc.ABC):
     """
 
     layout: ClassVar[EmbeddingLayout] = EmbeddingLayout()
-    embedding_optimizer: ClassVar[OptimizerConfig] = OptimizerConfig(OptimizerType.ROWWISE_ADAGRAD, learning_rate=0.05)
+    embedding_optimizer: ClassVar[OptimizerConfig] = OptimizerConfig(OptimizerType.ROWWISE_ADAGRAD, learning_rate=0.1)
 
     def __init__(self, spec: InputSpec) -> None:
         super().__init__()

@@ -49,9 +49,9 @@ class RecModel(nn.Module, abc.ABC):
     Attributes:
         layout (EmbeddingLayout): class-level; the columns each table row holds for this model.
         embedding_optimizer (OptimizerConfig): class-level; the tables' optimizer when the
-            config leaves ``embedding.optimizer`` unset: row-wise Adagrad at 0.1 (0.05 for
-            logistic regression), lower for models whose logit multiplies embeddings directly
-            (DeepFM, xDeepFM).
+            config leaves ``embedding.optimizer`` unset: row-wise Adagrad at 0.1; 0.05 for the
+            per-ID weights of logistic regression and Wide & Deep; 0.01 for models whose logit
+            multiplies embeddings directly (DeepFM, xDeepFM).
         spec (InputSpec): the widths the model was built for.
 
     Shape:

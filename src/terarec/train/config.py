@@ -154,7 +154,7 @@ class EmbeddingConfig:
         pooling (PoolingType, optional): Default: ``PoolingType.SUM``
         optimizer (OptimizerConfig, optional): every table's sparse optimizer; ``None`` takes the
             model's (:attr:`~terarec.models.RecModel.embedding_optimizer`: row-wise Adagrad at
-            ``0.1``, ``0.05`` for LR, ``0.01`` for DeepFM and xDeepFM); setting any of its keys
+            ``0.1``, ``0.05`` for LR and Wide & Deep, ``0.01`` for DeepFM and xDeepFM); setting any of its keys
             (``embedding.optimizer.learning_rate=0.1``) starts from row-wise Adagrad at ``0.05``.
             Default: ``None``
         init (InitConfig, optional): Default: uniform ``±sqrt(1/R)``

@@ -79,6 +79,13 @@ def _pyplot():  # type: ignore[no-untyped-def]
     return pyplot
 
 
+def _save(figure, path: Path, pyplot) -> Path:  # type: ignore[no-untyped-def]
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+    return path
+
+
 def _curves(metrics: dict[str, object], out: Path, pyplot) -> Path:  # type: ignore[no-untyped-def]
     loss = np.array(metrics.get("train_loss") or [], dtype=np.float64).reshape(-1, 2)
     validation = metrics.get("validation") or []
@@ -93,11 +100,7 @@ def _curves(metrics: dict[str, object], out: Path, pyplot) -> Path:  # type: ign
         right.legend()
     right.set(xlabel="step", ylabel="AUC", title="validation AUC" if validation else "no validation split")
     left.legend()
-    figure.tight_layout()
-    path = out / "curves.png"
-    figure.savefig(path, dpi=100)
-    pyplot.close(figure)
-    return path
+    return _save(figure, out / "curves.png", pyplot)
 
 
 def _calibration(run_dir: Path, out: Path, pyplot) -> Path:  # type: ignore[no-untyped-def]
@@ -113,11 +116,7 @@ def _calibration(run_dir: Path, out: Path, pyplot) -> Path:  # type: ignore[no-u
     axis.set(xlabel="mean predicted click probability", ylabel="observed click rate", xlim=(0, 1), ylim=(0, 1),
              title=f"calibration on {labels.size:,} evaluation examples")
     axis.legend()
-    figure.tight_layout()
-    path = out / "calibration.png"
-    figure.savefig(path, dpi=100)
-    pyplot.close(figure)
-    return path
+    return _save(figure, out / "calibration.png", pyplot)
 
 
 def write_report(run_dir: Path, out: Path | None = None) -> list[Path]:

@@ -14,8 +14,8 @@ from terarec.train import fit
 from terarec.train.builders import build_dense_optimizer
 from terarec.train.checkpoint import TrainerState, best_checkpoint, checkpoint_step, resolve_checkpoint
 from terarec.train.config import EarlyStoppingConfig, LRDecay, StoppingMetric, TrainConfig
-from terarec.train.loop import record_validation, set_learning_rate, should_stop
-from terarec.train.schedule import auto_batch_size, auto_epochs
+from terarec.train.schedule import auto_batch_size, auto_epochs, set_learning_rate
+from terarec.train.validation import record_validation, should_stop
 from tests.helpers import CRITEO, assert_bit_identical, checkpoint_weights, tiny_config
 
 CRITEO_DATA = [

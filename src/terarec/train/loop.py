@@ -41,14 +41,15 @@ from terarec.train.checkpoint import (
     mark_best,
     save_checkpoint,
 )
-from terarec.train.config import Config, DensePrecision, StoppingMetric, TrainConfig
+from terarec.train.config import Config, DensePrecision, TrainConfig
 from terarec.train.distributed import World, broadcast_buffers, join_world, leave_world, sum_over_ranks
 from terarec.train.evaluate import evaluate
 from terarec.train.ingest import load_rank_splits
 from terarec.train.metrics import auc
 from terarec.train.placement import Placement, build_collection, saved_placement
 from terarec.train.reporting import StepReporter
-from terarec.train.schedule import lr_scale, resolve_auto
+from terarec.train.schedule import resolve_auto, set_learning_rate
+from terarec.train.validation import record_validation, should_stop
 from terarec.train.updates import (
     EmbeddingUpdates,
     HybridUpdates,
@@ -106,33 +107,6 @@ def advance(state: TrainerState, batch_size: int, batches_per_epoch: int) -> Tra
         batch_in_epoch=0 if rolls_over else next_batch,
         examples_seen=state.examples_seen + batch_size,
     )
-
-
-def record_validation(
-    state: TrainerState, metrics: dict[str, float], settings: TrainConfig
-) -> tuple[TrainerState, bool]:
-    """The state after a validation at ``state.step``, and whether it is the best so far."""
-    stopping = settings.early_stopping
-    value = float(metrics[stopping.metric.value])
-    sign = 1.0 if stopping.metric is StoppingMetric.AUC else -1.0
-    improved = state.best_value is None or sign * (value - state.best_value) > stopping.min_delta
-    history = (*state.validations, {"step": state.step, **metrics})
-    if improved:
-        return replace(state, best_step=state.step, best_value=value, stale_validations=0, validations=history), True
-    return replace(state, stale_validations=state.stale_validations + 1, validations=history), False
-
-
-def should_stop(state: TrainerState, settings: TrainConfig) -> bool:
-    """Whether validation has stopped improving for ``train.early_stopping.patience`` rounds."""
-    patience = settings.early_stopping.patience
-    return patience > 0 and state.stale_validations >= patience
-
-
-def set_learning_rate(optimizer: torch.optim.Optimizer, settings: TrainConfig, step: int, total_steps: int) -> None:
-    """The dense learning rate of ``step``: a pure function of the step, so resume is exact."""
-    rate = settings.dense_learning_rate * lr_scale(step, total_steps, settings.warmup_steps, settings.lr_decay)
-    for group in optimizer.param_groups:
-        group["lr"] = rate
 
 
 def _batches_from(loader: BatchLoader, state: TrainerState, count: int) -> Iterator[Batch]:

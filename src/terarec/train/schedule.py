@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import torch
+
 from terarec.train.config import LRDecay, TrainConfig
 
-__all__ = ["MAX_AUTO_EPOCHS", "auto_batch_size", "auto_epochs", "lr_scale", "resolve_auto"]
+__all__ = ["MAX_AUTO_EPOCHS", "auto_batch_size", "auto_epochs", "lr_scale", "resolve_auto", "set_learning_rate"]
 
 MIN_AUTO_BATCH = 64
 MAX_AUTO_BATCH = 2048
@@ -77,3 +79,10 @@ def resolve_auto(config: TrainConfig, num_rows: int) -> TrainConfig:
         batch_size=config.batch_size or auto_batch_size(num_rows),
         epochs=config.epochs or auto_epochs(num_rows),
     )
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, settings: TrainConfig, step: int, total_steps: int) -> None:
+    """The dense learning rate of ``step``: a pure function of the step, so resume is exact."""
+    rate = settings.dense_learning_rate * lr_scale(step, total_steps, settings.warmup_steps, settings.lr_decay)
+    for group in optimizer.param_groups:
+        group["lr"] = rate

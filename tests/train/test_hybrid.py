@@ -36,6 +36,6 @@ def test_hybrid_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["dynamic", "tiered"])
 def test_hybrid_refuses_tables_whose_rows_move(tmp_path: Path, kind: str) -> None:
-    extra = {"embedding__dynamic__min_count": 2} if kind == "dynamic" else {"embedding__tiered__cache_bytes": "1MB"}
+    extra = {"embedding__dynamic__min_count": 2} if kind == "dynamic" else {"embedding__tiered__cache_bytes": "4MB"}
     with pytest.raises(ConfigError, match="sharding.mode=hybrid needs fixed in-RAM tables"):
         fit(tiny_config(tmp_path, train__steps=2, sharding__mode="hybrid", **extra))

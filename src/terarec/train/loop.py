@@ -218,7 +218,7 @@ def _fit(config: Config, world: World) -> TrainResult:
     model = build_model(config.model, schema.num_dense, table_configs)
     # Buffers (batch norm's running statistics) follow rank 0's; a model without them skips
     # the broadcast DDP would otherwise make before every forward.
-    has_buffers = any(True for _ in model.buffers(recurse=True) if _.is_floating_point())
+    has_buffers = any(buffer.is_floating_point() for buffer in model.buffers())
     trainable = DistributedDataParallel(model, broadcast_buffers=has_buffers) if world.size > 1 else model
     optimizer = build_dense_optimizer(settings, list(model.parameters()))
     run_spec = _run_spec(config, splits, table_configs, world, placement)

@@ -63,7 +63,7 @@ def assert_bit_identical(left: dict[str, np.ndarray], right: dict[str, np.ndarra
     assert left.keys() == right.keys()
     for name in left:
         assert left[name].dtype == right[name].dtype, name
-        assert np.array_equal(left[name].view(np.uint8), right[name].view(np.uint8)), f"{name} differs"
+        assert np.array_equal(left[name].reshape(-1).view(np.uint8), right[name].reshape(-1).view(np.uint8)), f"{name} differs"
 
 
 @contextlib.contextmanager
@@ -81,16 +81,17 @@ def trained_numbers(checkpoint: Path, scratch: Path) -> dict[str, np.ndarray]:
     """Every trained number of a checkpoint whatever its tables' kinds (tiered tables keep
     snapshot chains, not arrays): loads it as ``terarec eval`` does and reads the tables back."""
     from terarec._dataclass_codec import from_mapping
-    from terarec.embedding import EmbeddingCollection, EmbeddingTableConfig
+    from terarec.embedding import DeepHashTableConfig, EmbeddingCollection, EmbeddingTableConfig
     from terarec.train import load_checkpoint
-    from terarec.train.builders import build_model
+    from terarec.train.builders import build_network
     from terarec.train.checkpoint import read_run_spec
 
     spec = read_run_spec(checkpoint)
     config = Config.from_dict(spec["config"])
     tables = [from_mapping(EmbeddingTableConfig, raw) for raw in spec["tables"]]
+    hashed = [from_mapping(DeepHashTableConfig, raw) for raw in spec["deep_hash_tables"]]
     collection = EmbeddingCollection(tables, seed=config.train.seed, directory=scratch)
-    model = build_model(config.model, len(spec["schema"]["dense_features"]), tables)
+    model = build_network(config.model, len(spec["schema"]["dense_features"]), tables, hashed, config.train.seed)
     load_checkpoint(checkpoint, model, collection)
     out = {f"model/{k}": v.numpy() for k, v in model.state_dict().items()}
     for name, table in collection.tables.items():

@@ -26,6 +26,8 @@ class JaggedTensor:
         values (Tensor): the IDs of all bags, concatenated; ``int64``.
         offsets (Tensor): where each bag starts in ``values``, then ``len(values)``; ``int64``,
             non-decreasing, ``offsets[0] == 0``.
+        weights (Tensor, optional): each ID's ``float32`` value, which scales its embedding
+            (libFM's ``idx:val``); ``None`` when every value is 1. Default: ``None``
 
     Shape:
         - values: :math:`(N)`, ``N`` IDs in the batch
@@ -47,6 +49,7 @@ class JaggedTensor:
 
     values: torch.Tensor
     offsets: torch.Tensor
+    weights: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         for name in ("values", "offsets"):
@@ -64,6 +67,12 @@ class JaggedTensor:
                 f"JaggedTensor.offsets must run from 0 to len(values)={self.values.numel()}, "
                 f"got {first}..{last}"
             )
+        if self.weights is not None and (
+            not isinstance(self.weights, torch.Tensor)
+            or self.weights.dtype != torch.float32
+            or self.weights.shape != self.values.shape
+        ):
+            raise ValueError(f"JaggedTensor.weights must be a float32 tensor shaped like values {tuple(self.values.shape)}")
 
     @classmethod
     def from_lengths(cls, values: torch.Tensor, lengths: torch.Tensor) -> JaggedTensor:

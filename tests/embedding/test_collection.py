@@ -57,8 +57,15 @@ def test_config_errors() -> None:
         EmbeddingCollection([a, EmbeddingTableConfig("t2", 10, 4, ("user",))])
     with pytest.raises(ValueError, match="'item'"):
         EmbeddingCollection([EmbeddingTableConfig("t2", 10, 4, ("item", "item"))])
-    with pytest.raises(ValueError, match="at least one"):
-        EmbeddingCollection([])
+
+
+def test_a_collection_without_tables_pools_nothing_for_each_bag() -> None:
+    # every feature embedded elsewhere (Deep Hash tables): the pooled leaf is (B, 0)
+    empty = EmbeddingCollection([])
+    prepared = empty.prepare({"user": JaggedTensor(torch.tensor([1, 2, 3]), torch.tensor([0, 1, 3]))})
+    pooled = empty.lookup(prepared)
+    assert pooled.values.shape == (2, 0) and pooled.values.requires_grad
+    empty.apply_gradients(prepared, torch.zeros(2, 0))
 
 
 def test_prepare_errors() -> None:

@@ -116,6 +116,20 @@ def test_batch_norm_and_validation_on_two_ranks_score_as_the_saved_model(tmp_pat
     assert evaluated["logloss"] == pytest.approx(metrics["logloss"], abs=1e-6)
 
 
+def test_deep_hash_tables_train_data_parallel_on_two_ranks(tmp_path: Path) -> None:
+    out = tmp_path / "dhe"
+    tables = [{"name": "hashed", "feature_names": ["C3", "C4", "C12"], "kind": "dhe"}]
+    keys = {**CRITEO_KEYS, "embedding.tables": tables, "embedding.deep_hash.hidden_dims": [32], "train.out": str(out)}
+    _train_ranks(_config_file(tmp_path / "dhe.yaml", keys), 2)
+    metrics = _metrics(out)
+    assert metrics["world_size"] == 2 and metrics["auc"] > 0.70
+    assert "hashed" not in metrics["placement"]  # a decoder is not a table to place: DDP replicates it
+    # the ranks kept one decoder: the saved one scores as training did
+    report = tmp_path / "eval.json"
+    subprocess.run([sys.executable, "-m", "terarec", "eval", "--checkpoint", str(out), "--json", str(report)], check=True)
+    assert json.loads(report.read_text())["auc"] == pytest.approx(metrics["auc"], abs=1e-6)
+
+
 def test_two_rank_runs_are_bit_identical(runs: dict[str, Path]) -> None:
     first, second = _metrics(runs["two"]), _metrics(runs["two_again"])
     assert first["auc"] == second["auc"] and first["logloss"] == second["logloss"]

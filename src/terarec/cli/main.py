@@ -34,6 +34,7 @@ _TRAIN_SHORTCUTS = {
     "ignore": "data.ignore",
     "delimiter": "data.delimiter",
     "on_bad_row": "data.on_bad_row",
+    "field_map": "data.libfm_field_map",
     "model": "model.type",
     "out": "train.out",
     "seed": "train.seed",
@@ -45,18 +46,19 @@ _TRAIN_SHORTCUTS = {
     "mode": "sharding.mode",
     "comm_precision": "sharding.comm_precision",
 }
-_DATA_FLAGS = ("data", "format", "label", "label_threshold", "dense", "ignore", "delimiter", "on_bad_row")
+_DATA_FLAGS = ("data", "format", "label", "label_threshold", "dense", "ignore", "delimiter", "on_bad_row", "field_map")
 
 
 def _add_data_flags(parser: argparse.ArgumentParser, data_help: str) -> None:
     parser.add_argument("--data", metavar="PATH", help=data_help)
-    parser.add_argument("--format", choices=["criteo", "csv", "parquet", "prepared"], help="input format (data.format); default: from the file name")
+    parser.add_argument("--format", choices=["criteo", "csv", "parquet", "libfm", "prepared"], help="input format (data.format); default: from the file name")
     parser.add_argument("--label", metavar="COL", help="label column of CSV/Parquet input (data.label)")
     parser.add_argument("--label-threshold", type=float, metavar="X", help="positive when the label is >= X, e.g. a rating (data.label_threshold)")
     parser.add_argument("--dense", metavar="COLS", help="comma-separated dense columns (data.dense_features); every other column is sparse")
     parser.add_argument("--ignore", metavar="COLS", help="comma-separated columns to leave out (data.ignore)")
     parser.add_argument("--delimiter", metavar="CHAR", help="CSV field delimiter (data.delimiter)")
     parser.add_argument("--on-bad-row", choices=["error", "skip"], help="stop at a malformed row or skip and count it (data.on_bad_row)")
+    parser.add_argument("--field-map", metavar="FILE", help="libFM input: 'index field' lines naming each index's field (data.libfm_field_map)")
 
 
 def _parser() -> argparse.ArgumentParser:

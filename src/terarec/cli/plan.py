@@ -152,7 +152,7 @@ def _config_workloads(config: Config) -> tuple[list[TableWorkload], DenseWorkloa
         read_prepared_stats,
         resolve_path,
     )
-    from terarec.train.builders import build_table_configs
+    from terarec.train.builders import build_deep_hash_tables, build_table_configs
     from terarec.train.placement import (
         DEFAULT_ZIPF_EXPONENT,
         dense_workload,
@@ -190,7 +190,8 @@ def _config_workloads(config: Config) -> tuple[list[TableWorkload], DenseWorkloa
     model_type = model_class(config.model.type)
     tables = build_table_configs(config.embedding, features, distinct, model_type.layout, model_type.embedding_optimizer)
     workloads = table_workloads(tables, pooling, skew)
-    dense = dense_workload(config, num_dense, tables)
+    hashed = build_deep_hash_tables(config.embedding, features, model_type.layout)
+    dense = dense_workload(config, num_dense, tables, hashed, pooling)
     return workloads, dense, num_rows, notes
 
 

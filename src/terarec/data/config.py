@@ -91,7 +91,8 @@ class DataConfig:
         eval_path (str, optional): evaluation data in the same forms; ``None`` holds out the last
             ``eval_fraction`` of the rows of ``path``. Default: ``None``
         format (DataFormat, optional): ``None`` infers it: a prepared directory, ``.parquet``
-            is Parquet, ``.csv`` CSV, ``.tsv``/``.txt`` Criteo. Default: ``None``
+            is Parquet, ``.csv`` CSV, ``.tsv``/``.txt`` Criteo, ``.libfm``/``.libsvm`` libFM.
+            Default: ``None``
         label (str, optional): label column of CSV/Parquet files (required there). Default: ``None``
         dense_features (tuple[str, ...], optional): CSV/Parquet dense columns; every other
             column not in ``ignore`` is sparse. Default: ``()``
@@ -116,6 +117,11 @@ class DataConfig:
             ``log1p`` transform, 1 makes each bucket span a factor of ``e``). Default: ``1.0``
         crosses (tuple[tuple[str, ...], ...], optional): sparse features to cross, each list of
             two or more becoming the feature ``A_x_B``. Default: ``()``
+        libfm_field_map (str, optional): a libFM file's fields: a file of ``index field``
+            lines; ``None`` makes each position of a line a field (see :mod:`terarec.data.libfm`).
+            Default: ``None``
+        libfm_num_features (int, optional): libFM indices must be below it; ``None`` accepts
+            any non-negative index. Default: ``None``
         synthetic (SyntheticConfig, optional): the generator used when ``path`` is ``None``.
 
     Example::
@@ -144,10 +150,12 @@ class DataConfig:
     bucketize: tuple[str, ...] = ()
     bucket_width: float = 1.0
     crosses: tuple[tuple[str, ...], ...] = ()
+    libfm_field_map: str | None = None
+    libfm_num_features: int | None = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
-        for name in ("path", "eval_path", "val_path", "label"):
+        for name in ("path", "eval_path", "val_path", "label", "libfm_field_map"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ConfigError(f"data.{name} must be a non-empty string or null, got {value!r}")
@@ -187,5 +195,8 @@ class DataConfig:
         threshold = self.label_threshold
         if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
             raise ConfigError(f"data.label_threshold must be a number or null, got {threshold!r}")
+        count = self.libfm_num_features
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+            raise ConfigError(f"data.libfm_num_features must be a positive integer or null, got {count!r}")
         if not isinstance(self.synthetic, SyntheticConfig):
             raise ConfigError(f"data.synthetic must be a SyntheticConfig, got {type(self.synthetic).__name__}")

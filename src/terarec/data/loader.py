@@ -47,7 +47,11 @@ def gather_jagged(column: JaggedColumn, rows: np.ndarray) -> JaggedColumn:
     _kernels.gather_lengths(column.offsets, rows, offsets)
     values = np.empty(int(offsets[-1]), dtype=np.int64)
     _kernels.gather_values(column.values, column.offsets, rows, offsets, values)
-    return JaggedColumn(values, offsets)
+    weights = None
+    if column.weights is not None:
+        weights = np.empty(int(offsets[-1]), dtype=np.float32)
+        _kernels.gather_values(column.weights, column.offsets, rows, offsets, weights)
+    return JaggedColumn(values, offsets, weights)
 
 
 class BatchLoader:
@@ -117,7 +121,8 @@ class BatchLoader:
         sparse = {}
         for name in data.schema.sparse_features:
             col = gather_jagged(data.sparse[name], rows)
-            sparse[name] = JaggedTensor(torch.from_numpy(col.values), torch.from_numpy(col.offsets))
+            weights = None if col.weights is None else torch.from_numpy(col.weights)
+            sparse[name] = JaggedTensor(torch.from_numpy(col.values), torch.from_numpy(col.offsets), weights)
         # Float inputs go into torch-allocated (64-byte aligned) buffers, so the dense network's
         # MKL kernels see the same alignment every run (Intel documents alignment-dependent
         # rounding without CNR mode). A precaution: a resume mismatch once blamed on this was

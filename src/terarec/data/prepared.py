@@ -123,6 +123,9 @@ def _write_columns(paths: list[Path], fmt: DataFormat, config: DataConfig, tmp: 
     dense = _ColumnWriter(tmp / "dense.f32", "<f4", (schema.num_dense,))
     values = {f: _ColumnWriter(tmp / f"{f}.values.i64", "<i8", ()) for f in schema.sparse_features}
     offsets = {f: _ColumnWriter(tmp / f"{f}.offsets.i64", "<i8", ()) for f in schema.sparse_features}
+    # A column gets a weights file from its first block with values other than 1 on (the IDs
+    # written before it get weight 1).
+    weights: dict[str, _ColumnWriter] = {}
     for f in schema.sparse_features:
         offsets[f].write(np.zeros(1, dtype=np.int64))
     acc = StatsAccumulator(schema.sparse_features)
@@ -132,6 +135,11 @@ def _write_columns(paths: list[Path], fmt: DataFormat, config: DataConfig, tmp: 
         dense.write(block.dense)
         for f in schema.sparse_features:
             col = block.sparse[f]
+            if col.weights is not None and f not in weights:
+                weights[f] = _ColumnWriter(tmp / f"{f}.weights.f32", "<f4", ())
+                weights[f].write(np.ones(values[f].count, dtype=np.float32))
+            if f in weights:
+                weights[f].write(col.weights_or_ones())
             offsets[f].write(col.offsets[1:] + values[f].count)
             values[f].write(col.values)
     stats = acc.result()
@@ -146,7 +154,8 @@ def _write_columns(paths: list[Path], fmt: DataFormat, config: DataConfig, tmp: 
         "columns": {
             "labels": labels.close(),
             "dense": dense.close(),
-            "sparse": {f: {"values": values[f].close(), "offsets": offsets[f].close()}
+            "sparse": {f: {"values": values[f].close(), "offsets": offsets[f].close(),
+                           **({"weights": weights[f].close()} if f in weights else {})}
                        for f in schema.sparse_features},
         },
     }
@@ -204,9 +213,12 @@ def open_prepared(directory: Path, verify: bool = False) -> ColumnarData:
                         f"(expected {FORMAT_VERSION})")
     schema = Schema.from_dict(meta["schema"])
     cols = meta["columns"]
-    sparse = {f: JaggedColumn(_map_column(directory, cols["sparse"][f]["values"], verify),
-                              _map_column(directory, cols["sparse"][f]["offsets"], verify))
-              for f in schema.sparse_features}
+    sparse = {}
+    for f in schema.sparse_features:
+        entry = cols["sparse"][f]
+        weights = _map_column(directory, entry["weights"], verify) if "weights" in entry else None
+        sparse[f] = JaggedColumn(_map_column(directory, entry["values"], verify),
+                                 _map_column(directory, entry["offsets"], verify), weights)
     return ColumnarData(schema, _map_column(directory, cols["labels"], verify),
                         _map_column(directory, cols["dense"], verify), sparse,
                         skipped_rows=int(meta.get("skipped_rows", 0)), source=str(directory))

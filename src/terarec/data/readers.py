@@ -1,4 +1,5 @@
-"""Readers of raw example files (Criteo TSV, CSV, Parquet) into :class:`ColumnarData`.
+"""Readers of raw example files (Criteo TSV, CSV, Parquet; libFM in :mod:`terarec.data.libfm`)
+into :class:`ColumnarData`.
 
 Files are parsed by Arrow, block by block, every column as text (or its Parquet type), then
 converted with vectorised kernels; no Python loop runs over lines. A malformed row (wrong
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 
 from terarec.data import _convert
 from terarec.data.config import DataConfig
+from terarec.data.libfm import iter_libfm_blocks, libfm_schema
 from terarec.data.types import BadRowPolicy, ColumnarData, DataFormat, JaggedColumn, Schema
 from terarec.errors import ConfigError, DataError
 
@@ -79,6 +81,9 @@ def resolve_schema(path: Path, fmt: DataFormat, config: DataConfig) -> tuple[Sch
         ConfigError: if ``config`` names a column the file lacks (with a suggestion), or a CSV/Parquet
             file has no ``data.label``.
     """
+    if fmt is DataFormat.LIBFM:
+        schema = libfm_schema(path, config)
+        return schema, (schema.label, *schema.sparse_features)
     columns = _file_columns(path, fmt, config)
     for name in config.ignore:
         if name not in columns:
@@ -182,7 +187,8 @@ def _keep_rows(block: ColumnarData, keep: np.ndarray) -> ColumnarData:
         lengths = np.diff(col.offsets)
         offsets = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
         np.cumsum(lengths[keep], out=offsets[1:])
-        sparse[name] = JaggedColumn(col.values[np.repeat(keep, lengths)], offsets)
+        kept = np.repeat(keep, lengths)
+        sparse[name] = JaggedColumn(col.values[kept], offsets, None if col.weights is None else col.weights[kept])
     return ColumnarData(block.schema, block.labels[keep], block.dense[keep], sparse, source=block.source)
 
 
@@ -209,6 +215,9 @@ def _file_blocks(path: Path, fmt: DataFormat, config: DataConfig, expected: Sche
     if schema != expected:
         raise DataError(f"{path}: columns differ from the first file's: expected {expected.to_dict()}, "
                         f"got {schema.to_dict()}")
+    if fmt is DataFormat.LIBFM:
+        yield from iter_libfm_blocks(path, config, schema)
+        return
     converter = _BlockConverter(path, schema, columns, config)
     skip = config.on_bad_row is BadRowPolicy.SKIP
     if fmt is DataFormat.PARQUET:

@@ -25,7 +25,8 @@ from terarec.errors import ConfigError, DataError
 __all__ = ["DataSplits", "load_dataset", "load_splits", "prepare_path", "resolve_path"]
 
 _SUFFIX_FORMATS = {".parquet": DataFormat.PARQUET, ".csv": DataFormat.CSV,
-                   ".tsv": DataFormat.CRITEO, ".txt": DataFormat.CRITEO}
+                   ".tsv": DataFormat.CRITEO, ".txt": DataFormat.CRITEO,
+                   ".libfm": DataFormat.LIBFM, ".libsvm": DataFormat.LIBFM}
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def _expand(path: str) -> list[Path]:
             raise DataError(f"{part}: no such file or directory")
         if candidate.is_dir() and not (candidate / "meta.json").is_file():
             files = sorted(p for p in candidate.iterdir() if p.is_file() and not p.name.startswith("."))
-            inside = [p for p in files if p.suffix.lower() in (".tsv", ".csv", ".parquet")]
+            inside = [p for p in files if p.suffix.lower() in (".tsv", ".csv", ".parquet", ".libfm", ".libsvm")]
             if not inside:  # .txt (Criteo's day_N.txt) only when nothing else: READMEs are .txt too
                 inside = [p for p in files if p.suffix.lower() == ".txt"]
             if not inside:
@@ -106,7 +107,7 @@ def resolve_path(path: str, fmt: DataFormat | None = None) -> tuple[list[Path], 
         if inferred is None:
             suffixes = sorted({p.suffix or "(none)" for p in paths})
             raise ConfigError(f"data.format cannot be inferred from {path!r} (suffixes {suffixes}); "
-                              f"pass --format criteo|csv|parquet|prepared")
+                              f"pass --format criteo|csv|parquet|libfm|prepared")
         fmt = inferred
     elif (fmt is DataFormat.PREPARED) != (inferred is DataFormat.PREPARED):
         raise ConfigError(f"data.format is {fmt.value!r} but {path!r} is "

@@ -34,6 +34,7 @@ class DataFormat(enum.Enum):
 
     CRITEO = "criteo"
     CSV = "csv"
+    LIBFM = "libfm"
     PARQUET = "parquet"
     PREPARED = "prepared"
 
@@ -104,10 +105,17 @@ class JaggedColumn:
     Shape:
         - values: :math:`(N)` ``int64`` IDs
         - offsets: :math:`(R + 1)` ``int64``, ``R`` rows
+        - weights: :math:`(N)` ``float32``, each ID's value (libFM's ``idx:val``), or ``None``
+          when every value is 1
     """
 
     values: np.ndarray
     offsets: np.ndarray
+    weights: np.ndarray | None = None
+
+    def weights_or_ones(self) -> np.ndarray:
+        """``weights``, or ones where the column has none."""
+        return np.ones(len(self.values), np.float32) if self.weights is None else np.asarray(self.weights)
 
 
 @dataclass
@@ -145,7 +153,9 @@ class ColumnarData:
         sparse = {}
         for name, col in self.sparse.items():
             offsets = np.asarray(col.offsets[start:stop + 1], dtype=np.int64)
-            sparse[name] = JaggedColumn(col.values[int(offsets[0]):int(offsets[-1])], offsets - offsets[0])
+            ids = slice(int(offsets[0]), int(offsets[-1]))
+            weights = None if col.weights is None else col.weights[ids]
+            sparse[name] = JaggedColumn(col.values[ids], offsets - offsets[0], weights)
         return ColumnarData(self.schema, self.labels[start:stop], self.dense[start:stop], sparse,
                             skipped_rows=0, source=self.source)
 
@@ -166,7 +176,10 @@ class ColumnarData:
             lengths = np.concatenate([np.diff(np.asarray(c.offsets)) for c in cols])
             offsets = np.zeros(lengths.shape[0] + 1, dtype=np.int64)
             np.cumsum(lengths, out=offsets[1:])
-            sparse[name] = JaggedColumn(np.concatenate([np.asarray(c.values) for c in cols]), offsets)
+            weights = None
+            if any(c.weights is not None for c in cols):
+                weights = np.concatenate([c.weights_or_ones() for c in cols])
+            sparse[name] = JaggedColumn(np.concatenate([np.asarray(c.values) for c in cols]), offsets, weights)
         return cls(
             schema,
             np.concatenate([p.labels for p in parts]),

@@ -2,12 +2,21 @@
 
 See :class:`EmbeddingCollection` for the model-facing API and :class:`EmbeddingTable` for the
 contract every table kind (fixed, dynamic, tiered; sharded later) implements.
+:class:`DeepHashCollection` holds the kind without rows, Deep Hash Embeddings, which trains
+with the dense network instead.
 """
 
 from terarec.embedding.collection import (
     EmbeddingCollection,
     PooledEmbeddings,
     PreparedBatch,
+)
+from terarec.embedding.deep_hash import (
+    DeepHashCollection,
+    DeepHashConfig,
+    DeepHashEmbedding,
+    DeepHashTableConfig,
+    HashTransform,
 )
 from terarec.embedding.dynamic import DynamicRowMapper, DynamicTableStats
 from terarec.embedding.dynamic_table import DynamicTable
@@ -41,6 +50,10 @@ from terarec.embedding.types import (
 
 __all__ = [
     "DataType",
+    "DeepHashCollection",
+    "DeepHashConfig",
+    "DeepHashEmbedding",
+    "DeepHashTableConfig",
     "DynamicConfig",
     "DynamicRowMapper",
     "DynamicTable",
@@ -50,6 +63,7 @@ __all__ = [
     "EmbeddingTableConfig",
     "EvictionPolicy",
     "FixedTable",
+    "HashTransform",
     "HashedRowMapper",
     "InitConfig",
     "InitType",

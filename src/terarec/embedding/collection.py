@@ -229,6 +229,9 @@ class EmbeddingCollection:
                     f"sparse feature {name!r} has {jagged.batch_size} bags, expected {batch_size} "
                     f"like {self.feature_names[0]!r}"
                 )
+        if batch_size is None and sparse:
+            # No table reads a feature (every feature is embedded elsewhere): pooled is (B, 0).
+            batch_size = next(iter(sparse.values())).batch_size
         prepared = {}
         for table, _ in self._alone:
             features = [sparse[f] for f in table.config.feature_names]
@@ -309,8 +312,6 @@ class EmbeddingCollection:
 
 def _checked_configs(configs: Sequence[EmbeddingTableConfig]) -> list[EmbeddingTableConfig]:
     configs = list(configs)
-    if not configs:
-        raise ValueError("an EmbeddingCollection needs at least one table")
     names, owner = set(), {}
     for config in configs:
         if not isinstance(config, EmbeddingTableConfig):

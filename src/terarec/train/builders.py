@@ -9,13 +9,21 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from terarec.embedding import EmbeddingTableConfig, OptimizerConfig, OptimizerType
+from terarec.embedding import (
+    DeepHashCollection,
+    DeepHashConfig,
+    DeepHashTableConfig,
+    EmbeddingTableConfig,
+    OptimizerConfig,
+    OptimizerType,
+)
 from terarec.errors import ConfigError
 from terarec.models import EmbeddingLayout, InputSpec, ModelConfig, RecModel, model_class
 from terarec.models import build_model as build_registered_model
-from terarec.train.config import DenseOptimizerType, EmbeddingConfig, TrainConfig
+from terarec.train.network import DenseNetwork
+from terarec.train.config import DenseOptimizerType, EmbeddingConfig, TableKind, TableSpec, TrainConfig
 
-__all__ = ["build_dense_optimizer", "build_model", "build_table_configs", "input_spec"]
+__all__ = ["build_deep_hash_tables", "build_dense_optimizer", "build_model", "build_network", "build_table_configs", "input_spec"]
 
 
 def _with_wide_column(optimizer: OptimizerConfig, layout: EmbeddingLayout) -> OptimizerConfig:
@@ -33,6 +41,38 @@ def _rows_for(config: EmbeddingConfig, distinct_ids: int) -> int:
     return int(min(config.max_rows, max(config.min_rows, wanted)))
 
 
+def _resolved_specs(config: EmbeddingConfig, sparse_features: Sequence[str]) -> list[tuple[TableSpec, TableKind]]:
+    """Every table with its kind: the configured ones, then one per remaining feature (with
+    ``embedding``'s dynamic and tiered settings), after checking the features they name."""
+    known = set(sparse_features)
+    claimed: dict[str, str] = {}
+    specs: list[tuple[TableSpec, TableKind]] = []
+    for index, spec in enumerate(config.tables):
+        for feature in spec.feature_names:
+            if feature not in known:
+                raise ConfigError(
+                    f"embedding.tables[{index}] ({spec.name!r}) names feature {feature!r}, which the data "
+                    f"does not have; sparse features are: {', '.join(sparse_features)}"
+                )
+            if feature in claimed:
+                raise ConfigError(
+                    f"embedding.tables[{index}]: feature {feature!r} is already in table {claimed[feature]!r}"
+                )
+            claimed[feature] = spec.name
+        weights_dtype, state_dtype = spec.weights_dtype or config.weights_dtype, spec.state_dtype or config.state_dtype
+        if spec.tiered is not None and weights_dtype is not state_dtype:
+            raise ConfigError(
+                f"embedding.tables[{index}] ({spec.name!r}) is tiered, which keeps weights and state in one dtype, "
+                f"but its weights_dtype is {weights_dtype.value} and its state_dtype {state_dtype.value}"
+            )
+        specs.append((spec, spec.kind or config.kind))
+    for feature in sparse_features:
+        if feature not in claimed:
+            implicit = TableSpec(feature, (feature,), dynamic=config.dynamic, tiered=config.tiered)
+            specs.append((implicit, config.kind))
+    return specs
+
+
 def build_table_configs(
     config: EmbeddingConfig,
     sparse_features: Sequence[str],
@@ -40,7 +80,8 @@ def build_table_configs(
     layout: EmbeddingLayout = EmbeddingLayout(),
     model_optimizer: OptimizerConfig | None = None,
 ) -> list[EmbeddingTableConfig]:
-    """One table per :class:`TableSpec`, then one per remaining sparse feature, sized from the data.
+    """The row tables: one per :class:`TableSpec`, then one per remaining sparse feature, sized
+    from the data; ``dhe`` tables are :func:`build_deep_hash_tables`'.
 
     Args:
         config (EmbeddingConfig): the table policy.
@@ -64,28 +105,11 @@ def build_table_configs(
         [('C1', 6400), ('C2', 320)]
     """
     default_optimizer = config.optimizer or model_optimizer or OptimizerConfig()
-    known = set(sparse_features)
-    claimed: dict[str, str] = {}
     tables: list[EmbeddingTableConfig] = []
-    for index, spec in enumerate(config.tables):
-        for feature in spec.feature_names:
-            if feature not in known:
-                raise ConfigError(
-                    f"embedding.tables[{index}] ({spec.name!r}) names feature {feature!r}, which the data "
-                    f"does not have; sparse features are: {', '.join(sparse_features)}"
-                )
-            if feature in claimed:
-                raise ConfigError(
-                    f"embedding.tables[{index}]: feature {feature!r} is already in table {claimed[feature]!r}"
-                )
-            claimed[feature] = spec.name
+    for spec, kind in _resolved_specs(config, sparse_features):
+        if kind is not TableKind.TABLE:
+            continue
         rows = spec.num_embeddings or _rows_for(config, sum(distinct_ids.get(f, 0) for f in spec.feature_names))
-        weights_dtype, state_dtype = spec.weights_dtype or config.weights_dtype, spec.state_dtype or config.state_dtype
-        if spec.tiered is not None and weights_dtype is not state_dtype:
-            raise ConfigError(
-                f"embedding.tables[{index}] ({spec.name!r}) is tiered, which keeps weights and state in one dtype, "
-                f"but its weights_dtype is {weights_dtype.value} and its state_dtype {state_dtype.value}"
-            )
         tables.append(
             EmbeddingTableConfig(
                 name=spec.name,
@@ -97,54 +121,85 @@ def build_table_configs(
                 init=spec.init or config.init,
                 dynamic=spec.dynamic,
                 tiered=spec.tiered,
-                weights_dtype=weights_dtype,
-                state_dtype=state_dtype,
-            )
-        )
-    for feature in sparse_features:
-        if feature in claimed:
-            continue
-        tables.append(
-            EmbeddingTableConfig(
-                name=feature,
-                num_embeddings=_rows_for(config, distinct_ids.get(feature, 0)),
-                embedding_dim=layout.table_dim(config.embedding_dim),
-                feature_names=(feature,),
-                pooling=config.pooling,
-                optimizer=_with_wide_column(default_optimizer, layout),
-                init=config.init,
-                dynamic=config.dynamic,
-                tiered=config.tiered,
-                weights_dtype=config.weights_dtype,
-                state_dtype=config.state_dtype,
+                weights_dtype=spec.weights_dtype or config.weights_dtype,
+                state_dtype=spec.state_dtype or config.state_dtype,
             )
         )
     return tables
 
 
-def input_spec(num_dense: int, tables: Sequence[EmbeddingTableConfig], layout: EmbeddingLayout) -> InputSpec:
-    """The widths a model reading ``tables`` through ``layout`` gets, features in collection order.
+def build_deep_hash_tables(
+    config: EmbeddingConfig, sparse_features: Sequence[str], layout: EmbeddingLayout = EmbeddingLayout()
+) -> list[DeepHashTableConfig]:
+    """The Deep Hash tables (kind ``dhe``), each as wide as ``layout`` reads a row.
 
     Example::
 
-        >>> from terarec.embedding import EmbeddingTableConfig, OptimizerConfig, OptimizerType
+        >>> config = EmbeddingConfig(tables=(TableSpec("ids", ("C2",), kind=TableKind.DHE),))
+        >>> [(t.name, t.feature_names, t.embedding_dim) for t in build_deep_hash_tables(config, ["C1", "C2"])]
+        [('ids', ('C2',), 16)]
+    """
+    return [
+        DeepHashTableConfig(
+            name=spec.name,
+            embedding_dim=layout.table_dim(spec.embedding_dim or config.embedding_dim),
+            feature_names=tuple(spec.feature_names),
+            pooling=spec.pooling or config.pooling,
+            deep_hash=spec.deep_hash or config.deep_hash or DeepHashConfig(),
+        )
+        for spec, kind in _resolved_specs(config, sparse_features)
+        if kind is TableKind.DHE
+    ]
+
+
+def input_spec(
+    num_dense: int,
+    tables: Sequence[EmbeddingTableConfig],
+    layout: EmbeddingLayout,
+    deep_hash_tables: Sequence[DeepHashTableConfig] = (),
+) -> InputSpec:
+    """The widths a model reading ``tables`` through ``layout`` gets: features in collection
+    order, then the Deep Hash tables' features.
+
+    Example::
+
+        >>> from terarec.embedding import EmbeddingTableConfig
         >>> tables = [EmbeddingTableConfig("t", 10, 9, ("user", "item"))]
         >>> input_spec(13, tables, EmbeddingLayout(wide=True)).embedding_dims
         (8, 8)
     """
     names, dims = [], []
-    for table in tables:
+    for table in [*tables, *deep_hash_tables]:
         dim = table.embedding_dim - (1 if layout.wide else 0)
         names.extend(table.feature_names)
         dims.extend([dim if layout.deep else 0] * len(table.feature_names))
     return InputSpec(num_dense, tuple(names), tuple(dims))
 
 
-def build_model(config: ModelConfig, num_dense: int, tables: Sequence[EmbeddingTableConfig]) -> RecModel:
-    """The dense model for ``tables``' pooled outputs (built with :func:`build_table_configs`
-    for the same model). Seed torch first: weights come from its RNG."""
+def build_model(
+    config: ModelConfig,
+    num_dense: int,
+    tables: Sequence[EmbeddingTableConfig],
+    deep_hash_tables: Sequence[DeepHashTableConfig] = (),
+) -> RecModel:
+    """The dense model for ``tables``' pooled outputs, then ``deep_hash_tables``' (built with
+    :func:`build_table_configs` and :func:`build_deep_hash_tables` for the same model). Seed
+    torch first: weights come from its RNG."""
     layout = model_class(config.type).layout
-    return build_registered_model(config, input_spec(num_dense, tables, layout))
+    return build_registered_model(config, input_spec(num_dense, tables, layout, deep_hash_tables))
+
+
+def build_network(
+    config: ModelConfig,
+    num_dense: int,
+    tables: Sequence[EmbeddingTableConfig],
+    deep_hash_tables: Sequence[DeepHashTableConfig] = (),
+    seed: int = 0,
+) -> DenseNetwork:
+    """The model (:func:`build_model`) and the Deep Hash tables, as one :class:`DenseNetwork`;
+    ``seed`` picks the tables' hash functions. Seed torch first: weights come from its RNG."""
+    model = build_model(config, num_dense, tables, deep_hash_tables)
+    return DenseNetwork(model, DeepHashCollection(deep_hash_tables, seed) if deep_hash_tables else None)
 
 
 def build_dense_optimizer(config: TrainConfig, parameters: Sequence[nn.Parameter]) -> torch.optim.Optimizer:

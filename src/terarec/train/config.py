@@ -21,6 +21,7 @@ from terarec._dataclass_codec import from_mapping, to_mapping, with_override
 from terarec.data import DataConfig
 from terarec.embedding import (
     DataType,
+    DeepHashConfig,
     DynamicConfig,
     InitConfig,
     OptimizerConfig,
@@ -39,6 +40,7 @@ __all__ = [
     "EmbeddingConfig",
     "LRDecay",
     "StoppingMetric",
+    "TableKind",
     "TableSpec",
     "TrainConfig",
     "load_config",
@@ -104,6 +106,26 @@ class EarlyStoppingConfig:
             raise ConfigError(f"train.early_stopping.min_delta must be >= 0, got {self.min_delta}")
 
 
+class TableKind(enum.Enum):
+    """What holds a feature's embeddings: rows of a table, or a Deep Hash Embedding network."""
+
+    TABLE = "table"
+    DHE = "dhe"
+
+
+def _check_kind(key: str, kind: TableKind, deep_hash: DeepHashConfig | None, row_settings: Mapping[str, object]) -> None:
+    """Refuses settings the table's kind would ignore."""
+    if kind is TableKind.TABLE and deep_hash is not None:
+        raise ConfigError(f"{key}.deep_hash is set but {key}.kind is 'table'; set {key}.kind=dhe to use it")
+    if kind is TableKind.DHE:
+        ignored = [name for name, value in row_settings.items() if value is not None]
+        if ignored:
+            raise ConfigError(
+                f"{key}.kind is 'dhe' (no rows: an MLP trained by the dense optimizer), so "
+                f"{', '.join(f'{key}.{name}' for name in ignored)} cannot apply; remove it or use kind 'table'"
+            )
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """An explicitly configured table; unset fields take :class:`EmbeddingConfig`'s defaults.
@@ -121,6 +143,10 @@ class TableSpec:
         tiered (TieredConfig, optional): rows on disk behind a RAM cache. Default: ``None``
         weights_dtype (DataType, optional): storage of the weights. Default: ``None``
         state_dtype (DataType, optional): storage of the optimizer state. Default: ``None``
+        kind (TableKind, optional): ``table``, or ``dhe`` for Deep Hash Embeddings (no rows;
+            the row settings above then must stay unset). Default: ``None`` (``embedding.kind``)
+        deep_hash (DeepHashConfig, optional): a ``dhe`` table's encoder and decoder.
+            Default: ``None`` (``embedding.deep_hash``)
     """
 
     name: str
@@ -134,6 +160,16 @@ class TableSpec:
     tiered: TieredConfig | None = None
     weights_dtype: DataType | None = None
     state_dtype: DataType | None = None
+    kind: TableKind | None = None
+    deep_hash: DeepHashConfig | None = None
+
+    def check_kind(self, key: str, default: TableKind) -> TableKind:
+        """This table's kind (``default`` when unset), after refusing settings it would ignore."""
+        kind = self.kind or default
+        rows = {name: getattr(self, name) for name in ("num_embeddings", "optimizer", "init", "dynamic", "tiered")}
+        rows.update(weights_dtype=self.weights_dtype, state_dtype=self.state_dtype)
+        _check_kind(key, kind, self.deep_hash, rows)
+        return kind
 
 
 @dataclass(frozen=True)
@@ -168,6 +204,12 @@ class EmbeddingConfig:
         state_dtype (DataType, optional): storage of the optimizer state, likewise.
             Default: ``DataType.FP32``
         tables (tuple[TableSpec, ...], optional): explicit tables. Default: ``()``
+        kind (TableKind, optional): what embeds every feature not in ``tables``: rows of a
+            ``table``, or ``dhe``, Deep Hash Embeddings (Kang et al., KDD 2021): hashes and an
+            MLP trained with the dense network, parameters independent of the IDs
+            (``embedding.kind=dhe``). Default: ``TableKind.TABLE``
+        deep_hash (DeepHashConfig, optional): the ``dhe`` tables' encoder and decoder
+            (``embedding.deep_hash.num_hashes=1024``). Default: ``None`` (``DeepHashConfig()``)
     """
 
     embedding_dim: int = 16
@@ -182,8 +224,14 @@ class EmbeddingConfig:
     weights_dtype: DataType = DataType.FP32
     state_dtype: DataType = DataType.FP32
     tables: tuple[TableSpec, ...] = ()
+    kind: TableKind = TableKind.TABLE
+    deep_hash: DeepHashConfig | None = None
 
     def __post_init__(self) -> None:
+        kinds = [spec.check_kind(f"embedding.tables[{index}]", self.kind) for index, spec in enumerate(self.tables)]
+        # embedding.deep_hash is also the default of the tables declared 'dhe'.
+        deep_hash = None if TableKind.DHE in kinds else self.deep_hash
+        _check_kind("embedding", self.kind, deep_hash, {"dynamic": self.dynamic, "tiered": self.tiered})
         if self.embedding_dim < 1:
             raise ConfigError(f"embedding.embedding_dim must be >= 1, got {self.embedding_dim}")
         if not 1 <= self.min_rows <= self.max_rows:

@@ -13,20 +13,20 @@ import torch
 
 from terarec._dataclass_codec import from_mapping
 from terarec.data import BatchLoader, ColumnarData, Schema, load_dataset, load_splits
-from terarec.embedding import EmbeddingCollection, EmbeddingTableConfig
+from terarec.embedding import DeepHashTableConfig, EmbeddingCollection, EmbeddingTableConfig
 from terarec.errors import DataError
-from terarec.models import ModelInput, RecModel
-from terarec.train.builders import build_model
+from terarec.train.builders import build_network
 from terarec.train.checkpoint import load_checkpoint, read_run_spec, resolve_checkpoint
 from terarec.train.config import Config, DensePrecision
 from terarec.train.distributed import World, gather_arrays
 from terarec.train.metrics import ClickMetrics, compute_metrics
+from terarec.train.network import DenseNetwork
 
 __all__ = ["evaluate", "evaluate_checkpoint", "predict", "predict_checkpoint"]
 
 
 def predict(
-    model: RecModel,
+    model: DenseNetwork,
     collection: EmbeddingCollection,
     data: ColumnarData,
     batch_size: int,
@@ -54,9 +54,8 @@ def predict(
             for batch in batches:
                 # One batch at a time on this thread: prepare may use every core.
                 pooled = collection.lookup(collection.prepare(batch.sparse, parallel=True))
-                inputs = ModelInput(batch.dense, pooled.values, model.spec, model.layout)
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    logits = model(inputs).float()
+                    logits = model(batch.dense, pooled.values, batch.sparse).float()
                 labels.append(batch.labels.numpy())
                 probabilities.append(torch.sigmoid(logits).numpy())
     finally:
@@ -68,7 +67,7 @@ def predict(
 
 
 def evaluate(
-    model: RecModel,
+    model: DenseNetwork,
     collection: EmbeddingCollection,
     data: ColumnarData,
     batch_size: int,
@@ -114,11 +113,12 @@ def predict_checkpoint(
             f"{schema.label!r}, dense {list(schema.dense_features)}, sparse {list(schema.sparse_features)}"
         )
     tables = [from_mapping(EmbeddingTableConfig, raw) for raw in spec["tables"]]  # type: ignore[union-attr]
+    hashed = [from_mapping(DeepHashTableConfig, raw) for raw in spec.get("deep_hash_tables", [])]  # type: ignore[union-attr]
     directory = resolve_checkpoint(checkpoint)
     # Tiered tables rebuild their files from the checkpoint into a scratch directory beside it.
     with tempfile.TemporaryDirectory(prefix=".eval-tables-", dir=directory.parent) as scratch:
         collection = EmbeddingCollection(tables, seed=config.train.seed, directory=Path(scratch))
-        model = build_model(config.model, schema.num_dense, tables)
+        model = build_network(config.model, schema.num_dense, tables, hashed, config.train.seed)
         load_checkpoint(directory, model, collection)
         bf16 = config.train.dense_precision is DensePrecision.BF16
         labels, probabilities = predict(model, collection, data, config.train.eval_batch_size, bf16)

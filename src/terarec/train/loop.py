@@ -19,16 +19,18 @@ from terarec._background import iterate_in_background
 from terarec._dataclass_codec import to_mapping
 from terarec.data import Batch, BatchLoader, DataSplits
 from terarec.embedding import (
+    DeepHashTableConfig,
     EmbeddingCollection,
     EmbeddingTableConfig,
     PooledEmbeddings,
 )
 from terarec.errors import ConfigError
-from terarec.models import ModelInput, RecModel, model_class
+from terarec.models import model_class
 from terarec.sharding import TrainingMode
 from terarec.train.builders import (
+    build_deep_hash_tables,
     build_dense_optimizer,
-    build_model,
+    build_network,
     build_table_configs,
 )
 from terarec.train.checkpoint import (
@@ -46,6 +48,7 @@ from terarec.train.distributed import World, broadcast_buffers, join_world, leav
 from terarec.train.evaluate import evaluate
 from terarec.train.ingest import load_rank_splits
 from terarec.train.metrics import auc
+from terarec.train.network import DenseNetwork
 from terarec.train.placement import Placement, build_collection, saved_placement
 from terarec.train.reporting import StepReporter
 from terarec.train.schedule import resolve_auto, set_learning_rate
@@ -80,16 +83,15 @@ def configure_threads(num_threads: int | None) -> int:
 
 
 def forward_backward(
-    model: RecModel, trainable: nn.Module, batch: Batch, pooled: PooledEmbeddings, bf16: bool, embedding_l2: float
+    network: DenseNetwork, trainable: nn.Module, batch: Batch, pooled: PooledEmbeddings, bf16: bool, embedding_l2: float
 ) -> torch.Tensor:
     """Loss of one batch, with gradients left on the dense parameters and on ``pooled.values``.
 
-    ``trainable`` is ``model`` itself, or its DistributedDataParallel wrapper.
+    ``trainable`` is ``network`` itself, or its DistributedDataParallel wrapper.
     """
-    inputs = ModelInput(batch.dense, pooled.values, model.spec, model.layout)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits = trainable(inputs)
-    loss = model.loss(logits.float(), batch.labels)
+        logits = trainable(batch.dense, pooled.values, batch.sparse)
+    loss = network.loss(logits.float(), batch.labels)
     if embedding_l2 > 0:
         loss = loss + embedding_l2 * pooled.values.square().sum() / pooled.values.shape[0]
     loss.backward()
@@ -129,12 +131,18 @@ def _segment_end(step: int, total_steps: int, *intervals: int) -> int:
 
 
 def _run_spec(
-    config: Config, splits: DataSplits, tables: list[EmbeddingTableConfig], world: World, placement: Placement
+    config: Config,
+    splits: DataSplits,
+    tables: list[EmbeddingTableConfig],
+    deep_hash_tables: list[DeepHashTableConfig],
+    world: World,
+    placement: Placement,
 ) -> dict[str, object]:
     return {
         "config": config.to_dict(),
         "schema": splits.train.schema.to_dict(),
         "tables": [to_mapping(table) for table in tables],
+        "deep_hash_tables": [to_mapping(table) for table in deep_hash_tables],
         "world_size": world.size,
         "placement": placement,
     }
@@ -204,6 +212,7 @@ def _fit(config: Config, world: World) -> TrainResult:
     table_configs = build_table_configs(
         config.embedding, schema.sparse_features, splits.stats.distinct_ids, model_type.layout, model_type.embedding_optimizer
     )
+    deep_hash_tables = build_deep_hash_tables(config.embedding, schema.sparse_features, model_type.layout)
     tables_dir = Path(settings.tables_dir) if settings.tables_dir else run_dir / "tables"
     # An owner prepares its tables for the global batch.
     check_cache_sizes(table_configs, max(batch_size, settings.eval_batch_size))
@@ -215,13 +224,13 @@ def _fit(config: Config, world: World) -> TrainResult:
     collection, plan, placement = build_collection(
         config, table_configs, splits.train, world, tables_dir, saved_placement(checkpoint, world.size)
     )
-    model = build_model(config.model, schema.num_dense, table_configs)
+    model = build_network(config.model, schema.num_dense, table_configs, deep_hash_tables, settings.seed)
     # Buffers (batch norm's running statistics) follow rank 0's; a model without them skips
     # the broadcast DDP would otherwise make before every forward.
     has_buffers = any(buffer.is_floating_point() for buffer in model.buffers())
     trainable = DistributedDataParallel(model, broadcast_buffers=has_buffers) if world.size > 1 else model
     optimizer = build_dense_optimizer(settings, list(model.parameters()))
-    run_spec = _run_spec(config, splits, table_configs, world, placement)
+    run_spec = _run_spec(config, splits, table_configs, deep_hash_tables, world, placement)
     state = TrainerState()
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, collection, optimizer, restore_rng=True)  # type: ignore[arg-type]

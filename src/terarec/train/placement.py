@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from terarec.data import ColumnarData
 from terarec.embedding import (
+    DeepHashTableConfig,
     EmbeddingCollection,
     EmbeddingTableConfig,
     MemoryEstimate,
@@ -45,7 +46,8 @@ from terarec.sharding import (
     load_calibration,
 )
 from terarec.sharding.sharded import SPLIT_TYPES, executable_types
-from terarec.train.builders import build_model
+from terarec.models import model_class
+from terarec.train.builders import build_deep_hash_tables, build_model
 from terarec.train.checkpoint import read_run_spec
 from terarec.train.config import Config
 from terarec.train.distributed import World
@@ -83,11 +85,31 @@ def table_workloads(
     return [TableWorkload(t, tuple(bag_sizes[f] for f in t.feature_names), zipf_exponent) for t in tables]
 
 
-def dense_workload(config: Config, num_dense: int, tables: Sequence[EmbeddingTableConfig]) -> DenseWorkload:
+def dense_workload(
+    config: Config,
+    num_dense: int,
+    tables: Sequence[EmbeddingTableConfig],
+    deep_hash_tables: Sequence[DeepHashTableConfig] = (),
+    bag_sizes: Mapping[str, float] | None = None,
+) -> DenseWorkload:
     """The run's dense network as the planner costs it: the model counts its own parameters and
-    FLOPs. Built on a forked RNG, so the run's seeded initialisation is untouched."""
+    FLOPs; each Deep Hash table adds its decoder's parameters, and its FLOPs per ID times the
+    mean bag sizes (``bag_sizes``, 1 when unknown) of its features: an upper bound, as each
+    distinct ID of a batch is decoded once. Built on a forked RNG, so the run's seeded
+    initialisation is untouched."""
     with torch.random.fork_rng():
-        return DenseWorkload.of_model(build_model(config.model, num_dense, tables))
+        model = DenseWorkload.of_model(build_model(config.model, num_dense, tables, deep_hash_tables))
+    sizes = bag_sizes or {}
+    hashed_parameters = sum(table.num_parameters for table in deep_hash_tables)
+    hashed_flops = sum(
+        table.deep_hash.flops_per_id(table.embedding_dim) * sum(sizes.get(f, 1.0) for f in table.feature_names)
+        for table in deep_hash_tables
+    )
+    return dataclasses.replace(
+        model,
+        num_parameters=model.num_parameters + hashed_parameters,
+        flops_per_example=model.flops_per_example + hashed_flops,
+    )
 
 
 def _zipf_exponent(config: Config) -> float:
@@ -157,8 +179,10 @@ def plan_tables(
         calibration.describe() if calibration else UNCALIBRATED,
         {t.name: _chosen_types(t) for t in tables},
     )
-    workloads = table_workloads(tables, mean_bag_sizes(data), _zipf_exponent(config))
-    return planner.plan(workloads, dense_workload(config, data.schema.num_dense, tables))
+    bag_sizes = mean_bag_sizes(data)
+    workloads = table_workloads(tables, bag_sizes, _zipf_exponent(config))
+    hashed = build_deep_hash_tables(config.embedding, data.schema.sparse_features, model_class(config.model.type).layout)
+    return planner.plan(workloads, dense_workload(config, data.schema.num_dense, tables, hashed, bag_sizes))
 
 
 def saved_placement(checkpoint: Path | None, world_size: int) -> Placement | None:
@@ -186,7 +210,7 @@ def build_collection(
     """
     settings = config.train
     estimates = EmbeddingCollection.estimate_memory(tables)
-    if world.size == 1:
+    if world.size == 1 or not tables:
         check_memory(estimates, settings.memory_budget_bytes)
         check_disk(estimates, tables_dir)
         return EmbeddingCollection(tables, seed=settings.seed, directory=tables_dir), None, {}

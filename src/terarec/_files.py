@@ -1,4 +1,4 @@
-"""Durable-file helpers shared by the prepared-data writer and checkpoints."""
+"""File helpers shared by the prepared-data writer, checkpoints and the tables' save/load."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import os
 import zlib
 from pathlib import Path
 
-__all__ = ["copy_sparse", "crc32_file", "fsync_path"]
+import numpy as np
+
+__all__ = ["copy_sparse", "crc32_file", "fsync_path", "load_checked_array"]
 
 _CHUNK = 1 << 22
 
@@ -50,3 +52,23 @@ def copy_sparse(source: Path, target: Path) -> None:
             offset = stop
         os.ftruncate(dst.fileno(), size)
         os.fsync(dst.fileno())
+
+
+def load_checked_array(path: Path, expected: np.ndarray) -> np.ndarray:
+    """The ``.npy`` array in ``path``, memory-mapped (so checking and copying a big table never
+    holds it twice), after checking it has ``expected``'s dtype and shape.
+
+    Raises:
+        ValueError: a missing, truncated or foreign file, or another dtype or shape, naming ``path``.
+    """
+    if not path.is_file():
+        raise ValueError(f"{path}: missing file, expected a {expected.dtype} array of shape {expected.shape}")
+    try:
+        array = np.load(path, mmap_mode="r" if expected.size else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{path}: truncated or not a plain .npy array ({err})") from err
+    if array.dtype != expected.dtype or array.shape != expected.shape:
+        raise ValueError(
+            f"{path}: expected a {expected.dtype} array of shape {expected.shape}, got {array.dtype} of shape {array.shape}"
+        )
+    return array

@@ -11,11 +11,12 @@ This module sits below both :mod:`terarec.data` and :mod:`terarec.embedding`, wh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["JaggedTensor"]
+__all__ = ["JaggedTensor", "concat_bags"]
 
 
 @dataclass(frozen=True)
@@ -89,3 +90,28 @@ class JaggedTensor:
     def lengths(self) -> torch.Tensor:
         """The size of each bag, shape :math:`(B)`."""
         return self.offsets[1:] - self.offsets[:-1]
+
+
+def concat_bags(features: Sequence[JaggedTensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bags of several features one after another, as one table that several features
+    share reads them: ``values`` concatenated, each feature's offsets shifted past the previous.
+
+    Shape:
+        - output: ``values`` :math:`(\\sum N_f)`, ``offsets`` :math:`(F B + 1)`
+
+    Example::
+
+        >>> a = JaggedTensor(torch.tensor([1, 2]), torch.tensor([0, 2, 2]))
+        >>> b = JaggedTensor(torch.tensor([3]), torch.tensor([0, 0, 1]))
+        >>> [t.tolist() for t in concat_bags([a, b])]
+        [[1, 2, 3], [0, 2, 2, 2, 3]]
+    """
+    if len(features) == 1:
+        return features[0].values, features[0].offsets
+    values = torch.cat([f.values for f in features])
+    parts, base = [], 0
+    for f in features:
+        parts.append(f.offsets[:-1] + base)
+        base += f.values.numel()
+    parts.append(torch.tensor([base], dtype=torch.int64))
+    return values, torch.cat(parts)

@@ -367,9 +367,9 @@ def test_stats_counters() -> None:
         (1000, DynamicConfig(admit_probability=0.5)),
     ],
 )
-def test_memory_estimate_equals_estimate_bytes(capacity: int, config: DynamicConfig) -> None:
+def test_memory_estimate_equals_the_configs_mapper_bytes(capacity: int, config: DynamicConfig) -> None:
     mapper = DynamicRowMapper(capacity, config)
-    assert mapper.memory_estimate().ram_bytes == DynamicRowMapper.estimate_bytes(capacity, config)
+    assert mapper.memory_estimate().ram_bytes == config.mapper_bytes(capacity)
     assert mapper.stats().memory_bytes == mapper.memory_estimate().ram_bytes
     assert mapper.memory_estimate().disk_bytes == 0
 

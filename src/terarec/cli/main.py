@@ -1,4 +1,4 @@
-"""The ``terarec`` command: ``train``, ``eval``, ``prepare`` and ``plan``.
+"""The ``terarec`` command: ``train``, ``eval``, ``prepare``, ``plan`` and ``report``.
 
 Only this module reads ``argv``. Each flag is a shortcut for one dotted config key (shown in
 its help); ``--set KEY=VALUE`` reaches any other key, and ``--config FILE`` loads a YAML file
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from terarec import __version__
 from terarec.cli import plan as _plan
+from terarec.cli.overrides import flag_overrides
 from terarec.errors import TerarecError
 
 __all__ = ["main"]
@@ -111,22 +112,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _overrides(args: argparse.Namespace, shortcuts: dict[str, str]) -> list[tuple[str, object]]:
-    pairs: list[tuple[str, object]] = [
-        (key, getattr(args, flag)) for flag, key in shortcuts.items() if getattr(args, flag, None) is not None
-    ]
-    if getattr(args, "resume", False):
-        pairs.append(("train.resume", True))
-    if getattr(args, "no_progress", False):
-        pairs.append(("train.progress", False))
-    for assignment in getattr(args, "set", []):
-        key, sep, value = assignment.partition("=")
-        if not sep or not key:
-            raise TerarecError(f"--set expects KEY=VALUE, got {assignment!r}")
-        pairs.append((key.strip(), value))
-    return pairs
-
-
 def _without_launch_flag(argv: Sequence[str]) -> list[str]:
     """``argv`` less ``--nproc-per-node N`` (or ``=N``): what each launched process runs."""
     out, skip = [], False
@@ -177,7 +162,7 @@ def _train(args: argparse.Namespace) -> int:
     from terarec.embedding import format_bytes
     from terarec.train import fit, load_config
 
-    config = load_config(args.config, _overrides(args, _TRAIN_SHORTCUTS))
+    config = load_config(args.config, flag_overrides(args, _TRAIN_SHORTCUTS))
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0

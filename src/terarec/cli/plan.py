@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from terarec.cli.overrides import flag_overrides
 from terarec.embedding import format_bytes, free_disk_bytes
 from terarec.errors import PlanError, TerarecError
 
@@ -121,9 +122,7 @@ def _calibration(args: argparse.Namespace) -> Calibration | None:
 
 
 def _overrides_for_plan(args: argparse.Namespace) -> list[tuple[str, object]]:
-    from terarec.cli.main import _overrides
-
-    return _overrides(args, _SHORTCUTS)
+    return flag_overrides(args, _SHORTCUTS)
 
 
 def _shard_overrides(args: argparse.Namespace, existing: Sequence[ShardingOverride]) -> tuple[ShardingOverride, ...]:
@@ -145,7 +144,6 @@ def _config_workloads(config: Config) -> tuple[list[TableWorkload], DenseWorkloa
     and the training rows."""
     from terarec.models import model_class
     from terarec.data import (
-        CRITEO_1TB_CARDINALITIES,
         DataFormat,
         load_splits,
         open_prepared,
@@ -164,10 +162,8 @@ def _config_workloads(config: Config) -> tuple[list[TableWorkload], DenseWorkloa
     skew = config.sharding.zipf_exponent
     if data.path is None:
         synthetic = data.synthetic
-        features = [f"C{f + 1}" for f in range(synthetic.num_sparse)]
-        distinct = {
-            name: min(CRITEO_1TB_CARDINALITIES[f % 26], synthetic.max_cardinality) for f, name in enumerate(features)
-        }
+        distinct = synthetic.cardinalities()
+        features = list(distinct)
         sizes = synthetic.bag_sizes or (1,) * synthetic.num_sparse
         pooling = {name: float(size) for name, size in zip(features, sizes, strict=True)}
         num_dense, num_rows = synthetic.num_dense, synthetic.num_examples

@@ -79,6 +79,19 @@ class SyntheticConfig:
             if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
                 raise ConfigError(f"{p}bag_sizes must be integers >= 1, got {sizes!r}")
 
+    def cardinalities(self) -> dict[str, int]:
+        """Each sparse feature's name (``C1``, ``C2``, ...) and distinct possible IDs.
+
+        Example::
+
+            >>> SyntheticConfig(num_sparse=3, max_cardinality=1000).cardinalities()
+            {'C1': 1000, 'C2': 1000, 'C3': 1000}
+        """
+        return {
+            f"C{f + 1}": min(CRITEO_1TB_CARDINALITIES[f % len(CRITEO_1TB_CARDINALITIES)], self.max_cardinality)
+            for f in range(self.num_sparse)
+        }
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -100,7 +113,8 @@ class DataConfig:
         delimiter (str, optional): CSV field delimiter, one character. Default: ``","``
         on_bad_row (BadRowPolicy, optional): stop at a malformed row or skip and count it.
             Default: ``BadRowPolicy.ERROR``
-        dense_transform (DenseTransform, optional): Default: ``DenseTransform.SIGNED_LOG1P``
+        dense_transform (DenseTransform, optional): how raw dense values become model inputs:
+            ``signed_log1p`` (``sign(x) log(1 + |x|)``) or ``none``. Default: ``DenseTransform.SIGNED_LOG1P``
         eval_fraction (float, optional): held-out tail when ``eval_path`` is ``None``, in
             :math:`(0, 1)`. Default: ``0.1``
         val_path (str, optional): validation data (early stopping, the best model); ``None``

@@ -2,7 +2,8 @@
 
 A prepared directory holds ``meta.json``, ``stats.json`` and one raw little-endian file per
 column: ``labels.f32`` :math:`(R)`, ``dense.f32`` :math:`(R, D_{dense})` row-major and, per
-sparse feature ``f``, ``f.values.i64`` :math:`(N_f)` and ``f.offsets.i64`` :math:`(R + 1)`.
+sparse feature ``f``, ``f.values.i64`` :math:`(N_f)` and ``f.offsets.i64`` :math:`(R + 1)`, and
+``f.weights.f32`` :math:`(N_f)` when its IDs carry values other than 1 (libFM input).
 ``meta.json`` records the format version, the schema, the row count and, per file, its dtype,
 shape, size in bytes and CRC-32 (``zlib.crc32``), so truncation and corruption are caught.
 Opening is instant: columns are read-only ``np.memmap`` s, paged in by the OS as batches need them.
@@ -22,7 +23,7 @@ import numpy as np
 
 from terarec._files import crc32_file, fsync_path
 from terarec.data.config import DataConfig
-from terarec.data.readers import _check_exists, iter_blocks, resolve_schema
+from terarec.data.readers import check_files_exist, iter_blocks, resolve_schema
 from terarec.data.stats import DatasetStats, StatsAccumulator
 from terarec.data.types import ColumnarData, DataFormat, JaggedColumn, Schema
 from terarec.errors import DataError
@@ -93,7 +94,7 @@ def prepare(paths: Sequence[Path], fmt: DataFormat, config: DataConfig, out_dir:
     if out_dir.exists() and not overwrite:
         raise DataError(f"{out_dir}: already exists (pass overwrite=True / --overwrite to replace it)")
     paths = [Path(p) for p in paths]
-    _check_exists(paths)
+    check_files_exist(paths)
     schema, _ = resolve_schema(paths[0], fmt, config)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     if tmp.exists():

@@ -28,7 +28,7 @@ from terarec.data.libfm import iter_libfm_blocks, libfm_schema
 from terarec.data.types import BadRowPolicy, ColumnarData, DataFormat, JaggedColumn, Schema
 from terarec.errors import ConfigError, DataError
 
-__all__ = ["CRITEO_COLUMNS", "iter_blocks", "read_files", "resolve_schema"]
+__all__ = ["CRITEO_COLUMNS", "check_files_exist", "iter_blocks", "read_files", "resolve_schema"]
 
 CRITEO_COLUMNS: tuple[str, ...] = ("label", *(f"I{i}" for i in range(1, 14)), *(f"C{i}" for i in range(1, 27)))
 """Column names of Criteo's TAB-separated files, which have no header."""
@@ -36,7 +36,8 @@ CRITEO_COLUMNS: tuple[str, ...] = ("label", *(f"I{i}" for i in range(1, 14)), *(
 _BLOCK_SIZE = 4 << 20
 
 
-def _check_exists(paths: Sequence[Path]) -> None:
+def check_files_exist(paths: Sequence[Path]) -> None:
+    """Refuses an empty list, a missing file or an empty one, naming it."""
     if not paths:
         raise DataError("no input files given")
     for path in paths:
@@ -265,7 +266,7 @@ def iter_blocks(paths: Sequence[Path], fmt: DataFormat, config: DataConfig) -> I
     Same arguments and errors as :func:`read_files`; each block carries its own ``skipped_rows``.
     """
     paths = [Path(p) for p in paths]
-    _check_exists(paths)
+    check_files_exist(paths)
     schema, _ = resolve_schema(paths[0], fmt, config)
     for path in paths:
         yield from _file_blocks(path, fmt, config, schema)

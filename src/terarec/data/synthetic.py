@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from terarec.data import _convert, _kernels
-from terarec.data.config import CRITEO_1TB_CARDINALITIES, SyntheticConfig
+from terarec.data.config import SyntheticConfig
 from terarec.data.types import ColumnarData, DenseTransform, JaggedColumn, Schema
 
 __all__ = ["SyntheticDataset", "generate_synthetic"]
@@ -59,8 +59,9 @@ class _HiddenModel:
     def __init__(self, config: SyntheticConfig, rng: np.random.Generator) -> None:
         self.config = config
         self.dense_names = tuple(f"I{j + 1}" for j in range(config.num_dense))
-        self.sparse_names = tuple(f"C{f + 1}" for f in range(config.num_sparse))
-        self.cards = [min(CRITEO_1TB_CARDINALITIES[f % 26], config.max_cardinality) for f in range(config.num_sparse)]
+        cardinalities = config.cardinalities()
+        self.sparse_names = tuple(cardinalities)
+        self.cards = list(cardinalities.values())
         self.bag_sizes = config.bag_sizes or (1,) * config.num_sparse
         self.dense_mu = rng.uniform(0.0, 3.0, config.num_dense)
         self.dense_sigma = rng.uniform(0.5, 2.0, config.num_dense)

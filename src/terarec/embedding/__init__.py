@@ -1,7 +1,7 @@
 """The embedding layer: tables that own their rows and optimizer state and update themselves.
 
 See :class:`EmbeddingCollection` for the model-facing API and :class:`EmbeddingTable` for the
-contract every table kind (fixed, dynamic, tiered; sharded later) implements.
+contract every table kind (fixed, dynamic, tiered, and shards of them) implements.
 :class:`DeepHashCollection` holds the kind without rows, Deep Hash Embeddings, which trains
 with the dense network instead.
 """

@@ -13,7 +13,7 @@ all tables are concatenated, table after table, and described by CSR boundaries:
 - ``columns`` :math:`(T)`: the first column of table ``t``'s block in the ``(B, sum D)`` output
 
 Per row and per bag the kernels run the very helpers of :mod:`terarec.embedding._kernels`
-(:func:`_pool_bag`, :func:`_accumulate` and the ``_*_row`` updates) in the same order, so a
+(:func:`pool_bag`, :func:`accumulate` and the ``_*_row`` updates) in the same order, so a
 group's results are bit-identical to running its tables one by one.
 """
 
@@ -26,17 +26,17 @@ from terarec.embedding import _bf16, _dedupe_kernels, _kernels
 from terarec.embedding._dedupe_kernels import group_rows
 from terarec.embedding._kernel_cache import stamp_with_sources
 from terarec.embedding._kernels import (
-    _FASTMATH,
-    _PREFETCH_DISTANCE,
-    _UPDATE_PREFETCH_DISTANCE,
-    _accumulate,
-    _adagrad_row,
-    _adam_row,
-    _pool_bag,
-    _prefetch_leading,
-    _prefetch_update,
-    _rowwise_adagrad_row,
-    _sgd_row,
+    FASTMATH,
+    PREFETCH_DISTANCE,
+    UPDATE_PREFETCH_DISTANCE,
+    accumulate,
+    adagrad_row,
+    adam_row,
+    pool_bag,
+    prefetch_leading,
+    prefetch_update,
+    rowwise_adagrad_row,
+    sgd_row,
     splitmix64,
 )
 
@@ -158,7 +158,7 @@ def _join_tables(value_offsets, unique_rows, unique_offsets, occurrence_offsets,
     return chunks
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
 def group_lookup(weights, rows, value_offsets, offsets, columns, is_mean, out):
     """``out[b, columns[t]:columns[t] + D]`` = table ``t``'s pooled bag ``b``, for every
     ``(t, b)``. A parallel item owns a block of ``_LOOKUP_BLOCK`` examples (output rows) and
@@ -173,9 +173,9 @@ def group_lookup(weights, rows, value_offsets, offsets, columns, is_mean, out):
             dim = w.shape[1]
             # One-hot tables have only 32 IDs per block: without this the first 12 of them
             # (a third) would be loaded one after another.
-            _prefetch_leading(w, w, rows, base + bounds[first], base + bounds[last], _PREFETCH_DISTANCE, False)
+            prefetch_leading(w, w, rows, base + bounds[first], base + bounds[last], PREFETCH_DISTANCE, False)
             for b in range(first, last):
-                _pool_bag(w, rows, base + bounds[b], base + bounds[b + 1], base + bounds[last], out[b, col : col + dim], is_mean)
+                pool_bag(w, rows, base + bounds[b], base + bounds[b + 1], base + bounds[last], out[b, col : col + dim], is_mean)
 
 
 # The four group updates share one signature: weights and states (typed lists of ``T``
@@ -195,7 +195,7 @@ def _chunk(c, chunk_table, chunk_start, unique_offsets):
     return t, chunk_start[c], stop
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
 def group_sgd_update(
     weights, states, chunk_table, chunk_start, unique_offsets, unique_rows, occurrence_offsets, occurrences,
     bag_of, grad, columns, offsets, is_mean, seeds, rates, eps, beta1, beta2,
@@ -207,14 +207,14 @@ def group_sgd_update(
         w, col, bounds, rate32 = weights[t], columns[t], offsets[t], np.float32(rates[t])
         g = np.empty(dim, dtype=np.float32)
         limit = unique_offsets[t + 1]
-        _prefetch_leading(w, w, unique_rows, start, limit, _UPDATE_PREFETCH_DISTANCE, False)
+        prefetch_leading(w, w, unique_rows, start, limit, UPDATE_PREFETCH_DISTANCE, False)
         for k in range(start, stop):
-            _prefetch_update(w, w, unique_rows, k, limit, False)
-            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
-            _sgd_row(w, unique_rows[k], unique_rows[k], g, rate32, seeds[t])
+            prefetch_update(w, w, unique_rows, k, limit, False)
+            accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
+            sgd_row(w, unique_rows[k], unique_rows[k], g, rate32, seeds[t])
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
 def group_adagrad_update(
     weights, states, chunk_table, chunk_start, unique_offsets, unique_rows, occurrence_offsets, occurrences,
     bag_of, grad, columns, offsets, is_mean, seeds, rates, eps, beta1, beta2,
@@ -227,14 +227,14 @@ def group_adagrad_update(
         w, s, col, bounds, rate32 = weights[t], states[t], columns[t], offsets[t], np.float32(rates[t])
         g = np.empty(dim, dtype=np.float32)
         limit = unique_offsets[t + 1]
-        _prefetch_leading(w, s, unique_rows, start, limit, _UPDATE_PREFETCH_DISTANCE, True)
+        prefetch_leading(w, s, unique_rows, start, limit, UPDATE_PREFETCH_DISTANCE, True)
         for k in range(start, stop):
-            _prefetch_update(w, s, unique_rows, k, limit, True)
-            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
-            _adagrad_row(w, s, unique_rows[k], unique_rows[k], g, rate32, eps32, seeds[t])
+            prefetch_update(w, s, unique_rows, k, limit, True)
+            accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
+            adagrad_row(w, s, unique_rows[k], unique_rows[k], g, rate32, eps32, seeds[t])
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
 def group_rowwise_adagrad_update(
     weights, states, chunk_table, chunk_start, unique_offsets, unique_rows, occurrence_offsets, occurrences,
     bag_of, grad, columns, offsets, is_mean, seeds, rates, eps, beta1, beta2,
@@ -247,14 +247,14 @@ def group_rowwise_adagrad_update(
         w, s, col, bounds, rate32 = weights[t], states[t], columns[t], offsets[t], np.float32(rates[t])
         g = np.empty(dim, dtype=np.float32)
         limit = unique_offsets[t + 1]
-        _prefetch_leading(w, s, unique_rows, start, limit, _UPDATE_PREFETCH_DISTANCE, True)
+        prefetch_leading(w, s, unique_rows, start, limit, UPDATE_PREFETCH_DISTANCE, True)
         for k in range(start, stop):
-            _prefetch_update(w, s, unique_rows, k, limit, True)
-            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
-            _rowwise_adagrad_row(w, s, unique_rows[k], unique_rows[k], g, rate32, eps32, seeds[t])
+            prefetch_update(w, s, unique_rows, k, limit, True)
+            accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
+            rowwise_adagrad_row(w, s, unique_rows[k], unique_rows[k], g, rate32, eps32, seeds[t])
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
 def group_adam_update(
     weights, states, chunk_table, chunk_start, unique_offsets, unique_rows, occurrence_offsets, occurrences,
     bag_of, grad, columns, offsets, is_mean, seeds, rates, eps, beta1, beta2,
@@ -268,11 +268,11 @@ def group_adam_update(
         w, s, col, bounds, rate32 = weights[t], states[t], columns[t], offsets[t], np.float32(rates[t])
         g = np.empty(dim, dtype=np.float32)
         limit = unique_offsets[t + 1]
-        _prefetch_leading(w, s, unique_rows, start, limit, _UPDATE_PREFETCH_DISTANCE, True)
+        prefetch_leading(w, s, unique_rows, start, limit, UPDATE_PREFETCH_DISTANCE, True)
         for k in range(start, stop):
-            _prefetch_update(w, s, unique_rows, k, limit, True)
-            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
-            _adam_row(w, s, unique_rows[k], unique_rows[k], g, rate32, one_m_b1, one_m_b2, eps32, seeds[t])
+            prefetch_update(w, s, unique_rows, k, limit, True)
+            accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad, col, bounds, is_mean)
+            adam_row(w, s, unique_rows[k], unique_rows[k], g, rate32, one_m_b1, one_m_b2, eps32, seeds[t])
 
 
 stamp_with_sources(globals(), _kernels, _dedupe_kernels, _bf16)

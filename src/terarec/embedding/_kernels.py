@@ -6,12 +6,13 @@ Every kernel sees NumPy arrays and scalars only, trusts its input (the public cl
 it once) and writes into caller-allocated ``out`` arrays. ``prange`` is used only where each
 iteration owns its output rows, so results are bit-identical for any thread count.
 
-Pooling and the fused updates compile with the fast-math flags in ``_FASTMATH`` (FMA
-contraction, no NaN/inf/signed-zero care, reciprocal division) but *not* ``reassoc``: with
-reassociation LLVM may reorder sums differently in a fresh compile than in the code numba
-loads from its cache, and a resumed run then differs in the last bit from the first. Sums that
-need several accumulators to vectorise spell them out (:func:`_sum_of_squares`), so their
-order is fixed by the source.
+Pooling and the fused updates compile with the fast-math flags in ``FASTMATH`` only (no
+NaN/inf/signed-zero care), none that changes a finite result's bits: not ``contract`` or
+``arcp`` (a loop's vector body and its scalar remainder would round differently, so results
+would depend on the vector width and on where a column block starts), and not ``reassoc`` (LLVM
+may reorder sums differently in a fresh compile than in the code numba loads from its cache,
+and a resumed run would differ in the last bit). Sums that need several accumulators to
+vectorise spell them out (:func:`_sum_of_squares`), so their order is fixed by the source.
 
 Symbols: ``N`` IDs, ``B`` bags, ``U`` distinct rows, ``D`` embedding dim, ``R`` storage rows,
 ``S`` optimizer state floats per row. ``slots`` index the storage arrays (``weights``,
@@ -34,14 +35,25 @@ from terarec.embedding._bf16 import load_value, store_value
 from terarec.embedding._kernel_cache import stamp_with_sources
 
 __all__ = [
+    "FASTMATH",
+    "PREFETCH_DISTANCE",
+    "UPDATE_PREFETCH_DISTANCE",
+    "accumulate",
+    "adagrad_row",
     "adagrad_update",
+    "adam_row",
     "adam_update",
     "derive_table_seed",
     "hash_to_rows",
+    "pool_bag",
     "pool_mean",
     "pool_sum",
+    "prefetch_leading",
+    "prefetch_update",
     "rounding_key",
+    "rowwise_adagrad_row",
     "rowwise_adagrad_update",
+    "sgd_row",
     "sgd_update",
     "splitmix64",
     "step_rounding_seed",
@@ -51,7 +63,7 @@ __all__ = [
 # reciprocal and approximate-function rewrites round differently in a loop's vector body than
 # in its scalar remainder, so a column block of a row (column-wise shards) would not train
 # bit-identically to the whole row, and AVX2 and AVX-512 builds would split a row differently.
-_FASTMATH = {"nsz", "nnan", "ninf"}
+FASTMATH = {"nsz", "nnan", "ninf"}
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -104,8 +116,8 @@ def hash_to_rows(ids, num_embeddings, out):
 # Rows ahead. The lookup's 12 was 15-20% faster than none pooling over 1 GB tables; the
 # update, which also reads state and writes both back, was 5% faster at 6 than at 12 or 20
 # (multi-hot and one-hot, Zipf and uniform): more rows in flight only queue behind each other.
-_PREFETCH_DISTANCE = 12
-_UPDATE_PREFETCH_DISTANCE = 6
+PREFETCH_DISTANCE = 12
+UPDATE_PREFETCH_DISTANCE = 6
 _CACHE_LINE_BYTES = 64
 
 
@@ -152,7 +164,7 @@ def _prefetch_columns(array, row, first, count):
         _prefetch_line(array, row, column)
 
 
-@numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=FASTMATH)
 def _add_rows(weights, slots, start, stop, dst):
     """``dst += weights[slots[i]]`` for ``i`` in ``[start, stop)`` in order, skipping negative
     slots (an ID without a row in a dynamic table reads as zeros)."""
@@ -163,8 +175,8 @@ def _add_rows(weights, slots, start, stop, dst):
                 dst[j] += load_value(weights, s, j)
 
 
-@numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
-def _pool_bag(weights, slots, start, stop, limit, dst, is_mean):
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=FASTMATH)
+def pool_bag(weights, slots, start, stop, limit, dst, is_mean):
     """``dst = sum(weights[slots[i]] for i in [start, stop) if slots[i] >= 0)``, divided by ``stop - start``
     when ``is_mean`` and the bag is not empty; ``dst`` is one output row (or a block of it).
     Rows up to ``slots[limit - 1]`` (later bags) are prefetched. Shared by the per-table and
@@ -177,7 +189,7 @@ def _pool_bag(weights, slots, start, stop, limit, dst, is_mean):
     # (same bits): a pass per row made every add wait for the previous row's store of dst to
     # reach the next load, 11.6 ns per 128-float row against 5.3 ns four at a time.
     while i + 4 <= stop:
-        for ahead in range(i + _PREFETCH_DISTANCE, min(i + _PREFETCH_DISTANCE + 4, limit)):
+        for ahead in range(i + PREFETCH_DISTANCE, min(i + PREFETCH_DISTANCE + 4, limit)):
             _prefetch_row(weights, slots[ahead])
         s0, s1, s2, s3 = slots[i], slots[i + 1], slots[i + 2], slots[i + 3]
         if s0 >= 0 and s1 >= 0 and s2 >= 0 and s3 >= 0:
@@ -188,7 +200,7 @@ def _pool_bag(weights, slots, start, stop, limit, dst, is_mean):
         else:
             _add_rows(weights, slots, i, i + 4, dst)
         i += 4
-    for ahead in range(i + _PREFETCH_DISTANCE, min(stop + _PREFETCH_DISTANCE, limit)):
+    for ahead in range(i + PREFETCH_DISTANCE, min(stop + PREFETCH_DISTANCE, limit)):
         _prefetch_row(weights, slots[ahead])
     _add_rows(weights, slots, i, stop, dst)
     if is_mean and stop > start:
@@ -197,34 +209,34 @@ def _pool_bag(weights, slots, start, stop, limit, dst, is_mean):
             dst[j] /= inv
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
 def pool_sum(weights, slots, offsets, out):
     """``out[b] = sum(weights[slots[i]] for i in bag b)``; an empty bag gives zeros."""
     for b in numba.prange(offsets.shape[0] - 1):
-        _pool_bag(weights, slots, offsets[b], offsets[b + 1], slots.shape[0], out[b], False)
+        pool_bag(weights, slots, offsets[b], offsets[b + 1], slots.shape[0], out[b], False)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
 def pool_mean(weights, slots, offsets, out):
     """Like :func:`pool_sum`, then divided by the bag length; an empty bag gives zeros."""
     for b in numba.prange(offsets.shape[0] - 1):
-        _pool_bag(weights, slots, offsets[b], offsets[b + 1], slots.shape[0], out[b], True)
+        pool_bag(weights, slots, offsets[b], offsets[b + 1], slots.shape[0], out[b], True)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _prefetch_update(weights, state, rows, k, limit, with_state):
-    """Prefetches the weights (and state) row that the update reaches ``_UPDATE_PREFETCH_DISTANCE``
+def prefetch_update(weights, state, rows, k, limit, with_state):
+    """Prefetches the weights (and state) row that the update reaches ``UPDATE_PREFETCH_DISTANCE``
     rows later. ``limit`` is the end of the table's rows, not of the work item: the next item
     usually runs on the same thread (``prange`` hands each thread consecutive items)."""
-    if k + _UPDATE_PREFETCH_DISTANCE < limit:
-        row = rows[k + _UPDATE_PREFETCH_DISTANCE]
+    if k + UPDATE_PREFETCH_DISTANCE < limit:
+        row = rows[k + UPDATE_PREFETCH_DISTANCE]
         _prefetch_row(weights, row)
         if with_state:
             _prefetch_row(state, row)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _prefetch_leading(weights, state, rows, start, limit, count, with_state):
+def prefetch_leading(weights, state, rows, start, limit, count, with_state):
     """Prefetches the first ``count`` rows (the prefetch distance) of a work item that starts
     at ``start``: no earlier iteration asked for them, and loading them one by one left a
     sixth to a third of the rows of short items (update chunks, one-hot lookup blocks)
@@ -235,12 +247,12 @@ def _prefetch_leading(weights, state, rows, start, limit, count, with_state):
             _prefetch_row(state, rows[k])
 
 
-@numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
-def _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, col, offsets, is_mean):
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=FASTMATH)
+def accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, col, offsets, is_mean):
     """``g = sum(grad_pooled[bag_of[i], col:col + D] * scale)`` over the occurrences of unique
     row ``k``, in ascending position order; ``scale`` is 1 (sum) or ``1 / len(bag)`` (mean).
     Four occurrences per pass over ``g``, in the same order as one at a time, for the reason
-    given in :func:`_pool_bag`."""
+    given in :func:`pool_bag`."""
     dim = g.shape[0]
     for j in range(dim):
         g[j] = np.float32(0.0)
@@ -281,11 +293,11 @@ def _mean_scale(offsets, b):
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _prefetch_gradients(occurrences, bag_of, grad_pooled, col, dim, first, stop):
-    """Prefetches the gradient rows that occurrences ``_PREFETCH_DISTANCE`` later than
+    """Prefetches the gradient rows that occurrences ``PREFETCH_DISTANCE`` later than
     ``[first, stop)`` read. They come in bag order, random to the hardware prefetcher: fetching
     them ahead cut the accumulation of 219k multi-hot Zipf IDs from 4.6 to 2.7 ms. Past a row's
     last occurrence it fetches the next rows' (or another table's: harmless)."""
-    for p in range(first + _PREFETCH_DISTANCE, min(stop + _PREFETCH_DISTANCE, occurrences.shape[0])):
+    for p in range(first + PREFETCH_DISTANCE, min(stop + PREFETCH_DISTANCE, occurrences.shape[0])):
         _prefetch_columns(grad_pooled, bag_of[occurrences[p]], col, dim)
 
 
@@ -296,15 +308,15 @@ def _prefetch_gradients(occurrences, bag_of, grad_pooled, col, dim, first, stop)
 # the state's key offset by ``D`` so that it draws other noise than the weights.
 
 
-@numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
-def _sgd_row(weights, s, row, g, lr32, seed):
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=FASTMATH)
+def sgd_row(weights, s, row, g, lr32, seed):
     key = rounding_key(seed, row)
     for j in range(weights.shape[1]):
         store_value(weights, s, j, load_value(weights, s, j) - lr32 * g[j], key)
 
 
-@numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
-def _adagrad_row(weights, state, s, row, g, lr32, eps32, seed):
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=FASTMATH)
+def adagrad_row(weights, state, s, row, g, lr32, eps32, seed):
     key = rounding_key(seed, row)
     dim = weights.shape[1]
     for j in range(dim):
@@ -315,7 +327,7 @@ def _adagrad_row(weights, state, s, row, g, lr32, eps32, seed):
         store_value(weights, s, j, load_value(weights, s, j) - lr32 * (g[j] / (np.sqrt(v) + eps32)), key)
 
 
-@numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=FASTMATH)
 def _sum_of_squares(g):
     """``sum(g ** 2)`` in eight interleaved partial sums combined pairwise: a fixed order that
     still vectorises (one SIMD register of eight lanes) without letting LLVM reassociate."""
@@ -337,8 +349,8 @@ def _sum_of_squares(g):
     return (((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))) + tail
 
 
-@numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
-def _rowwise_adagrad_row(weights, state, s, row, g, lr32, eps32, seed):
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=FASTMATH)
+def rowwise_adagrad_row(weights, state, s, row, g, lr32, eps32, seed):
     key = rounding_key(seed, row)
     dim = weights.shape[1]
     store_value(state, s, 0, load_value(state, s, 0) + _sum_of_squares(g) / np.float32(dim), key + np.uint64(dim))
@@ -347,8 +359,8 @@ def _rowwise_adagrad_row(weights, state, s, row, g, lr32, eps32, seed):
         store_value(weights, s, j, load_value(weights, s, j) - multiplier * g[j], key)
 
 
-@numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
-def _adam_row(weights, state, s, row, g, step32, one_m_b1, one_m_b2, eps32, seed):
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=FASTMATH)
+def adam_row(weights, state, s, row, g, step32, one_m_b1, one_m_b2, eps32, seed):
     key = rounding_key(seed, row)
     dim = weights.shape[1]
     for j in range(dim):
@@ -369,7 +381,7 @@ def _adam_row(weights, state, s, row, g, step32, one_m_b1, one_m_b2, eps32, seed
 # gradient into its own buffer and updates that row and its state in place.
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
 def sgd_update(
     weights, state, slots, rows, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, seed, lr
 ):
@@ -380,14 +392,14 @@ def sgd_update(
     for c in numba.prange((u + _UPDATE_CHUNK - 1) // _UPDATE_CHUNK):
         g = np.empty(dim, dtype=np.float32)
         start, stop = c * _UPDATE_CHUNK, min(u, (c + 1) * _UPDATE_CHUNK)
-        _prefetch_leading(weights, state, slots, start, u, _UPDATE_PREFETCH_DISTANCE, False)
+        prefetch_leading(weights, state, slots, start, u, UPDATE_PREFETCH_DISTANCE, False)
         for k in range(start, stop):
-            _prefetch_update(weights, state, slots, k, u, False)
-            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, 0, offsets, is_mean)
-            _sgd_row(weights, slots[k], rows[k], g, lr32, seed)
+            prefetch_update(weights, state, slots, k, u, False)
+            accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, 0, offsets, is_mean)
+            sgd_row(weights, slots[k], rows[k], g, lr32, seed)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
 def adagrad_update(
     weights, state, slots, rows, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, seed, lr, eps
 ):
@@ -398,14 +410,14 @@ def adagrad_update(
     for c in numba.prange((u + _UPDATE_CHUNK - 1) // _UPDATE_CHUNK):
         g = np.empty(dim, dtype=np.float32)
         start, stop = c * _UPDATE_CHUNK, min(u, (c + 1) * _UPDATE_CHUNK)
-        _prefetch_leading(weights, state, slots, start, u, _UPDATE_PREFETCH_DISTANCE, True)
+        prefetch_leading(weights, state, slots, start, u, UPDATE_PREFETCH_DISTANCE, True)
         for k in range(start, stop):
-            _prefetch_update(weights, state, slots, k, u, True)
-            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, 0, offsets, is_mean)
-            _adagrad_row(weights, state, slots[k], rows[k], g, lr32, eps32, seed)
+            prefetch_update(weights, state, slots, k, u, True)
+            accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, 0, offsets, is_mean)
+            adagrad_row(weights, state, slots[k], rows[k], g, lr32, eps32, seed)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
 def rowwise_adagrad_update(
     weights, state, slots, rows, occurrence_offsets, occurrences, bag_of, grad_pooled, offsets, is_mean, seed, lr, eps
 ):
@@ -416,14 +428,14 @@ def rowwise_adagrad_update(
     for c in numba.prange((u + _UPDATE_CHUNK - 1) // _UPDATE_CHUNK):
         g = np.empty(dim, dtype=np.float32)
         start, stop = c * _UPDATE_CHUNK, min(u, (c + 1) * _UPDATE_CHUNK)
-        _prefetch_leading(weights, state, slots, start, u, _UPDATE_PREFETCH_DISTANCE, True)
+        prefetch_leading(weights, state, slots, start, u, UPDATE_PREFETCH_DISTANCE, True)
         for k in range(start, stop):
-            _prefetch_update(weights, state, slots, k, u, True)
-            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, 0, offsets, is_mean)
-            _rowwise_adagrad_row(weights, state, slots[k], rows[k], g, lr32, eps32, seed)
+            prefetch_update(weights, state, slots, k, u, True)
+            accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, 0, offsets, is_mean)
+            rowwise_adagrad_row(weights, state, slots[k], rows[k], g, lr32, eps32, seed)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
 def adam_update(
     weights,
     state,
@@ -451,11 +463,11 @@ def adam_update(
     for c in numba.prange((u + _UPDATE_CHUNK - 1) // _UPDATE_CHUNK):
         g = np.empty(dim, dtype=np.float32)
         start, stop = c * _UPDATE_CHUNK, min(u, (c + 1) * _UPDATE_CHUNK)
-        _prefetch_leading(weights, state, slots, start, u, _UPDATE_PREFETCH_DISTANCE, True)
+        prefetch_leading(weights, state, slots, start, u, UPDATE_PREFETCH_DISTANCE, True)
         for k in range(start, stop):
-            _prefetch_update(weights, state, slots, k, u, True)
-            _accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, 0, offsets, is_mean)
-            _adam_row(weights, state, slots[k], rows[k], g, step32, one_m_b1, one_m_b2, eps32, seed)
+            prefetch_update(weights, state, slots, k, u, True)
+            accumulate(g, k, occurrence_offsets, occurrences, bag_of, grad_pooled, 0, offsets, is_mean)
+            adam_row(weights, state, slots[k], rows[k], g, step32, one_m_b1, one_m_b2, eps32, seed)
 
 
 stamp_with_sources(globals(), _bf16)

@@ -19,6 +19,8 @@ Status codes returned by the kernels: ``OK``; ``CACHE_FULL`` (no unpinned slot l
 
 from __future__ import annotations
 
+import errno
+
 import numba
 import numpy as np
 from numba import types
@@ -44,6 +46,7 @@ __all__ = [
 
 OK, CACHE_FULL, WRITE_FAILED, READ_FAILED = 0, 1, 2, 3
 _MAX_USES = 3  # GCLOCK's saturating use count
+_SHORT_WRITE = errno.ENOSPC  # a write that wrote less than asked: the disk filled up
 
 # libc's functions, linked by symbol name, so the compiled kernels can be cached on disk
 # (ctypes function pointers would force a recompile in every process). The buffer argument
@@ -90,7 +93,7 @@ def _write_record(fd, weights, state, slot, row, record):
     written = _pwrite(fd, record.ctypes.data, nbytes, row * nbytes)
     if written == nbytes:
         return 0
-    return _errno() if written < 0 else 28  # a short write: the disk filled up (ENOSPC)
+    return _errno() if written < 0 else _SHORT_WRITE
 
 
 @numba.njit(cache=True, nogil=True)
@@ -268,7 +271,7 @@ def write_rows(fd, rows, records, report):
     for i in range(rows.shape[0]):
         written = _pwrite(fd, records[i].ctypes.data, nbytes, rows[i] * nbytes)
         if written != nbytes:
-            report[4], report[5] = rows[i], _errno() if written < 0 else 28
+            report[4], report[5] = rows[i], _errno() if written < 0 else _SHORT_WRITE
             return WRITE_FAILED
     return OK
 

@@ -25,7 +25,7 @@ from terarec.embedding.types import (
     MemoryEstimate,
     PreparedIds,
 )
-from terarec.sparse import JaggedTensor
+from terarec.sparse import JaggedTensor, concat_bags
 
 __all__ = ["EmbeddingCollection", "PooledEmbeddings", "PreparedBatch", "load_tables", "save_tables"]
 
@@ -205,8 +205,7 @@ class EmbeddingCollection:
         are ignored.
 
         ``parallel=True`` spreads the tables of each fused group over numba's threads (same
-        result; 1.4x faster on the multi-hot benchmark's 219k IDs on 2 cores) for a caller
-        that prepares, looks up and updates one batch after another on one thread. Leave it
+        result, faster) for a caller that prepares, looks up and updates one batch after another on one thread. Leave it
         off on a background thread: its parallel kernel would compete with the lookup and
         update for the same cores, and numba's fallback ``workqueue`` threading layer aborts
         when two threads launch parallel kernels at once.
@@ -235,7 +234,7 @@ class EmbeddingCollection:
         prepared = {}
         for table, _ in self._alone:
             features = [sparse[f] for f in table.config.feature_names]
-            values, offsets = _concat_bags(features)
+            values, offsets = concat_bags(features)
             prepared[table.config.name] = table.prepare(values, offsets)
         groups = tuple(group.prepare(sparse, parallel) for group in self._groups)
         return PreparedBatch(batch_size or 0, prepared, groups, self._table_names)
@@ -324,19 +323,6 @@ def _checked_configs(configs: Sequence[EmbeddingTableConfig]) -> list[EmbeddingT
                 raise ValueError(f"feature {feature!r} is read by tables {owner[feature]!r} and {config.name!r}")
             owner[feature] = config.name
     return configs
-
-
-def _concat_bags(features: list[JaggedTensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The bags of several features one after another: ``values`` concatenated, offsets shifted."""
-    if len(features) == 1:
-        return features[0].values, features[0].offsets
-    values = torch.cat([f.values for f in features])
-    parts, base = [], 0
-    for f in features:
-        parts.append(f.offsets[:-1] + base)
-        base += f.values.numel()
-    parts.append(torch.tensor([base], dtype=torch.int64))
-    return values, torch.cat(parts)
 
 
 def save_tables(

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from terarec._dataclass_codec import to_mapping
+from terarec._files import load_checked_array
 from terarec.embedding import _dynamic_kernels as _dk
 from terarec.embedding.row_mapping import RowMapper, RowMapping
-from terarec.embedding.types import DynamicConfig, EvictionPolicy, MemoryEstimate
+from terarec.embedding.types import DynamicConfig, EvictionPolicy, MemoryEstimate, dynamic_map_slots
 
 __all__ = ["DynamicRowMapper", "DynamicTableStats"]
 
@@ -29,16 +30,6 @@ _MANIFEST = "row_map.json"
 _ARRAYS = ("slot_keys", "slot_rows", "row_ids", "last_seen", "frequency", "free_rows", "sketch")
 _COUNTERS = ("admitted", "rejected", "evicted_ttl", "evicted_capacity", "capacity_rejected")
 _DRAW_STREAM = np.uint64(0xD1CE_D1CE_D1CE_D1CE)  # seed stream of admission draws; sketch rows use 0, 1, ...
-# Bytes per row: row_ids (int64), last_seen (int64), frequency (uint32), free_rows (int64).
-_ROW_BYTES = 8 + 8 + 4 + 8
-_SLOT_BYTES = 8 + 8  # slot_keys, slot_rows
-
-
-def _num_slots(num_embeddings: int) -> int:
-    """Hash-map slots: the power of two at or above ``2 * num_embeddings`` (load at most 1/2)."""
-    return 1 << (2 * num_embeddings - 1).bit_length()
-
-
 @dataclass(frozen=True)
 class DynamicTableStats:
     """Counters of a :class:`DynamicRowMapper`, cumulative since it was created (they survive
@@ -137,7 +128,7 @@ class DynamicRowMapper(RowMapper):
         self.num_embeddings = int(num_embeddings)
         self.config = config
         self.seed = int(seed) % 2**64
-        capacity, slots = self.num_embeddings, _num_slots(self.num_embeddings)
+        capacity, slots = self.num_embeddings, dynamic_map_slots(self.num_embeddings)
         self._slot_keys = np.zeros(slots, dtype=np.int64)
         self._slot_rows = np.full(slots, -1, dtype=np.int64)  # -1: empty slot
         self._row_ids = np.zeros(capacity, dtype=np.int64)
@@ -162,15 +153,6 @@ class DynamicRowMapper(RowMapper):
     @property
     def step(self) -> int:
         return self._step
-
-    @staticmethod
-    def estimate_bytes(num_embeddings: int, config: DynamicConfig) -> int:
-        """Bytes a mapper of this capacity and config will hold, computed before allocating it:
-        ``16`` per hash slot (``2 C`` to ``4 C`` slots), ``28`` per row, and the sketch with
-        its seeds. Buffers of one :meth:`map` call (``O(N)``) are not included."""
-        sketch = config.sketch_bytes()
-        seeds = 8 * config.sketch_depth if sketch else 0
-        return _SLOT_BYTES * _num_slots(num_embeddings) + _ROW_BYTES * num_embeddings + sketch + seeds
 
     def memory_estimate(self) -> MemoryEstimate:
         arrays = [getattr(self, f"_{name}") for name in _ARRAYS] + [self._sketch_seeds]
@@ -293,7 +275,7 @@ class DynamicRowMapper(RowMapper):
         capacity = self.num_embeddings
         if min(scalars.values()) < 0 or scalars["free_count"] > capacity or scalars["cursor"] >= capacity:
             raise ValueError(f"{path}: counters out of range for capacity {capacity}: {scalars}")
-        arrays = {name: _load_checked(directory / f"row_map_{name}.npy", getattr(self, f"_{name}")) for name in _ARRAYS}
+        arrays = {name: load_checked_array(directory / f"row_map_{name}.npy", getattr(self, f"_{name}")) for name in _ARRAYS}
         occupied = int(np.count_nonzero(arrays["slot_rows"] >= 0))
         if occupied != capacity - scalars["free_count"]:
             raise ValueError(
@@ -310,18 +292,3 @@ class DynamicRowMapper(RowMapper):
             f"DynamicRowMapper(num_embeddings={self.num_embeddings}, live_rows={self.num_embeddings - self._free_count}, "
             f"step={self._step}, eviction={self.config.eviction.value})"
         )
-
-
-def _load_checked(path: Path, expected: np.ndarray) -> np.ndarray:
-    """The array in ``path``, memory-mapped, after checking it matches ``expected``'s dtype and shape."""
-    if not path.is_file():
-        raise ValueError(f"{path}: missing file, expected a {expected.dtype} array of shape {expected.shape}")
-    try:
-        array = np.load(path, mmap_mode="r" if expected.size else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise ValueError(f"{path}: truncated or not a plain .npy array ({err})") from err
-    if array.dtype != expected.dtype or array.shape != expected.shape:
-        raise ValueError(
-            f"{path}: expected a {expected.dtype} array of shape {expected.shape}, got {array.dtype} of shape {array.shape}"
-        )
-    return array

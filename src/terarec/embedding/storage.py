@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from terarec._files import load_checked_array
 from terarec.embedding import _init_kernels
 from terarec.embedding._bf16 import bf16_to_float32, float32_to_bf16
 from terarec.embedding.types import DataType, InitConfig, InitType, MemoryEstimate
@@ -208,7 +209,7 @@ class RamRowStorage(RowStorage):
 
     def load(self, directory: Path) -> None:
         directory = Path(directory)
-        loaded = {name: _load_checked(directory / f"{name}.npy", getattr(self, name)) for name in ("weights", "state")}
+        loaded = {name: load_checked_array(directory / f"{name}.npy", getattr(self, name)) for name in ("weights", "state")}
         # Copy in place, only after both files passed their checks: views of the arrays stay valid.
         for name, array in loaded.items():
             getattr(self, name)[...] = array
@@ -219,19 +220,3 @@ class RamRowStorage(RowStorage):
             f"RamRowStorage(num_embeddings={rows}, embedding_dim={dim}, state_width={self.state.shape[1]}, "
             f"weights_dtype={self.weights.dtype}, state_dtype={self.state.dtype})"
         )
-
-
-def _load_checked(path: Path, expected: np.ndarray) -> np.ndarray:
-    if not path.is_file():
-        raise ValueError(f"{path}: missing file, expected a {expected.dtype} array of shape {expected.shape}")
-    try:
-        # Memory-mapped, so checking and copying a big table never holds it twice.
-        array = np.load(path, mmap_mode="r" if expected.size else None, allow_pickle=False)
-    except ValueError as err:
-        raise ValueError(f"{path}: not a plain .npy array ({err})") from err
-    if array.dtype != expected.dtype or array.shape != expected.shape:
-        raise ValueError(
-            f"{path}: expected a {expected.dtype} array of shape {expected.shape}, "
-            f"got {array.dtype} of shape {array.shape}"
-        )
-    return array

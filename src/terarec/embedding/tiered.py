@@ -2,16 +2,18 @@
 
 Why a slab file managed by terarec rather than an embedded key-value store (RocksDB, LMDB):
 rows are fixed-size records addressed by a dense row index, so the file offset *is* the index
-(no keys, no B-tree, no compaction, no write amplification); a miss is one ``pread`` of
-``4 (D + S)`` bytes and a write-back one ``pwrite``, issued from compiled code for a whole
-batch at once. The cache is a pair of NumPy arrays addressed by slot, so the pooling and
-optimizer kernels run on it unchanged, and a GCLOCK hand (CLOCK with a small use count per
-slot: an LRU approximation that favours rows used often) picks victims. The file is created sparse: a row never written reads as its
-initial value (computed, like a RAM table's), so a 40 GB table starts instantly.
+(no keys, no B-tree, no compaction, no write amplification); a miss is one ``pread`` of one
+record (``D + S`` values of 4 bytes, or of 2 in bf16) and a write-back one ``pwrite``, issued
+from compiled code for a whole batch at once. The cache is a pair of NumPy arrays addressed
+by slot, so the pooling and optimizer kernels run on it unchanged, and a GCLOCK hand (CLOCK
+with a small use count per slot: an LRU approximation that favours rows used often) picks
+victims. The file is created sparse: a row never written reads as its initial value (computed,
+like a RAM table's), so a 40 GB table starts instantly.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -45,10 +47,11 @@ __all__ = ["TieredRowStorage", "TieredStats"]
 
 _FORMAT_VERSION = 1
 _MANIFEST = "tiered.json"
-# Concurrent small reads keep an SSD's queue full; 16 in flight gets most of a virtio or NVMe
-# disk's random-read rate while the threads mostly wait in the kernel, not on the 2 cores.
+# Concurrent small reads keep an SSD's queue full: with 32 in flight a virtio or NVMe disk
+# gives most of its random-read rate while the threads mostly wait in the kernel, not on the CPU.
 _IO_THREADS = 32
-_SECTOR = 512
+_SECTOR = 512  # O_DIRECT transfers whole sectors
+_STAT_BLOCK_BYTES = 512  # st_blocks counts 512-byte units (POSIX)
 _ROWS_PER_IO_TASK = 16
 _pool: ThreadPoolExecutor | None = None
 
@@ -173,7 +176,7 @@ class TieredRowStorage(RowStorage):
         self._fd = self._open_slab(truncate=True)
 
     def _check_disk(self, needed: int) -> None:
-        held = self.path.stat().st_blocks * 512 if self.path.exists() else 0
+        held = self.path.stat().st_blocks * _STAT_BLOCK_BYTES if self.path.exists() else 0
         free = shutil.disk_usage(self.path.parent).free
         if needed - held > free:
             raise ValueError(
@@ -225,7 +228,7 @@ class TieredRowStorage(RowStorage):
             raise OSError(error, f"{self.path}: writing row {row} back failed while {what} ({reason}); the row stays cached")
         if status == _k.READ_FAILED:
             reason = os.strerror(error) if error > 0 else "the file ends before it (truncated?)"
-            raise OSError(error if error > 0 else 5, f"{self.path}: reading row {row} failed while {what}: {reason}")
+            raise OSError(error if error > 0 else errno.EIO, f"{self.path}: reading row {row} failed while {what}: {reason}")
 
     def resolve(
         self,

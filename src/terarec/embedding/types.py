@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 __all__ = [
+    "DYNAMIC_ROW_BYTES",
+    "DYNAMIC_SLOT_BYTES",
     "DataType",
     "DynamicConfig",
     "EmbeddingTable",
@@ -31,8 +33,21 @@ __all__ = [
     "PoolingType",
     "PreparedIds",
     "TieredConfig",
+    "dynamic_map_slots",
     "tiered_bookkeeping_bytes",
 ]
+
+# Bytes per row of a dynamic table's map: row_ids (int64), last_seen (int64), frequency
+# (uint32), free_rows (int64); per hash slot: slot_keys and slot_rows (int64 each).
+DYNAMIC_ROW_BYTES = 8 + 8 + 4 + 8
+DYNAMIC_SLOT_BYTES = 8 + 8
+
+
+def dynamic_map_slots(num_embeddings: int) -> int:
+    """Hash-map slots of a dynamic table: the power of two at or above ``2 * num_embeddings``
+    (load at most 1/2)."""
+    return 1 << (2 * num_embeddings - 1).bit_length()
+
 
 def tiered_bookkeeping_bytes(num_embeddings: int) -> int:
     """RAM a tiered table holds besides its cache: the row -> slot map (``int32`` per row) and
@@ -243,6 +258,15 @@ class DynamicConfig:
             return 0
         return 4 * self.sketch_width * self.sketch_depth
 
+    def mapper_bytes(self, num_embeddings: int) -> int:
+        """Bytes the ID map of a table of this capacity will hold, computed before allocating it:
+        ``16`` per hash slot (``2 C`` to ``4 C`` slots), ``28`` per row, and the sketch with its
+        seeds. Buffers of one mapping call (``O(N)``) are not included."""
+        sketch = self.sketch_bytes()
+        seeds = 8 * self.sketch_depth if sketch else 0
+        slots = DYNAMIC_SLOT_BYTES * dynamic_map_slots(num_embeddings)
+        return slots + DYNAMIC_ROW_BYTES * num_embeddings + sketch + seeds
+
 
 @dataclass(frozen=True)
 class TieredConfig:
@@ -350,9 +374,7 @@ class EmbeddingTableConfig:
             cache = min(self.tiered.cache_bytes // self.row_bytes, rows) * self.row_bytes
             estimate = MemoryEstimate(cache + tiered_bookkeeping_bytes(rows), disk_bytes=rows * self.row_bytes)
         if self.dynamic is not None:
-            from terarec.embedding.dynamic import DynamicRowMapper  # it builds on these types
-
-            estimate += MemoryEstimate(DynamicRowMapper.estimate_bytes(rows, self.dynamic), 0)
+            estimate += MemoryEstimate(self.dynamic.mapper_bytes(rows), 0)
         return estimate
 
 

@@ -37,10 +37,10 @@ class ClusterSpec:
         intra_host_bandwidth (float, optional): bytes/s between ranks of one machine. Default: ``10e9``
         collective_latency (float, optional): seconds per collective per tree level. Default: ``3e-5``
         exchange_rate (float, optional): pooled values/s one rank packs for the all-to-all and
-            adds back into place; the 2-core development VM measured 14 bytes of its gather
-            rate per value, so 20 GB/s gives about ``1.5e9``. Default: ``1.5e9``
-        conversion_rate (float, optional): values/s one rank converts to and from bf16 or fp16
-            (about 11 times the packing rate on that VM). Default: ``1.5e10``
+            adds back into place: the gather rate over about 14 bytes per value.
+            Default: ``1.5e9``
+        conversion_rate (float, optional): values/s one rank converts to and from bf16 or fp16,
+            about 10 times the packing rate. Default: ``1.5e10``
 
     Example::
 

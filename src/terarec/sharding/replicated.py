@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from terarec.embedding import EmbeddingTableConfig, PoolingType, PreparedIds
-from terarec.embedding.collection import _concat_bags
+from terarec.sparse import concat_bags
 from terarec.embedding.table import FixedTable
 from terarec.sparse import JaggedTensor
 
@@ -66,7 +66,7 @@ class ReplicatedTables:
         """Each table's local bags (its features one after another), hashed and de-duplicated."""
         prepared = []
         for table in self.tables.values():
-            values, offsets = _concat_bags([sparse[f] for f in table.config.feature_names])
+            values, offsets = concat_bags([sparse[f] for f in table.config.feature_names])
             prepared.append(table.prepare(values, offsets))
         return prepared
 

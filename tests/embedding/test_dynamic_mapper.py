@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from terarec.embedding import _dynamic_kernels
+from terarec.embedding.config import DynamicConfig, EvictionPolicy
 from terarec.embedding.dynamic import DynamicRowMapper, DynamicTableStats
-from terarec.embedding.types import DynamicConfig, EvictionPolicy
 
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 SPECIAL = [-1, 0, I64_MIN, I64_MAX, 1, -2]

@@ -23,7 +23,7 @@ from terarec.embedding import (
     PoolingType,
 )
 from terarec.sharding import ShardedEmbeddingCollection, ShardingType, TableSharding
-from terarec.sharding.types import CommPrecision
+from terarec.sharding.config import CommPrecision
 from terarec.sparse import JaggedTensor
 from tests.sharding.helpers import load_unsharded, one_process_run, random_global_batch
 

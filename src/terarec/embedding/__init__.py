@@ -11,6 +11,18 @@ from terarec.embedding.collection import (
     PooledEmbeddings,
     PreparedBatch,
 )
+from terarec.embedding.config import (
+    DataType,
+    DynamicConfig,
+    EmbeddingTableConfig,
+    EvictionPolicy,
+    InitConfig,
+    InitType,
+    OptimizerConfig,
+    OptimizerType,
+    PoolingType,
+    TieredConfig,
+)
 from terarec.embedding.deep_hash import (
     DeepHashCollection,
     DeepHashConfig,
@@ -22,6 +34,7 @@ from terarec.embedding.dynamic import DynamicRowMapper, DynamicTableStats
 from terarec.embedding.dynamic_table import DynamicTable
 from terarec.embedding.fused import PreparedGroup, TableGroup
 from terarec.embedding.memory import (
+    MemoryEstimate,
     available_memory_bytes,
     check_disk,
     check_memory,
@@ -32,21 +45,7 @@ from terarec.embedding.row_mapping import HashedRowMapper, RowMapper, RowMapping
 from terarec.embedding.storage import RamRowStorage, RowStorage
 from terarec.embedding.table import FixedTable, RowTable
 from terarec.embedding.tiered import TieredRowStorage, TieredStats
-from terarec.embedding.types import (
-    DataType,
-    DynamicConfig,
-    EmbeddingTable,
-    EmbeddingTableConfig,
-    EvictionPolicy,
-    InitConfig,
-    InitType,
-    MemoryEstimate,
-    OptimizerConfig,
-    OptimizerType,
-    PoolingType,
-    PreparedIds,
-    TieredConfig,
-)
+from terarec.embedding.types import EmbeddingTable, PreparedIds
 
 __all__ = [
     "DataType",

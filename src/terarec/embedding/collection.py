@@ -15,16 +15,12 @@ from pathlib import Path
 
 import torch
 
+from terarec.embedding.config import EmbeddingTableConfig
 from terarec.embedding.dynamic_table import DynamicTable
 from terarec.embedding.fused import PreparedGroup, group_tables
-from terarec.embedding.memory import format_bytes
+from terarec.embedding.memory import MemoryEstimate, format_bytes
 from terarec.embedding.table import FixedTable, RowTable
-from terarec.embedding.types import (
-    EmbeddingTable,
-    EmbeddingTableConfig,
-    MemoryEstimate,
-    PreparedIds,
-)
+from terarec.embedding.types import EmbeddingTable, PreparedIds
 from terarec.sparse import JaggedTensor, concat_bags
 
 __all__ = ["EmbeddingCollection", "PooledEmbeddings", "PreparedBatch", "load_tables", "save_tables"]

@@ -25,7 +25,7 @@ from torch.nn import functional
 
 from terarec.embedding._deep_hash_kernels import encode_ids
 from terarec.embedding._kernels import derive_table_seed, splitmix64
-from terarec.embedding.types import PoolingType
+from terarec.embedding.config import PoolingType
 from terarec.errors import ConfigError
 from terarec.sparse import JaggedTensor
 

@@ -3,7 +3,7 @@ dynamic tables.
 
 :class:`DynamicRowMapper` gives every admitted ID a row of its own, up to ``num_embeddings``
 rows, and takes rows back by TTL or, when full, by LFU/LRU policy (see
-:class:`~terarec.embedding.types.DynamicConfig`). The hash map, the sketch and the per-ID
+:class:`~terarec.embedding.config.DynamicConfig`). The hash map, the sketch and the per-ID
 loops are numba kernels in :mod:`terarec.embedding._dynamic_kernels`; this module owns the
 state, the step counter, the eviction schedule and persistence.
 """
@@ -20,8 +20,9 @@ import numpy as np
 from terarec._dataclass_codec import to_mapping
 from terarec._files import load_checked_array
 from terarec.embedding import _dynamic_kernels as _dk
+from terarec.embedding.config import DynamicConfig, EvictionPolicy, dynamic_map_slots
+from terarec.embedding.memory import MemoryEstimate
 from terarec.embedding.row_mapping import RowMapper, RowMapping
-from terarec.embedding.types import DynamicConfig, EvictionPolicy, MemoryEstimate, dynamic_map_slots
 
 __all__ = ["DynamicRowMapper", "DynamicTableStats"]
 
@@ -60,7 +61,7 @@ class DynamicRowMapper(RowMapper):
     Unlike :class:`~terarec.embedding.row_mapping.HashedRowMapper`, distinct IDs never share a
     row: each training :meth:`map` call (one *step*) looks every ID up in an open-addressing
     hash map, counts unknown IDs in a count-min sketch, admits those passing
-    :class:`~terarec.embedding.types.DynamicConfig`'s test and hands them free rows, listed in
+    :class:`~terarec.embedding.config.DynamicConfig`'s test and hands them free rows, listed in
     :class:`~terarec.embedding.row_mapping.RowMapping`'s ``new_rows``/``new_ids`` for the table
     to initialise. Choose it when collisions hurt and the live IDs fit ``num_embeddings``.
 

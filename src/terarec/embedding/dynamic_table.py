@@ -6,9 +6,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from terarec.embedding import _kernels
+from terarec.embedding.config import EmbeddingTableConfig
 from terarec.embedding.dynamic import DynamicRowMapper, DynamicTableStats
 from terarec.embedding.table import RowTable
-from terarec.embedding.types import EmbeddingTableConfig
 
 __all__ = ["DynamicTable"]
 
@@ -39,7 +39,7 @@ class DynamicTable(RowTable):
     Example::
 
         >>> import torch
-        >>> from terarec.embedding.types import DynamicConfig
+        >>> from terarec.embedding.config import DynamicConfig
         >>> config = EmbeddingTableConfig("users", 1000, 4, ("user",), dynamic=DynamicConfig(min_count=2))
         >>> table = DynamicTable(config)
         >>> values, offsets = torch.tensor([10**15, 7]), torch.tensor([0, 1, 2])

@@ -17,17 +17,16 @@ import numba
 import numpy as np
 
 from terarec.embedding import _fused_kernels, _kernels
-from terarec.embedding.row_mapping import HashedRowMapper
-from terarec.embedding.storage import RamRowStorage
-from terarec.embedding.table import FixedTable
-from terarec.embedding.types import (
+from terarec.embedding.config import (
     DataType,
-    EmbeddingTable,
     OptimizerConfig,
     OptimizerType,
     PoolingType,
-    PreparedIds,
 )
+from terarec.embedding.row_mapping import HashedRowMapper
+from terarec.embedding.storage import RamRowStorage
+from terarec.embedding.table import FixedTable
+from terarec.embedding.types import EmbeddingTable, PreparedIds
 from terarec.sparse import JaggedTensor
 
 __all__ = ["PreparedGroup", "TableGroup", "group_tables"]

@@ -1,6 +1,6 @@
 """Memory planning: refuse a configuration that will not fit before allocating it.
 
-The trainer sums the tables' :class:`~terarec.embedding.types.MemoryEstimate` (from
+The trainer sums the tables' :class:`MemoryEstimate` (from
 :meth:`EmbeddingCollection.estimate_memory <terarec.embedding.collection.EmbeddingCollection.estimate_memory>`,
 which allocates nothing) and calls :func:`check_memory`, so a table of ``10^12`` rows fails in
 milliseconds with the numbers, not minutes later by the OOM killer.
@@ -10,14 +10,36 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-from terarec.embedding.types import MemoryEstimate
 from terarec.errors import PlanError
 
-__all__ = ["available_memory_bytes", "check_disk", "check_memory", "format_bytes"]
+__all__ = ["MemoryEstimate", "available_memory_bytes", "check_disk", "check_memory", "format_bytes"]
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a component will use, per memory tier.
+
+    Example::
+
+        >>> (MemoryEstimate(10, 0) + MemoryEstimate(5, 100)).total_bytes
+        115
+    """
+
+    ram_bytes: int
+    disk_bytes: int = 0
+
+    def __add__(self, other: MemoryEstimate) -> MemoryEstimate:
+        return MemoryEstimate(self.ram_bytes + other.ram_bytes, self.disk_bytes + other.disk_bytes)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.ram_bytes + self.disk_bytes
+
 
 _LARGEST_SHOWN = 3
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from terarec.embedding import _kernels
-from terarec.embedding.types import MemoryEstimate
+from terarec.embedding.memory import MemoryEstimate
 
 __all__ = ["HashedRowMapper", "RowMapper", "RowMapping"]
 

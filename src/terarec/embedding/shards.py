@@ -17,16 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from terarec.embedding.row_mapping import HashedRowMapper, RowMapper, RowMapping
-from terarec.embedding.storage import RamRowStorage, initialize_rows
-from terarec.embedding.table import RowTable, storage_arguments
-from terarec.embedding.types import (
+from terarec.embedding.config import (
     DataType,
     EmbeddingTableConfig,
-    MemoryEstimate,
     OptimizerType,
     PoolingType,
 )
+from terarec.embedding.memory import MemoryEstimate
+from terarec.embedding.row_mapping import HashedRowMapper, RowMapper, RowMapping
+from terarec.embedding.storage import RamRowStorage, initialize_rows
+from terarec.embedding.table import RowTable, storage_arguments
 
 __all__ = ["ColumnShardTable", "RowRangeMapper", "RowShardStorage", "RowShardTable"]
 

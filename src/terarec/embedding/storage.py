@@ -16,7 +16,8 @@ import numpy as np
 from terarec._files import load_checked_array
 from terarec.embedding import _init_kernels
 from terarec.embedding._bf16 import bf16_to_float32, float32_to_bf16
-from terarec.embedding.types import DataType, InitConfig, InitType, MemoryEstimate
+from terarec.embedding.config import DataType, InitConfig, InitType
+from terarec.embedding.memory import MemoryEstimate
 
 __all__ = ["NO_ROWS", "RamRowStorage", "RowStorage", "as_float32", "encode", "init_arguments", "initialize_rows"]
 
@@ -29,7 +30,7 @@ class RowStorage(abc.ABC):
 
     Attributes:
         weights (np.ndarray): rows, :math:`(R_s, D)` (``R_s`` slots), ``float32`` or bfloat16
-            bits in ``uint16`` (:class:`~terarec.embedding.types.DataType`).
+            bits in ``uint16`` (:class:`~terarec.embedding.config.DataType`).
         state (np.ndarray): optimizer state, :math:`(R_s, S)`; ``S`` may be 0. Same dtypes.
         first_row (int): the whole table's row that this storage's row 0 is (a row shard's
             first row, else 0); bfloat16 rounding is keyed by the whole table's row.

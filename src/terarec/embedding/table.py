@@ -18,17 +18,12 @@ import numpy as np
 import torch
 
 from terarec.embedding import _dedupe_kernels, _kernels
+from terarec.embedding.config import EmbeddingTableConfig, OptimizerType, PoolingType
+from terarec.embedding.memory import MemoryEstimate
 from terarec.embedding.row_mapping import HashedRowMapper, RowMapper
 from terarec.embedding.storage import RamRowStorage, RowStorage
 from terarec.embedding.tiered import TieredRowStorage
-from terarec.embedding.types import (
-    EmbeddingTable,
-    EmbeddingTableConfig,
-    MemoryEstimate,
-    OptimizerType,
-    PoolingType,
-    PreparedIds,
-)
+from terarec.embedding.types import EmbeddingTable, PreparedIds
 
 __all__ = ["FixedTable", "RowTable", "build_storage", "jagged_arrays", "storage_arguments"]
 

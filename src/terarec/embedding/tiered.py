@@ -26,6 +26,13 @@ import numpy as np
 
 from terarec._files import copy_sparse, fsync_path
 from terarec.embedding import _tiered_kernels as _k
+from terarec.embedding.config import (
+    DataType,
+    InitConfig,
+    TieredConfig,
+    tiered_bookkeeping_bytes,
+)
+from terarec.embedding.memory import MemoryEstimate
 from terarec.embedding.storage import (
     NO_ROWS,
     RowStorage,
@@ -33,13 +40,6 @@ from terarec.embedding.storage import (
     encode,
     init_arguments,
     initialize_rows,
-)
-from terarec.embedding.types import (
-    DataType,
-    InitConfig,
-    MemoryEstimate,
-    TieredConfig,
-    tiered_bookkeeping_bytes,
 )
 from terarec.errors import ConfigError
 

@@ -22,6 +22,14 @@ from terarec.sharding.calibration import (
     measure_calibration,
     save_calibration,
 )
+from terarec.sharding.config import (
+    CommPrecision,
+    ShardingConfig,
+    ShardingOverride,
+    ShardingType,
+    Tier,
+    TrainingMode,
+)
 from terarec.sharding.enumerators import (
     ShardingOption,
     choose_options,
@@ -55,21 +63,15 @@ from terarec.sharding.sharded import (
     TableSharding,
 )
 from terarec.sharding.types import (
-    CommPrecision,
     DenseWorkload,
     Plan,
     RankLoad,
     Resource,
-    ShardingConfig,
-    ShardingOverride,
-    ShardingType,
     ShardPlacement,
     Storage,
     TablePlacement,
     TableWorkload,
-    Tier,
     Topology,
-    TrainingMode,
 )
 
 __all__ = [

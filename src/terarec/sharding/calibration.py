@@ -222,8 +222,8 @@ def _exchange_seconds(group: object) -> tuple[float, int]:
     less the same tables' step unsharded (their kernels), so what is left is the exchange's
     CPU work (all-to-all to itself included) around the same lookups and updates."""
     from terarec.embedding import EmbeddingCollection
+    from terarec.sharding.config import ShardingType
     from terarec.sharding.sharded import ShardedEmbeddingCollection, TableSharding
-    from terarec.sharding.types import ShardingType
     from terarec.sparse import JaggedTensor
 
     tables = [EmbeddingTableConfig(f"t{i}", _EXCHANGE_ROWS, _DIM, (f"f{i}",)) for i in range(_FEATURES)]

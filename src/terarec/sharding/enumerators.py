@@ -18,14 +18,9 @@ import numpy as np
 
 from terarec.embedding import format_bytes
 from terarec.errors import PlanError
+from terarec.sharding.config import ShardingOverride, ShardingType, Tier
 from terarec.sharding.estimators import ShardEstimator
-from terarec.sharding.types import (
-    ShardingOverride,
-    ShardingType,
-    Storage,
-    TableWorkload,
-    Tier,
-)
+from terarec.sharding.types import Storage, TableWorkload
 
 __all__ = ["ShardingOption", "choose_options", "enumerate_options", "max_storage", "min_cache_bytes"]
 

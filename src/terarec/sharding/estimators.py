@@ -2,7 +2,7 @@
 
 Per step, with ``B`` examples per rank, ``W`` ranks, ``G = B * W``, a table of ``R`` rows,
 width ``D``, ``S`` optimizer-state floats per row, ``L`` IDs and ``F`` features per example,
-and ``p`` bytes per communicated value (:class:`~terarec.sharding.types.CommPrecision`):
+and ``p`` bytes per communicated value (:class:`~terarec.sharding.config.CommPrecision`):
 
 - **memory**: a shard of ``r`` rows and ``d`` columns holds ``r * (d a + S(d) s)`` bytes of
   weights and state (``a``, ``s``: 4 bytes per value in fp32, 2 in bf16), as its
@@ -50,16 +50,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from terarec.embedding import EmbeddingTableConfig, TieredConfig
+from terarec.sharding.config import CommPrecision, ShardingType, Tier
 from terarec.sharding.types import (
-    CommPrecision,
     DenseWorkload,
     Plan,
     RankLoad,
-    ShardingType,
     Storage,
     TablePlacement,
     TableWorkload,
-    Tier,
     Topology,
 )
 

@@ -16,15 +16,10 @@ import numpy as np
 
 from terarec.embedding import format_bytes
 from terarec.errors import PlanError
+from terarec.sharding.config import ShardingType, Tier
 from terarec.sharding.enumerators import ShardingOption, max_storage, min_cache_bytes
 from terarec.sharding.estimators import ShardEstimator
-from terarec.sharding.types import (
-    ShardingType,
-    ShardPlacement,
-    Storage,
-    TablePlacement,
-    Tier,
-)
+from terarec.sharding.types import ShardPlacement, Storage, TablePlacement
 
 __all__ = ["GreedyPartitioner"]
 

@@ -20,22 +20,11 @@ import psutil
 from terarec.embedding import format_bytes
 from terarec.errors import ConfigError, PlanError
 from terarec.sharding.calibration import Calibration
+from terarec.sharding.config import CommPrecision, ShardingConfig, ShardingOverride, ShardingType, Tier
 from terarec.sharding.enumerators import choose_options, enumerate_options
 from terarec.sharding.estimators import ShardEstimator, estimate_plan
 from terarec.sharding.partitioners import GreedyPartitioner
-from terarec.sharding.types import (
-    CommPrecision,
-    DenseWorkload,
-    Plan,
-    ShardingConfig,
-    ShardingOverride,
-    ShardingType,
-    Storage,
-    TablePlacement,
-    TableWorkload,
-    Tier,
-    Topology,
-)
+from terarec.sharding.types import DenseWorkload, Plan, Storage, TablePlacement, TableWorkload, Topology
 
 __all__ = ["DEFAULT_NETWORK_GBPS", "UNCALIBRATED", "ShardingPlanner", "build_topology", "minimum_world_size"]
 

@@ -16,7 +16,8 @@ import torch
 from terarec.embedding import EmbeddingTableConfig, OptimizerConfig, OptimizerType
 from terarec.errors import ConfigError
 from terarec.models import DLRMConfig, InputSpec, ModelConfig, ModelType, build_model
-from terarec.sharding.types import CommPrecision, DenseWorkload, TableWorkload, Topology
+from terarec.sharding.config import CommPrecision
+from terarec.sharding.types import DenseWorkload, TableWorkload, Topology
 
 __all__ = ["PRESETS", "ClusterSpec", "ModelPreset", "dlrm_workload", "get_preset"]
 

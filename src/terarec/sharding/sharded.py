@@ -56,9 +56,9 @@ from terarec.embedding.row_mapping import HashedRowMapper
 from terarec.embedding.shards import ColumnShardTable, RowShardTable
 from terarec.embedding.table import FixedTable
 from terarec.embedding.types import EmbeddingTable, PreparedIds
+from terarec.sharding.config import CommPrecision, ShardingType
 from terarec.sharding.host_stage import HostStage
 from terarec.sharding.replicated import ReplicatedTables
-from terarec.sharding.types import CommPrecision, ShardingType
 from terarec.sparse import JaggedTensor
 
 __all__ = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -68,3 +69,9 @@ def random_global_batch(
         values = torch.from_numpy(rng.integers(-(2**40), 2**40, int(lengths.sum())))
         sparse[feature] = JaggedTensor.from_lengths(values, lengths)
     return sparse, torch.from_numpy(rng.standard_normal((size, width)).astype(np.float32))
+
+
+def rendezvous_file(directory: Path) -> str:
+    """A fresh file for the ranks of one process group to meet in: no TCP port to pick, free and
+    then bind again (another process may take it in between)."""
+    return str(Path(directory) / f"rendezvous-{uuid.uuid4().hex}")

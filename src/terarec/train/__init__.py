@@ -15,7 +15,7 @@ from terarec.train.config import (
     TrainConfig,
     load_config,
 )
-from terarec.train.evaluate import evaluate, evaluate_checkpoint, predict
+from terarec.train.evaluate import evaluate, evaluate_checkpoint, predict, predict_checkpoint
 from terarec.train.loop import TrainResult, fit
 from terarec.train.metrics import (
     ClickMetrics,
@@ -48,5 +48,6 @@ __all__ = [
     "log_loss",
     "normalized_entropy",
     "predict",
+    "predict_checkpoint",
     "save_checkpoint",
 ]

@@ -1,9 +1,14 @@
 """The EmbeddingTable contract, run against every table kind.
 
-A new kind (sharded, ...) joins by adding its name to ``TABLE_KINDS`` and a branch to
-``_build``; every test below then runs on it. Tiered kinds get a cache of a few rows, so
-every test also exercises constant eviction and write-back. ``_bf16`` kinds store weights and
-optimizer state in bfloat16; known answers then hold to bfloat16's precision (:func:`_rtol`).
+A new kind joins by adding its name to ``TABLE_KINDS`` and a branch to ``_build``; every test
+below then runs on it. Tiered kinds get a cache of a few rows, so every test also exercises
+constant eviction and write-back. ``_bf16`` kinds store weights and optimizer state in
+bfloat16; known answers then hold to bfloat16's precision (:func:`_rtol`). ``column_shard``
+kinds are the first half of the columns of a table twice as wide (a column-wise shard, saved
+as its whole table); they refuse row-wise Adagrad, so tests that leave the optimizer at its
+default give them element-wise Adagrad, and a test that asks for row-wise Adagrad skips them.
+Row-wise shards take rows rather than IDs and are tested against whole tables in
+``tests/embedding/test_shards.py``.
 """
 
 from __future__ import annotations
@@ -31,9 +36,11 @@ from terarec.embedding import (
     PoolingType,
     TieredConfig,
 )
+from terarec.embedding.shards import ColumnShardTable
 
 TABLE_KINDS = [
-    "fixed", "fixed_tiered", "fixed_bf16", "fixed_tiered_bf16", "dynamic", "dynamic_tiered", "dynamic_bf16", "dynamic_tiered_bf16"
+    "fixed", "fixed_tiered", "fixed_bf16", "fixed_tiered_bf16", "dynamic", "dynamic_tiered", "dynamic_bf16",
+    "dynamic_tiered_bf16", "column_shard", "column_shard_bf16",
 ]  # fmt: skip
 MakeTable = Callable[..., EmbeddingTable]
 CACHE_ROWS = 120  # of 1000 rows
@@ -48,12 +55,21 @@ def _build(kind: str, config: EmbeddingTableConfig, seed: int, directory: Path) 
         return DynamicTable(replace(config, dynamic=DynamicConfig(sketch_width=1024)), seed, directory)
     if kind.startswith("fixed"):
         return FixedTable(config, seed, directory)
+    if kind.startswith("column_shard"):
+        if config.optimizer.type is OptimizerType.ROWWISE_ADAGRAD:
+            config = replace(config, optimizer=replace(config.optimizer, type=OptimizerType.ADAGRAD))
+        whole = replace(config, embedding_dim=2 * config.embedding_dim)
+        return ColumnShardTable(whole, first_column=0, num_columns=config.embedding_dim, seed=seed)
     raise NotImplementedError(kind)
 
 
 @pytest.fixture(params=TABLE_KINDS)
 def make_table(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> MakeTable:
     """``make_table(config, seed=0)`` builds a table of the parametrized kind."""
+    asked = getattr(request.node, "callspec", None)
+    optimizer = asked.params.get("optimizer") if asked is not None else None
+    if request.param.startswith("column_shard") and optimizer is OptimizerType.ROWWISE_ADAGRAD:
+        pytest.skip("column-wise shards refuse row-wise Adagrad: one state value per row cannot be split")
     return lambda config, seed=0: _build(request.param, config, seed, tmp_path_factory.mktemp("tables"))
 
 

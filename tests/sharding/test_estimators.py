@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from terarec.embedding import OptimizerType
+from terarec.embedding import FixedTable, OptimizerType, TieredConfig
 from terarec.sharding import (
     CommPrecision,
     DenseWorkload,
@@ -56,14 +59,16 @@ def test_expected_unique_falls_with_skew_and_never_exceeds_ids_or_rows() -> None
     assert expected_unique(0, 1000, 1.0) == 0.0
 
 
-def test_storage_counts_weights_and_optimizer_state_per_tier() -> None:
+def test_storage_counts_weights_and_optimizer_state_per_tier(tmp_path: Path) -> None:
     estimator = ShardEstimator(Topology(2, ram_per_rank=1 << 30), B)
     rowwise = workload("t", 1000, 16)
     assert estimator.storage(rowwise, 1000, 16, Tier.RAM) == Storage(1000 * (16 + 1) * 4, 0)
     assert estimator.storage(rowwise, 500, 8, Tier.RAM) == Storage(500 * (8 + 1) * 4, 0)  # a shard
-    # on SSD every row lives on disk; RAM holds the cache (whole rows) and an int32 slot and two
-    # bits per row of bookkeeping
-    assert estimator.storage(rowwise, 1000, 16, Tier.SSD, cache_bytes=6850) == Storage(6800 + 4000 + 250, 68000)
+    # on SSD every row lives on disk; RAM holds what the tiered table then allocates: its cache
+    # of whole rows and its bookkeeping
+    tiered = FixedTable(dataclasses.replace(rowwise.config, tiered=TieredConfig(cache_bytes=6850)), directory=tmp_path)
+    held = sum(value.nbytes for value in vars(tiered._storage).values() if isinstance(value, np.ndarray))
+    assert estimator.storage(rowwise, 1000, 16, Tier.SSD, cache_bytes=6850) == Storage(held, 1000 * 17 * 4)
     adam = workload("a", 1000, 16, optimizer=OptimizerType.ADAM)
     assert estimator.storage(adam, 1000, 16, Tier.RAM).ram_bytes == 1000 * (16 + 32) * 4
 

@@ -12,6 +12,7 @@ from terarec.embedding.collection import (
     PreparedBatch,
 )
 from terarec.embedding.config import (
+    TIERED_SLOT_BYTES,
     DataType,
     DynamicConfig,
     EmbeddingTableConfig,
@@ -48,6 +49,7 @@ from terarec.embedding.tiered import TieredRowStorage, TieredStats
 from terarec.embedding.types import EmbeddingTable, PreparedIds
 
 __all__ = [
+    "TIERED_SLOT_BYTES",
     "DataType",
     "DeepHashCollection",
     "DeepHashConfig",

@@ -19,6 +19,7 @@ from terarec.embedding.memory import MemoryEstimate
 __all__ = [
     "DYNAMIC_ROW_BYTES",
     "DYNAMIC_SLOT_BYTES",
+    "TIERED_SLOT_BYTES",
     "DataType",
     "DynamicConfig",
     "EmbeddingTableConfig",
@@ -45,13 +46,18 @@ def dynamic_map_slots(num_embeddings: int) -> int:
     return 1 << (2 * num_embeddings - 1).bit_length()
 
 
+# RAM per cache slot of a tiered table besides the row: its row and stamp (int64 each), use
+# and dirty flags (a byte each) and a free-list entry (int64).
+TIERED_SLOT_BYTES = 8 + 8 + 1 + 1 + 8
+
+
 def tiered_bookkeeping_bytes(num_embeddings: int, cache_slots: int, record_bytes: int) -> int:
     """RAM a tiered table holds besides its cached rows: per row, the row -> slot map (``int32``)
     and two bits (rows held by the file, rows changed since the last snapshot); per cache slot,
     its row and stamp (``int64`` each), use and dirty flags (a byte each) and a free-list entry
     (``int64``); and one record buffer, an I/O report and the clock hand."""
     per_row = 4 * num_embeddings + 2 * ((num_embeddings + 7) // 8)
-    per_slot = (8 + 8 + 1 + 1 + 8) * cache_slots
+    per_slot = TIERED_SLOT_BYTES * cache_slots
     return per_row + per_slot + record_bytes + 6 * 8 + 2 * 8
 
 

@@ -57,6 +57,7 @@ from terarec.sharding.presets import (
     dlrm_workload,
     get_preset,
 )
+from terarec.sharding.report import format_plan, plot_plan
 from terarec.sharding.sharded import (
     ShardedEmbeddingCollection,
     ShardedPreparedBatch,
@@ -106,6 +107,7 @@ __all__ = [
     "Topology",
     "TrainingMode",
     "build_topology",
+    "format_plan",
     "choose_options",
     "default_calibration_path",
     "dlrm_workload",
@@ -116,5 +118,6 @@ __all__ = [
     "load_calibration",
     "measure_calibration",
     "minimum_world_size",
+    "plot_plan",
     "save_calibration",
 ]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from terarec.embedding import format_bytes
+from terarec.embedding import TIERED_SLOT_BYTES, format_bytes
 from terarec.errors import PlanError
 from terarec.sharding.config import ShardingType, Tier
 from terarec.sharding.enumerators import ShardingOption, max_storage, min_cache_bytes
@@ -334,7 +334,9 @@ class GreedyPartitioner:
             left = max(int(self.capacity.ram_bytes - used[rank]), 0)
             total = sum(size for _, _, size in shards) or 1
             for index, block, size in shards:
-                extra[index, block] = left * size // total
+                # a cached row also costs its slot's bookkeeping
+                row_bytes = estimator.row_bytes(chosen[index].table, chosen[index].blocks[block][3])
+                extra[index, block] = left * size // total * row_bytes // (row_bytes + TIERED_SLOT_BYTES)
         placements = []
         for index, option in enumerate(chosen):
             table = option.table

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from terarec.data import ColumnarData
+from terarec.data import ColumnarData, DataFormat, load_splits, open_prepared, read_prepared_stats, resolve_path
 from terarec.embedding import (
     DeepHashTableConfig,
     EmbeddingCollection,
@@ -33,6 +34,7 @@ from terarec.embedding import (
 from terarec.errors import ConfigError, PlanError
 from terarec.sharding import (
     UNCALIBRATED,
+    Calibration,
     DenseWorkload,
     Plan,
     ShardedEmbeddingCollection,
@@ -45,9 +47,9 @@ from terarec.sharding import (
     build_topology,
     load_calibration,
 )
-from terarec.sharding.sharded import SPLIT_TYPES, executable_types
 from terarec.models import model_class
-from terarec.train.builders import build_deep_hash_tables, build_model
+from terarec.sharding.sharded import SPLIT_TYPES, executable_types
+from terarec.train.builders import build_deep_hash_tables, build_model, build_table_configs
 from terarec.train.checkpoint import read_run_spec
 from terarec.train.config import Config
 from terarec.train.distributed import World
@@ -55,10 +57,13 @@ from terarec.train.distributed import World
 __all__ = [
     "DEFAULT_ZIPF_EXPONENT",
     "Placement",
+    "RunWorkload",
     "build_collection",
+    "build_planner",
     "dense_workload",
     "mean_bag_sizes",
     "plan_tables",
+    "run_workload",
     "saved_placement",
     "table_workloads",
 ]
@@ -122,6 +127,13 @@ def _executable_overrides(config: Config, tables: Sequence[EmbeddingTableConfig]
     """The config's overrides, checked against what training runs for each table, with every
     table's tier set by its own config."""
     pinned = {override.table: (index, override) for index, override in enumerate(config.sharding.overrides)}
+    names = {table.name for table in tables}
+    for name, (index, _) in pinned.items():
+        if name not in names:
+            raise ConfigError(
+                f"sharding.overrides[{index}] names table {name!r}, which the model does not have; "
+                f"tables: {', '.join(sorted(names))}"
+            )
     overrides = []
     for table in tables:
         index, override = pinned.get(table.name, (None, ShardingOverride(table.name)))
@@ -145,6 +157,95 @@ def _chosen_types(table: EmbeddingTableConfig) -> tuple[ShardingType, ...]:
     return tuple(t for t in executable_types(table) if t is not ShardingType.DATA_PARALLEL)
 
 
+def build_planner(
+    config: Config,
+    tables: Sequence[EmbeddingTableConfig],
+    batch_size: int,
+    calibration: Calibration | None,
+) -> ShardingPlanner:
+    """The planner that places ``tables`` as training runs them on ``config.sharding``'s ranks:
+    only the sharding types training executes for each table (data-parallel only when pinned),
+    each table on the tier its config says. ``terarec plan --config`` and training both use it.
+
+    Args:
+        config (Config): the run; its ``sharding`` section gives the ranks and their resources.
+        tables (Sequence[EmbeddingTableConfig]): the row tables.
+        batch_size (int): examples per step over all ranks.
+        calibration (Calibration, optional): measured rates (:func:`~terarec.sharding.load_calibration`);
+            ``None`` uses the planner's defaults.
+
+    Raises:
+        ConfigError: when an override pins a sharding type training does not execute.
+    """
+    sharding = config.sharding
+    return ShardingPlanner(
+        build_topology(sharding, calibration),
+        max(1, batch_size // sharding.world_size),
+        sharding.comm_precision,
+        _executable_overrides(config, tables),
+        sharding.min_cache_fraction,
+        calibration.describe() if calibration else UNCALIBRATED,
+        {t.name: _chosen_types(t) for t in tables},
+    )
+
+
+@dataclass(frozen=True)
+class RunWorkload:
+    """A run as the planner sees it, derived from its config without training.
+
+    Args:
+        tables (list[EmbeddingTableConfig]): the row tables, as training builds them.
+        workloads (list[TableWorkload]): each with its features' bag sizes and the ID skew.
+        dense (DenseWorkload): the dense network (and Deep Hash tables).
+        num_rows (int): training rows.
+        notes (list[str]): what was assumed rather than read from the data.
+    """
+
+    tables: list[EmbeddingTableConfig]
+    workloads: list[TableWorkload]
+    dense: DenseWorkload
+    num_rows: int
+    notes: list[str]
+
+
+def run_workload(config: Config) -> RunWorkload:
+    """The run's tables as training builds them, their bag sizes and skew, the dense network and
+    the training rows: sized from a prepared directory's saved statistics or the synthetic
+    generator's cardinalities without reading the data, otherwise from the data."""
+
+    data, notes = config.data, []
+    skew = config.sharding.zipf_exponent
+    if data.path is None:
+        synthetic = data.synthetic
+        distinct = synthetic.cardinalities()
+        features = list(distinct)
+        sizes = synthetic.bag_sizes or (1,) * synthetic.num_sparse
+        pooling = {name: float(size) for name, size in zip(features, sizes, strict=True)}
+        num_dense, num_rows = synthetic.num_dense, synthetic.num_examples
+        skew = synthetic.zipf_exponent if skew is None else skew
+        notes.append("synthetic data: tables sized from its cardinalities (an upper bound of the distinct IDs)")
+    else:
+        paths, fmt = resolve_path(data.path, data.format)
+        if fmt is DataFormat.PREPARED and len(paths) == 1:
+            train, stats = open_prepared(paths[0]), read_prepared_stats(paths[0])  # memory-mapped: nothing read
+        else:
+            splits = load_splits(data)
+            train, stats = splits.train, splits.stats
+        features = list(train.schema.sparse_features)
+        distinct = stats.distinct_ids
+        pooling = mean_bag_sizes(train)
+        num_dense, num_rows = train.schema.num_dense, train.num_rows
+        if skew is None:
+            skew = DEFAULT_ZIPF_EXPONENT
+            notes.append(f"ID skew assumed: Zipf exponent {DEFAULT_ZIPF_EXPONENT} (set sharding.zipf_exponent)")
+    model_type = model_class(config.model.type)
+    tables = build_table_configs(config.embedding, features, distinct, model_type.layout, model_type.embedding_optimizer)
+    workloads = table_workloads(tables, pooling, skew)
+    hashed = build_deep_hash_tables(config.embedding, features, model_type.layout)
+    dense = dense_workload(config, num_dense, tables, hashed, pooling)
+    return RunWorkload(tables, workloads, dense, num_rows, notes)
+
+
 def plan_tables(
     config: Config,
     tables: Sequence[EmbeddingTableConfig],
@@ -162,23 +263,13 @@ def plan_tables(
         PlanError: when the tables cannot fit on the ranks.
         ConfigError: when an override asks for a sharding type training does not execute.
     """
-    batch_per_rank = config.train.batch_size // world_size
     ssd = 0
     if any(t.tiered is not None for t in tables):
         ssd = free_disk_bytes(tables_dir) // ranks_per_host
     sharding = dataclasses.replace(
         config.sharding, world_size=world_size, ranks_per_host=ranks_per_host, ssd_per_rank=ssd
     )
-    calibration = load_calibration()
-    planner = ShardingPlanner(
-        build_topology(sharding, calibration),
-        batch_per_rank,
-        sharding.comm_precision,
-        _executable_overrides(config, tables),
-        sharding.min_cache_fraction,
-        calibration.describe() if calibration else UNCALIBRATED,
-        {t.name: _chosen_types(t) for t in tables},
-    )
+    planner = build_planner(dataclasses.replace(config, sharding=sharding), tables, config.train.batch_size, load_calibration())
     bag_sizes = mean_bag_sizes(data)
     workloads = table_workloads(tables, bag_sizes, _zipf_exponent(config))
     hashed = build_deep_hash_tables(config.embedding, data.schema.sparse_features, model_class(config.model.type).layout)

@@ -35,13 +35,7 @@ from terarec.sharding.enumerators import (
     choose_options,
     enumerate_options,
 )
-from terarec.sharding.estimators import (
-    ID_BYTES,
-    ShardCost,
-    ShardEstimator,
-    estimate_plan,
-    expected_unique,
-)
+from terarec.sharding.estimators import ID_BYTES, ShardCost, ShardEstimator
 from terarec.sharding.partitioners import GreedyPartitioner
 from terarec.sharding.planner import (
     DEFAULT_NETWORK_GBPS,
@@ -63,6 +57,7 @@ from terarec.sharding.sharded import (
     ShardedPreparedBatch,
     TableSharding,
 )
+from terarec.sharding.traffic import estimate_plan
 from terarec.sharding.types import (
     DenseWorkload,
     Plan,
@@ -74,6 +69,7 @@ from terarec.sharding.types import (
     TableWorkload,
     Topology,
 )
+from terarec.sharding.zipf import expected_unique
 
 __all__ = [
     "DEFAULT_NETWORK_GBPS",

@@ -3,7 +3,7 @@
 :class:`ShardingPlanner` enumerates each table's sharding options
 (:func:`~terarec.sharding.enumerators.enumerate_options`), honours per-table overrides,
 chooses and places (:class:`~terarec.sharding.partitioners.GreedyPartitioner`) and predicts
-the plan's memory, traffic and step time (:func:`~terarec.sharding.estimators.estimate_plan`).
+the plan's memory, traffic and step time (:func:`~terarec.sharding.traffic.estimate_plan`).
 When the model cannot fit, the :class:`~terarec.errors.PlanError` says what would: more
 ranks, an SSD tier of some size, or a smaller embedding dim.
 """
@@ -22,8 +22,9 @@ from terarec.errors import ConfigError, PlanError
 from terarec.sharding.calibration import Calibration
 from terarec.sharding.config import CommPrecision, ShardingConfig, ShardingOverride, ShardingType, Tier
 from terarec.sharding.enumerators import choose_options, enumerate_options
-from terarec.sharding.estimators import ShardEstimator, estimate_plan
+from terarec.sharding.estimators import ShardEstimator
 from terarec.sharding.partitioners import GreedyPartitioner
+from terarec.sharding.traffic import estimate_plan
 from terarec.sharding.types import DenseWorkload, Plan, Storage, TablePlacement, TableWorkload, Topology
 
 __all__ = ["DEFAULT_NETWORK_GBPS", "UNCALIBRATED", "ShardingPlanner", "build_topology", "minimum_world_size"]

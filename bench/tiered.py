@@ -206,11 +206,11 @@ def _disk_figures(before: dict[str, float], after: dict[str, float], configs, se
 
 
 def _pytorch(spec: dict[str, object], rows: int) -> dict[str, object]:
-    from terarec.embedding import _kernels
+    from terarec.embedding import _hashing
 
     def hashed(ids: np.ndarray) -> torch.Tensor:  # the row terarec's hash gives each ID
         out = np.empty_like(ids)
-        _kernels.hash_to_rows(ids, rows, out)
+        _hashing.hash_to_rows(ids, rows, out)
         return torch.from_numpy(out)
 
     baseline_rss = current_rss_bytes()

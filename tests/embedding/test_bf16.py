@@ -19,7 +19,7 @@ from terarec.embedding import (
     OptimizerType,
     TieredConfig,
     _dedupe_kernels,
-    _kernels,
+    _update_kernels,
 )
 from terarec.embedding._bf16 import bf16_to_float32, float32_to_bf16
 from terarec.embedding.shards import RowShardTable
@@ -55,7 +55,7 @@ def _sgd_rows(start: float, step: float, rows: int, seed: int) -> np.ndarray:
     offsets = np.arange(rows + 1, dtype=np.int64)
     unique_rows, occurrence_offsets, occurrences, bag_of = _dedupe_kernels.dedupe(ids, offsets, rows)
     grad = np.full((rows, 8), step, dtype=np.float32)
-    _kernels.sgd_update(weights, np.zeros((rows, 0), np.uint16), unique_rows, unique_rows, occurrence_offsets, occurrences,
+    _update_kernels.sgd_update(weights, np.zeros((rows, 0), np.uint16), unique_rows, unique_rows, occurrence_offsets, occurrences,
                         bag_of, grad, offsets, False, np.uint64(seed), 1.0)  # fmt: skip
     return bf16_to_float32(weights)
 

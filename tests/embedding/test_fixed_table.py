@@ -97,7 +97,8 @@ def test_rows_are_hashed_ids() -> None:
 def test_initial_rows_follow_the_counter_based_formula() -> None:
     config = EmbeddingTableConfig("t_user", 300, 5, ("f",), init=InitConfig(InitType.NORMAL, scale=0.3))
     table = FixedTable(config, seed=11)
-    from terarec.embedding._kernels import derive_table_seed
+    from terarec.embedding._hashing import derive_table_seed
+
 
     expected = ref.init_normal(np.arange(300, dtype=np.int64), 5, int(derive_table_seed(11, "t_user")), 0.3)
     np.testing.assert_allclose(table.weights, expected, rtol=1e-6, atol=1e-7)

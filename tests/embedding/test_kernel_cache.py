@@ -59,15 +59,19 @@ def test_unstamped_kernel_runs_the_stale_helper(tmp_path: Path) -> None:
 
 
 def test_terarec_kernels_are_stamped() -> None:
-    from terarec.embedding import _dynamic_kernels, _fused_kernels, _init_kernels, _kernels, _tiered_kernels
+    from terarec.embedding import _dynamic_kernels, _fused_kernels, _init_kernels, _pooling_kernels, _tiered_kernels
 
-    kernels, bf16 = "terarec.embedding._kernels", "terarec.embedding._bf16"
+    def names(*modules: str) -> list[str]:
+        return [f"terarec.embedding.{module}" for module in modules]
+
     expected = {
-        _kernels.pool_sum: [bf16],
-        _fused_kernels.prepare_group: [kernels, "terarec.embedding._dedupe_kernels", bf16],
-        _tiered_kernels.plan_batch: [kernels, "terarec.embedding._init_kernels", bf16],
-        _init_kernels.init_rows_at: [kernels, bf16],
-        _dynamic_kernels.assign_rows: [kernels, bf16],
+        _pooling_kernels.pool_sum: names("_bf16", "_compile_flags", "_prefetch"),
+        _fused_kernels.prepare_group: names(
+            "_pooling_kernels", "_update_kernels", "_hashing", "_prefetch", "_compile_flags", "_dedupe_kernels", "_bf16"
+        ),
+        _tiered_kernels.plan_batch: names("_hashing", "_init_kernels", "_bf16"),
+        _init_kernels.init_rows_at: names("_hashing", "_bf16"),
+        _dynamic_kernels.assign_rows: names("_hashing", "_bf16"),
     }
     for kernel, sources in expected.items():
         stamp = kernel._cache._cache_file._source_stamp

@@ -1,11 +1,11 @@
-"""Every kernel of terarec.embedding._kernels against its NumPy reference."""
+"""Every kernel of the embedding layer's hashing, pooling and update modules against its NumPy reference."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from terarec.embedding import _dedupe_kernels, _init_kernels, _kernels
+from terarec.embedding import _dedupe_kernels, _hashing, _init_kernels, _pooling_kernels, _update_kernels
 from terarec.embedding._bf16 import bf16_to_float32, float32_to_bf16
 from tests.embedding import embedding_reference as ref
 
@@ -17,14 +17,14 @@ def _input(id_kind: str, seed: int = 0, batch: int = 37, num_embeddings: int = 5
     rng = np.random.default_rng(seed)
     ids, offsets = ref.random_jagged(rng, batch, id_kind)
     rows = np.empty_like(ids)
-    _kernels.hash_to_rows(ids, num_embeddings, rows)
+    _hashing.hash_to_rows(ids, num_embeddings, rows)
     return rng, ids, offsets, rows
 
 
 def test_splitmix64_known_values() -> None:
     # Reference values of SplitMix64 seeded with 0 (Vigna's splitmix64.c): the first outputs
     # are splitmix64(0), splitmix64(golden), ...
-    assert _kernels.splitmix64(np.uint64(0)) == np.uint64(0xE220A8397B1DCDAF)
+    assert _hashing.splitmix64(np.uint64(0)) == np.uint64(0xE220A8397B1DCDAF)
 
 
 @pytest.mark.parametrize("id_kind", ID_KINDS)
@@ -38,7 +38,7 @@ def test_hash_to_rows_is_pinned() -> None:
     # Regression: rows of saved tables depend on this formula; it must never change.
     ids = np.array([0, 1, -1, 2**63 - 1, -(2**63)], dtype=np.int64)
     rows = np.empty_like(ids)
-    _kernels.hash_to_rows(ids, 1000, rows)
+    _hashing.hash_to_rows(ids, 1000, rows)
     assert rows.tolist() == [535, 465, 936, 39, 915]
 
 
@@ -77,9 +77,9 @@ def test_init_rows_statistics() -> None:
 
 
 def test_derive_table_seed_is_stable() -> None:
-    a = _kernels.derive_table_seed(0, "t_user")
-    assert a == _kernels.derive_table_seed(0, "t_user") and isinstance(a, np.uint64)
-    assert a != _kernels.derive_table_seed(1, "t_user") != _kernels.derive_table_seed(0, "t_item")
+    a = _hashing.derive_table_seed(0, "t_user")
+    assert a == _hashing.derive_table_seed(0, "t_user") and isinstance(a, np.uint64)
+    assert a != _hashing.derive_table_seed(1, "t_user") != _hashing.derive_table_seed(0, "t_item")
 
 
 @pytest.mark.parametrize("id_kind", ID_KINDS)
@@ -117,7 +117,7 @@ def test_pool(id_kind: str, mean: bool) -> None:
     rng, _, offsets, rows = _input(id_kind)
     weights = rng.standard_normal((50, 6)).astype(np.float32)
     out = np.full((len(offsets) - 1, 6), np.nan, dtype=np.float32)
-    (_kernels.pool_mean if mean else _kernels.pool_sum)(weights, rows, offsets, out)
+    (_pooling_kernels.pool_mean if mean else _pooling_kernels.pool_sum)(weights, rows, offsets, out)
     np.testing.assert_allclose(out, ref.pool(weights, rows, offsets, mean), rtol=1e-5, atol=1e-5)
     assert (out[np.diff(offsets) == 0] == 0).all()
 
@@ -141,14 +141,14 @@ def _update_case(id_kind: str, optimizer: str, mean: bool):  # type: ignore[no-u
 def _run_update(optimizer: str, args: tuple, seed: int = 0) -> None:  # type: ignore[type-arg]
     args = (*args, np.uint64(seed))
     if optimizer == "sgd":
-        _kernels.sgd_update(*args, 0.1)
+        _update_kernels.sgd_update(*args, 0.1)
     elif optimizer == "adagrad":
-        _kernels.adagrad_update(*args, 0.1, 1e-8)
+        _update_kernels.adagrad_update(*args, 0.1, 1e-8)
     elif optimizer == "rowwise_adagrad":
-        _kernels.rowwise_adagrad_update(*args, 0.1, 1e-8)
+        _update_kernels.rowwise_adagrad_update(*args, 0.1, 1e-8)
     else:
         step_size = 0.1 * np.sqrt(1 - 0.999**3) / (1 - 0.9**3)
-        _kernels.adam_update(*args, step_size, 0.9, 0.999, 1e-8)
+        _update_kernels.adam_update(*args, step_size, 0.9, 0.999, 1e-8)
 
 
 @pytest.mark.parametrize("id_kind", ID_KINDS)
@@ -202,7 +202,7 @@ def test_pool_sums_in_position_order_skipping_missing_rows() -> None:
     slots = rng.integers(-1, 30, size=int(offsets[-1])).astype(np.int64)  # -1: no row
     weights = rng.standard_normal((30, 24)).astype(np.float32)
     out = np.empty((len(lengths), 24), dtype=np.float32)
-    _kernels.pool_sum(weights, slots, offsets, out)
+    _pooling_kernels.pool_sum(weights, slots, offsets, out)
     expected = _sequential_sums([slots[offsets[b] : offsets[b + 1]] for b in range(len(lengths))], weights)
     np.testing.assert_array_equal(out, expected)
 
@@ -215,7 +215,7 @@ def test_update_sums_gradients_in_position_order() -> None:
     grad = rng.standard_normal((60, 16)).astype(np.float32)
     unique_rows, occurrence_offsets, occurrences, bag_of = _dedupe_kernels.dedupe(rows, offsets, 7)
     weights = np.zeros((7, 16), dtype=np.float32)
-    _kernels.sgd_update(weights, np.zeros((7, 0), np.float32), unique_rows, unique_rows, occurrence_offsets, occurrences, bag_of,
+    _update_kernels.sgd_update(weights, np.zeros((7, 0), np.float32), unique_rows, unique_rows, occurrence_offsets, occurrences, bag_of,
                         grad, offsets, False, np.uint64(0), 1.0)  # fmt: skip
     bags = [bag_of[occurrences[occurrence_offsets[u] : occurrence_offsets[u + 1]]] for u in range(len(unique_rows))]
     np.testing.assert_array_equal(weights[unique_rows], -_sequential_sums(bags, grad))

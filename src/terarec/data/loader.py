@@ -126,7 +126,7 @@ class BatchLoader:
         # Float inputs go into torch-allocated (64-byte aligned) buffers, so the dense network's
         # MKL kernels see the same alignment every run (Intel documents alignment-dependent
         # rounding without CNR mode). A precaution: a resume mismatch once blamed on this was
-        # caused by LLVM reassociation in the embedding kernels (see embedding/_kernels.py).
+        # caused by LLVM reassociation in the embedding kernels (see embedding/_compile_flags.py).
         labels = torch.empty(rows.shape[0], dtype=torch.float32)
         dense = torch.empty((rows.shape[0], data.dense.shape[1]), dtype=torch.float32)
         np.take(data.labels, rows, out=labels.numpy())

@@ -10,7 +10,7 @@ Writes round stochastically: ``bits(x) + n`` truncated to its high half, with ``
 ``[0, 2^16)``, rounds ``|x|`` up with probability equal to the dropped fraction, so an update
 smaller than half a bfloat16 step still moves the weight on average (round-to-nearest would
 drop it every time). ``n`` is a hash of ``(key, column)``, the key a hash of ``(table seed,
-step, row)`` (:func:`~terarec.embedding._kernels.rounding_key`): the same run writes the
+step, row)`` (:func:`~terarec.embedding._hashing.rounding_key`): the same run writes the
 same bits. The conversions are LLVM intrinsics on 32-bit integers, so they vectorise (a
 64-bit multiply would not on AVX2).
 """
@@ -82,7 +82,7 @@ def load_value(array, i, j):  # type: ignore[no-untyped-def]
 
 def store_value(array, i, j, value, key):  # type: ignore[no-untyped-def]
     """``array[i, j] = value``, rounded stochastically with ``key``
-    (:func:`~terarec.embedding._kernels.rounding_key`) when ``array`` holds bfloat16; for
+    (:func:`~terarec.embedding._hashing.rounding_key`) when ``array`` holds bfloat16; for
     ``float32`` the key is unused and its hash compiled away."""
     raise NotImplementedError("compiled by numba only")
 

@@ -13,9 +13,10 @@ import math
 import numba
 import numpy as np
 
-from terarec.embedding import _kernels
+from terarec.embedding import _hashing
 from terarec.embedding._kernel_cache import stamp_with_sources
-from terarec.embedding._kernels import splitmix64
+from terarec.embedding._hashing import splitmix64
+
 
 __all__ = ["encode_ids"]
 
@@ -43,4 +44,4 @@ def encode_ids(ids, seeds, buckets, gaussian, out):
                 out[i, j] = float(splitmix64(x ^ seeds[j]) % m) * scale - 1.0
 
 
-stamp_with_sources(globals(), _kernels)
+stamp_with_sources(globals(), _hashing)

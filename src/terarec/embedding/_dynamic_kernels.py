@@ -23,9 +23,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from terarec.embedding import _bf16, _kernels
+from terarec.embedding import _bf16, _hashing
 from terarec.embedding._kernel_cache import stamp_with_sources
-from terarec.embedding._kernels import splitmix64
+from terarec.embedding._hashing import splitmix64
+
 
 __all__ = [
     "assign_rows",
@@ -359,4 +360,4 @@ def expire_rows(
     return cursor, freed, free_count
 
 
-stamp_with_sources(globals(), _kernels, _bf16)
+stamp_with_sources(globals(), _hashing, _bf16)

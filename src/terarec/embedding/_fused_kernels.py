@@ -22,23 +22,15 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from terarec.embedding import _bf16, _dedupe_kernels, _kernels
+from terarec.embedding import _bf16, _compile_flags, _dedupe_kernels, _hashing, _pooling_kernels, _prefetch, _update_kernels
 from terarec.embedding._dedupe_kernels import group_rows
 from terarec.embedding._kernel_cache import stamp_with_sources
-from terarec.embedding._kernels import (
-    FASTMATH,
-    PREFETCH_DISTANCE,
-    UPDATE_PREFETCH_DISTANCE,
-    accumulate,
-    adagrad_row,
-    adam_row,
-    pool_bag,
-    prefetch_leading,
-    prefetch_update,
-    rowwise_adagrad_row,
-    sgd_row,
-    splitmix64,
-)
+from terarec.embedding._compile_flags import FASTMATH
+from terarec.embedding._hashing import splitmix64
+from terarec.embedding._pooling_kernels import pool_bag
+from terarec.embedding._prefetch import PREFETCH_DISTANCE, UPDATE_PREFETCH_DISTANCE, prefetch_leading, prefetch_update
+from terarec.embedding._update_kernels import accumulate, adagrad_row, adam_row, rowwise_adagrad_row, sgd_row
+
 
 __all__ = [
     "group_adagrad_update",
@@ -67,7 +59,7 @@ def prepare_group(
     """Hashes and de-duplicates the IDs of ``T`` tables; returns the number of update chunks.
 
     Per table ``t``: ``rows = splitmix64(id) % num_embeddings[t]`` (as
-    :func:`~terarec.embedding._kernels.hash_to_rows`), then :func:`group_rows` on its segment,
+    :func:`~terarec.embedding._hashing.hash_to_rows`), then :func:`group_rows` on its segment,
     then positions and boundaries shifted to the concatenated arrays. ``occurrence_offsets``
     holds ``N + T + 1`` entries (table ``t`` first writes its own at ``value_offsets[t] + t``);
     the first ``U + 1`` are the result. Writes the update's work items into ``chunk_table`` /
@@ -200,7 +192,7 @@ def group_sgd_update(
     weights, states, chunk_table, chunk_start, unique_offsets, unique_rows, occurrence_offsets, occurrences,
     bag_of, grad, columns, offsets, is_mean, seeds, rates, eps, beta1, beta2,
 ):  # fmt: skip
-    """:func:`~terarec.embedding._kernels.sgd_update` of every table of the group."""
+    """:func:`~terarec.embedding._update_kernels.sgd_update` of every table of the group."""
     dim = weights[0].shape[1]
     for c in numba.prange(chunk_table.shape[0]):
         t, start, stop = _chunk(c, chunk_table, chunk_start, unique_offsets)
@@ -219,7 +211,7 @@ def group_adagrad_update(
     weights, states, chunk_table, chunk_start, unique_offsets, unique_rows, occurrence_offsets, occurrences,
     bag_of, grad, columns, offsets, is_mean, seeds, rates, eps, beta1, beta2,
 ):  # fmt: skip
-    """:func:`~terarec.embedding._kernels.adagrad_update` of every table of the group."""
+    """:func:`~terarec.embedding._update_kernels.adagrad_update` of every table of the group."""
     dim = weights[0].shape[1]
     eps32 = np.float32(eps)
     for c in numba.prange(chunk_table.shape[0]):
@@ -239,7 +231,7 @@ def group_rowwise_adagrad_update(
     weights, states, chunk_table, chunk_start, unique_offsets, unique_rows, occurrence_offsets, occurrences,
     bag_of, grad, columns, offsets, is_mean, seeds, rates, eps, beta1, beta2,
 ):  # fmt: skip
-    """:func:`~terarec.embedding._kernels.rowwise_adagrad_update` of every table of the group."""
+    """:func:`~terarec.embedding._update_kernels.rowwise_adagrad_update` of every table of the group."""
     dim = weights[0].shape[1]
     eps32 = np.float32(eps)
     for c in numba.prange(chunk_table.shape[0]):
@@ -259,7 +251,7 @@ def group_adam_update(
     weights, states, chunk_table, chunk_start, unique_offsets, unique_rows, occurrence_offsets, occurrences,
     bag_of, grad, columns, offsets, is_mean, seeds, rates, eps, beta1, beta2,
 ):  # fmt: skip
-    """:func:`~terarec.embedding._kernels.adam_update` of every table of the group."""
+    """:func:`~terarec.embedding._update_kernels.adam_update` of every table of the group."""
     dim = weights[0].shape[1]
     eps32 = np.float32(eps)
     one_m_b1, one_m_b2 = np.float32(1.0 - beta1), np.float32(1.0 - beta2)
@@ -275,4 +267,4 @@ def group_adam_update(
             adam_row(w, s, unique_rows[k], unique_rows[k], g, rate32, one_m_b1, one_m_b2, eps32, seeds[t])
 
 
-stamp_with_sources(globals(), _kernels, _dedupe_kernels, _bf16)
+stamp_with_sources(globals(), _pooling_kernels, _update_kernels, _hashing, _prefetch, _compile_flags, _dedupe_kernels, _bf16)

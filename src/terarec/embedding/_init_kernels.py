@@ -9,10 +9,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from terarec.embedding import _bf16, _kernels
+from terarec.embedding import _bf16, _hashing
 from terarec.embedding._bf16 import store_nearest
 from terarec.embedding._kernel_cache import stamp_with_sources
-from terarec.embedding._kernels import splitmix64
+from terarec.embedding._hashing import splitmix64
+
 
 __all__ = ["INIT_NORMAL", "INIT_UNIFORM", "INIT_ZEROS", "init_row", "init_rows_at", "init_rows_normal", "init_rows_uniform"]
 
@@ -97,4 +98,4 @@ def init_rows_at(weights, state, slots, keys, seed, scale, kind, initial_state):
             store_nearest(state, slots[i], j, initial_state)
 
 
-stamp_with_sources(globals(), _kernels, _bf16)
+stamp_with_sources(globals(), _hashing, _bf16)

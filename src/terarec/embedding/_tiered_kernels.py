@@ -25,7 +25,7 @@ import numba
 import numpy as np
 from numba import types
 
-from terarec.embedding import _bf16, _init_kernels, _kernels
+from terarec.embedding import _bf16, _hashing, _init_kernels
 from terarec.embedding._kernel_cache import stamp_with_sources
 
 __all__ = [
@@ -304,4 +304,4 @@ def gather_slots(row_slot, rows, out):
         out[i] = row_slot[rows[i]] if rows[i] >= 0 else -1
 
 
-stamp_with_sources(globals(), _kernels, _init_kernels, _bf16)
+stamp_with_sources(globals(), _hashing, _init_kernels, _bf16)

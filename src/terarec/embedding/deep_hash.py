@@ -24,7 +24,8 @@ from torch import nn
 from torch.nn import functional
 
 from terarec.embedding._deep_hash_kernels import encode_ids
-from terarec.embedding._kernels import derive_table_seed, splitmix64
+from terarec.embedding._hashing import derive_table_seed, splitmix64
+
 from terarec.embedding.config import PoolingType
 from terarec.errors import ConfigError
 from terarec.sparse import JaggedTensor

@@ -93,7 +93,7 @@ class DynamicRowMapper(RowMapper):
         num_embeddings (int): capacity ``C``, the rows IDs are mapped into.
         config (DynamicConfig): admission, TTL, eviction policy and sketch size.
         seed (int, optional): seeds the sketch hashes and admission draws, taken modulo
-            ``2^64`` (a table passes :func:`~terarec.embedding._kernels.derive_table_seed`).
+            ``2^64`` (a table passes :func:`~terarec.embedding._hashing.derive_table_seed`).
             Default: ``0``
 
     Attributes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from terarec.embedding import _kernels
+from terarec.embedding import _hashing
 from terarec.embedding.config import EmbeddingTableConfig
 from terarec.embedding.dynamic import DynamicRowMapper, DynamicTableStats
 from terarec.embedding.table import RowTable
@@ -57,7 +57,7 @@ class DynamicTable(RowTable):
     def __init__(self, config: EmbeddingTableConfig, seed: int = 0, directory: Path | None = None) -> None:
         if config.dynamic is None:
             raise ValueError(f"table {config.name!r}: a DynamicTable needs config.dynamic")
-        table_seed = int(_kernels.derive_table_seed(seed, config.name))
+        table_seed = int(_hashing.derive_table_seed(seed, config.name))
         self._dynamic_mapper = DynamicRowMapper(config.num_embeddings, config.dynamic, table_seed)
         super().__init__(config, self._dynamic_mapper, seed, directory)
 

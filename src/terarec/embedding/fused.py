@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from terarec.embedding import _fused_kernels, _kernels
+from terarec.embedding import _fused_kernels, _hashing
 from terarec.embedding.config import (
     DataType,
     OptimizerConfig,
@@ -226,7 +226,7 @@ class TableGroup:
         rates = self._rates
         seeds = self._unused_seeds
         if self._rounds:
-            seeds = np.array([_kernels.step_rounding_seed(t._table_seed, t.step) for t in self.tables], dtype=np.uint64)
+            seeds = np.array([_hashing.step_rounding_seed(t._table_seed, t.step) for t in self.tables], dtype=np.uint64)
         if opt.type is OptimizerType.ADAM:  # each table's own bias correction, as FixedTable
             lr = float(opt.learning_rate)
             rates = np.array(

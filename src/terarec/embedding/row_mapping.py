@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from terarec.embedding import _kernels
+from terarec.embedding import _hashing
 from terarec.embedding.memory import MemoryEstimate
 
 __all__ = ["HashedRowMapper", "RowMapper", "RowMapping"]
@@ -97,7 +97,7 @@ class HashedRowMapper(RowMapper):
 
     def map(self, ids: np.ndarray, training: bool = True) -> RowMapping:
         rows = np.empty(ids.shape[0], dtype=np.int64)
-        _kernels.hash_to_rows(ids, self.num_embeddings, rows)
+        _hashing.hash_to_rows(ids, self.num_embeddings, rows)
         return RowMapping(rows)
 
     def memory_estimate(self) -> MemoryEstimate:

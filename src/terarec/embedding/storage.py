@@ -135,7 +135,7 @@ class RamRowStorage(RowStorage):
         state_width (int): optimizer floats per row ``S`` (``0`` for SGD).
         init (InitConfig): row initialisation.
         seed (int): the table's seed, taken modulo ``2^64`` (see
-            :func:`~terarec.embedding._kernels.derive_table_seed`).
+            :func:`~terarec.embedding._hashing.derive_table_seed`).
         initial_state (float, optional): starting value of every state float. Default: ``0.0``
         first_row (int, optional): the table row slot 0 holds, for a shard of rows
             ``first_row ... first_row + R - 1`` of a larger table. Default: ``0``

@@ -3,7 +3,8 @@
 :class:`RowTable` composes the three stages every table kind shares: a
 :class:`~terarec.embedding.row_mapping.RowMapper` (IDs → rows), a
 :class:`~terarec.embedding.storage.RowStorage` (rows → slots holding weights and state, in RAM
-or a RAM cache over a file) and the numba kernels of :mod:`terarec.embedding._kernels`
+or a RAM cache over a file) and the numba kernels of :mod:`terarec.embedding._pooling_kernels` and
+:mod:`terarec.embedding._update_kernels`
 (pooling and fused updates over slots). :class:`FixedTable` hashes IDs into a fixed row range;
 the dynamic table (:mod:`terarec.embedding.dynamic_table`) maps them without collisions.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from terarec.embedding import _dedupe_kernels, _kernels
+from terarec.embedding import _dedupe_kernels, _hashing, _pooling_kernels, _update_kernels
 from terarec.embedding.config import EmbeddingTableConfig, OptimizerType, PoolingType
 from terarec.embedding.memory import MemoryEstimate
 from terarec.embedding.row_mapping import HashedRowMapper, RowMapper
@@ -76,7 +77,7 @@ def storage_arguments(config: EmbeddingTableConfig, seed: int) -> tuple[tuple[ob
         config.embedding_dim,
         optimizer.state_width(config.embedding_dim),
         config.init,
-        _kernels.derive_table_seed(seed, config.name),
+        _hashing.derive_table_seed(seed, config.name),
     )
     return args, optimizer.initial_accumulator_value if adagrad else 0.0
 
@@ -119,7 +120,7 @@ class RowTable(EmbeddingTable):
         self.config = config
         self.seed = int(seed)
         self.step = 0
-        self._table_seed = _kernels.derive_table_seed(self.seed, config.name)
+        self._table_seed = _hashing.derive_table_seed(self.seed, config.name)
         self._mapper = mapper
         self._storage = storage if storage is not None else build_storage(config, self.seed, directory)
 
@@ -183,7 +184,7 @@ class RowTable(EmbeddingTable):
     def lookup_prepared(self, prepared: PreparedIds) -> torch.Tensor:
         self._check_prepared(prepared)
         out = np.empty((prepared.batch_size, self.embedding_dim), dtype=np.float32)
-        pool = _kernels.pool_mean if self.config.pooling is PoolingType.MEAN else _kernels.pool_sum
+        pool = _pooling_kernels.pool_mean if self.config.pooling is PoolingType.MEAN else _pooling_kernels.pool_sum
         pool(self._storage.weights, prepared.slots, prepared.offsets, out)
         return torch.from_numpy(out)
 
@@ -216,18 +217,18 @@ class RowTable(EmbeddingTable):
             grad,
             prepared.offsets,
             self.config.pooling is PoolingType.MEAN,
-            _kernels.step_rounding_seed(self._table_seed, self.step, storage.first_row),
+            _hashing.step_rounding_seed(self._table_seed, self.step, storage.first_row),
         )
         lr = float(opt.learning_rate)
         if opt.type is OptimizerType.SGD:
-            _kernels.sgd_update(*args, lr)
+            _update_kernels.sgd_update(*args, lr)
         elif opt.type is OptimizerType.ADAGRAD:
-            _kernels.adagrad_update(*args, lr, float(opt.eps))
+            _update_kernels.adagrad_update(*args, lr, float(opt.eps))
         elif opt.type is OptimizerType.ROWWISE_ADAGRAD:
-            _kernels.rowwise_adagrad_update(*args, lr, float(opt.eps))
+            _update_kernels.rowwise_adagrad_update(*args, lr, float(opt.eps))
         else:
             step_size = lr * math.sqrt(1.0 - opt.beta2**self.step) / (1.0 - opt.beta1**self.step)
-            _kernels.adam_update(*args, step_size, float(opt.beta1), float(opt.beta2), float(opt.eps))
+            _update_kernels.adam_update(*args, step_size, float(opt.beta1), float(opt.beta2), float(opt.eps))
 
     def memory_estimate(self) -> MemoryEstimate:
         return self._storage.memory_estimate() + self._mapper.memory_estimate()

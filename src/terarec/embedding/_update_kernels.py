@@ -1,18 +1,18 @@
-"""Numba kernels of the embedding layer: hashing IDs to rows, pooling and the fused sparse
-optimizers. Row initialisation lives in :mod:`~terarec.embedding._init_kernels`, grouping equal
-rows in :mod:`~terarec.embedding._dedupe_kernels`.
+"""The fused sparse optimizers: each distinct row of a batch gathers its gradient and is
+updated in one pass (SGD, Adagrad, row-wise Adagrad, Adam). Hashing lives in
+:mod:`~terarec.embedding._hashing`, pooling in :mod:`~terarec.embedding._pooling_kernels`,
+prefetching in :mod:`~terarec.embedding._prefetch`, the compile flags in
+:mod:`~terarec.embedding._compile_flags`, row initialisation in
+:mod:`~terarec.embedding._init_kernels`, grouping equal rows in
+:mod:`~terarec.embedding._dedupe_kernels`.
 
 Every kernel sees NumPy arrays and scalars only, trusts its input (the public classes validate
 it once) and writes into caller-allocated ``out`` arrays. ``prange`` is used only where each
 iteration owns its output rows, so results are bit-identical for any thread count.
 
-Pooling and the fused updates compile with the fast-math flags in ``FASTMATH`` only (no
-NaN/inf/signed-zero care), none that changes a finite result's bits: not ``contract`` or
-``arcp`` (a loop's vector body and its scalar remainder would round differently, so results
-would depend on the vector width and on where a column block starts), and not ``reassoc`` (LLVM
-may reorder sums differently in a fresh compile than in the code numba loads from its cache,
-and a resumed run would differ in the last bit). Sums that need several accumulators to
-vectorise spell them out (:func:`_sum_of_squares`), so their order is fixed by the source.
+The kernels compile with :data:`~terarec.embedding._compile_flags.FASTMATH` only; sums that
+need several accumulators to vectorise spell them out (:func:`_sum_of_squares`), so their
+order is fixed by the source.
 
 Symbols: ``N`` IDs, ``B`` bags, ``U`` distinct rows, ``D`` embedding dim, ``R`` storage rows,
 ``S`` optimizer state floats per row. ``slots`` index the storage arrays (``weights``,
@@ -21,230 +21,24 @@ Symbols: ``N`` IDs, ``B`` bags, ``U`` distinct rows, ``D`` embedding dim, ``R`` 
 
 from __future__ import annotations
 
-import hashlib
-
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
-from terarec.embedding import _bf16
+from terarec.embedding import _bf16, _compile_flags, _hashing, _prefetch
 from terarec.embedding._bf16 import load_value, store_value
+from terarec.embedding._compile_flags import FASTMATH
+from terarec.embedding._hashing import rounding_key
 from terarec.embedding._kernel_cache import stamp_with_sources
+from terarec.embedding._prefetch import (
+    PREFETCH_DISTANCE,
+    UPDATE_PREFETCH_DISTANCE,
+    prefetch_columns,
+    prefetch_leading,
+    prefetch_update,
+)
 
-__all__ = [
-    "FASTMATH",
-    "PREFETCH_DISTANCE",
-    "UPDATE_PREFETCH_DISTANCE",
-    "accumulate",
-    "adagrad_row",
-    "adagrad_update",
-    "adam_row",
-    "adam_update",
-    "derive_table_seed",
-    "hash_to_rows",
-    "pool_bag",
-    "pool_mean",
-    "pool_sum",
-    "prefetch_leading",
-    "prefetch_update",
-    "rounding_key",
-    "rowwise_adagrad_row",
-    "rowwise_adagrad_update",
-    "sgd_row",
-    "sgd_update",
-    "splitmix64",
-    "step_rounding_seed",
-]
-
-# Only flags that leave every finite result's bits alone: contraction into fused multiply-adds,
-# reciprocal and approximate-function rewrites round differently in a loop's vector body than
-# in its scalar remainder, so a column block of a row (column-wise shards) would not train
-# bit-identically to the whole row, and AVX2 and AVX-512 builds would split a row differently.
-FASTMATH = {"nsz", "nnan", "ninf"}
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
+__all__ = ["accumulate", "adagrad_row", "adagrad_update", "adam_row", "adam_update", "rowwise_adagrad_row", "rowwise_adagrad_update", "sgd_row", "sgd_update"]
 _UPDATE_CHUNK = 64  # unique rows per parallel work item in the optimizer kernels
-
-
-@numba.njit(cache=True, nogil=True)
-def splitmix64(x: np.uint64) -> np.uint64:
-    """SplitMix64's finaliser of ``x + golden``: a bijective, well-mixed 64-bit hash."""
-    z = x + _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * _MIX1
-    z = (z ^ (z >> np.uint64(27))) * _MIX2
-    return z ^ (z >> np.uint64(31))
-
-
-def derive_table_seed(seed: int, name: str) -> np.uint64:
-    """Stable 64-bit seed of table ``name`` under global ``seed`` (BLAKE2b, not Python's ``hash``)."""
-    digest = hashlib.blake2b(f"{int(seed)}\x00{name}".encode(), digest_size=8).digest()
-    return np.uint64(int.from_bytes(digest, "little"))
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def rounding_key(seed, row):
-    """Stochastic-rounding key of ``row`` in a step whose seed is ``seed``
-    (:func:`step_rounding_seed`); :mod:`~terarec.embedding._bf16` salts it with the column."""
-    return splitmix64(seed + np.uint64(row))
-
-
-def step_rounding_seed(table_seed: np.uint64, step: int, first_row: int = 0) -> np.uint64:
-    """Seed of a table's stochastic rounding at ``step``: a hash of both, plus ``first_row``,
-    so a shard holding rows from ``first_row`` on rounds each row as the whole table would."""
-    mixed = int(splitmix64(np.uint64(table_seed) ^ splitmix64(np.uint64(step))))
-    return np.uint64((mixed + int(first_row)) & 0xFFFF_FFFF_FFFF_FFFF)
-
-
-# The kernels of ``prepare`` (hash, group) are serial on purpose: ``prepare`` runs on a
-# background thread beside the parallel lookup/update kernels, and numba's fallback
-# ``workqueue`` threading layer aborts when two threads launch parallel kernels at once.
-# ``nogil`` still lets them overlap with the training thread.
-
-
-@numba.njit(cache=True, nogil=True)
-def hash_to_rows(ids, num_embeddings, out):
-    """``out[i] = splitmix64(uint64(ids[i])) % num_embeddings``: a stable, seedless row per ID."""
-    n = np.uint64(num_embeddings)
-    for i in range(ids.shape[0]):
-        out[i] = np.int64(splitmix64(np.uint64(ids[i])) % n)
-
-
-# Rows ahead. The lookup's 12 was 15-20% faster than none pooling over 1 GB tables; the
-# update, which also reads state and writes both back, was 5% faster at 6 than at 12 or 20
-# (multi-hot and one-hot, Zipf and uniform): more rows in flight only queue behind each other.
-PREFETCH_DISTANCE = 12
-UPDATE_PREFETCH_DISTANCE = 6
-_CACHE_LINE_BYTES = 64
-
-
-@intrinsic
-def _prefetch_line(typingctx, array, row, column):  # type: ignore[no-untyped-def]
-    """Hints the CPU to start loading the cache line of ``array[row, column]`` (LLVM's
-    ``llvm.prefetch``: read, high locality). A hint never faults and changes no result."""
-    signature = types.void(array, row, column)
-
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        array_type = sig.args[0]
-        view = context.make_array(array_type)(context, builder, args[0])
-        pointer = cgutils.get_item_pointer2(
-            context, builder, data=view.data, shape=cgutils.unpack_tuple(builder, view.shape),
-            strides=cgutils.unpack_tuple(builder, view.strides), layout=array_type.layout,
-            inds=[args[1], args[2]], wraparound=False,
-        )  # fmt: skip
-        byte_pointer = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        prefetch = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]), "llvm.prefetch.p0"
-        )
-        builder.call(prefetch, [builder.bitcast(pointer, byte_pointer), i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return signature, codegen
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _prefetch_row(array, row):
-    """Prefetches every 64-byte line of ``array[row]``. Rows are read in an order the hardware
-    prefetcher cannot guess; asking a few rows ahead overlaps their memory latency with the
-    current row's arithmetic. All lines, not only the first: a 128-float row spans eight, and
-    the first-line hint alone left the update waiting on the other seven (update of 60k Zipf
-    rows, dim 128: 6.9 ms with the first line, 4.5 ms with all of them)."""
-    _prefetch_columns(array, row, 0, array.shape[1])
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _prefetch_columns(array, row, first, count):
-    """Prefetches every 64-byte line of ``array[row, first:first + count]``."""
-    step = max(1, _CACHE_LINE_BYTES // array.itemsize)
-    for column in range(first, first + count, step):
-        _prefetch_line(array, row, column)
-
-
-@numba.njit(cache=True, nogil=True, inline="always", fastmath=FASTMATH)
-def _add_rows(weights, slots, start, stop, dst):
-    """``dst += weights[slots[i]]`` for ``i`` in ``[start, stop)`` in order, skipping negative
-    slots (an ID without a row in a dynamic table reads as zeros)."""
-    for i in range(start, stop):
-        s = slots[i]
-        if s >= 0:
-            for j in range(weights.shape[1]):
-                dst[j] += load_value(weights, s, j)
-
-
-@numba.njit(cache=True, nogil=True, inline="always", fastmath=FASTMATH)
-def pool_bag(weights, slots, start, stop, limit, dst, is_mean):
-    """``dst = sum(weights[slots[i]] for i in [start, stop) if slots[i] >= 0)``, divided by ``stop - start``
-    when ``is_mean`` and the bag is not empty; ``dst`` is one output row (or a block of it).
-    Rows up to ``slots[limit - 1]`` (later bags) are prefetched. Shared by the per-table and
-    the fused lookup, so both compile the same instructions."""
-    dim = weights.shape[1]
-    for j in range(dim):
-        dst[j] = np.float32(0.0)
-    i = start
-    # Four rows per pass over dst, added in the same left-to-right order as one at a time
-    # (same bits): a pass per row made every add wait for the previous row's store of dst to
-    # reach the next load, 11.6 ns per 128-float row against 5.3 ns four at a time.
-    while i + 4 <= stop:
-        for ahead in range(i + PREFETCH_DISTANCE, min(i + PREFETCH_DISTANCE + 4, limit)):
-            _prefetch_row(weights, slots[ahead])
-        s0, s1, s2, s3 = slots[i], slots[i + 1], slots[i + 2], slots[i + 3]
-        if s0 >= 0 and s1 >= 0 and s2 >= 0 and s3 >= 0:
-            for j in range(dim):
-                w0, w1 = load_value(weights, s0, j), load_value(weights, s1, j)
-                w2, w3 = load_value(weights, s2, j), load_value(weights, s3, j)
-                dst[j] = (((dst[j] + w0) + w1) + w2) + w3
-        else:
-            _add_rows(weights, slots, i, i + 4, dst)
-        i += 4
-    for ahead in range(i + PREFETCH_DISTANCE, min(stop + PREFETCH_DISTANCE, limit)):
-        _prefetch_row(weights, slots[ahead])
-    _add_rows(weights, slots, i, stop, dst)
-    if is_mean and stop > start:
-        inv = np.float32(stop - start)
-        for j in range(dim):
-            dst[j] /= inv
-
-
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
-def pool_sum(weights, slots, offsets, out):
-    """``out[b] = sum(weights[slots[i]] for i in bag b)``; an empty bag gives zeros."""
-    for b in numba.prange(offsets.shape[0] - 1):
-        pool_bag(weights, slots, offsets[b], offsets[b + 1], slots.shape[0], out[b], False)
-
-
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
-def pool_mean(weights, slots, offsets, out):
-    """Like :func:`pool_sum`, then divided by the bag length; an empty bag gives zeros."""
-    for b in numba.prange(offsets.shape[0] - 1):
-        pool_bag(weights, slots, offsets[b], offsets[b + 1], slots.shape[0], out[b], True)
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def prefetch_update(weights, state, rows, k, limit, with_state):
-    """Prefetches the weights (and state) row that the update reaches ``UPDATE_PREFETCH_DISTANCE``
-    rows later. ``limit`` is the end of the table's rows, not of the work item: the next item
-    usually runs on the same thread (``prange`` hands each thread consecutive items)."""
-    if k + UPDATE_PREFETCH_DISTANCE < limit:
-        row = rows[k + UPDATE_PREFETCH_DISTANCE]
-        _prefetch_row(weights, row)
-        if with_state:
-            _prefetch_row(state, row)
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def prefetch_leading(weights, state, rows, start, limit, count, with_state):
-    """Prefetches the first ``count`` rows (the prefetch distance) of a work item that starts
-    at ``start``: no earlier iteration asked for them, and loading them one by one left a
-    sixth to a third of the rows of short items (update chunks, one-hot lookup blocks)
-    waiting on memory in turn."""
-    for k in range(start, min(start + count, limit)):
-        _prefetch_row(weights, rows[k])
-        if with_state:
-            _prefetch_row(state, rows[k])
 
 
 @numba.njit(cache=True, nogil=True, inline="always", fastmath=FASTMATH)
@@ -298,7 +92,7 @@ def _prefetch_gradients(occurrences, bag_of, grad_pooled, col, dim, first, stop)
     them ahead cut the accumulation of 219k multi-hot Zipf IDs from 4.6 to 2.7 ms. Past a row's
     last occurrence it fetches the next rows' (or another table's: harmless)."""
     for p in range(first + PREFETCH_DISTANCE, min(stop + PREFETCH_DISTANCE, occurrences.shape[0])):
-        _prefetch_columns(grad_pooled, bag_of[occurrences[p]], col, dim)
+        prefetch_columns(grad_pooled, bag_of[occurrences[p]], col, dim)
 
 
 # One optimizer step of one row: slot ``s`` (table row ``row``) given its accumulated gradient
@@ -470,4 +264,4 @@ def adam_update(
             adam_row(weights, state, slots[k], rows[k], g, step32, one_m_b1, one_m_b2, eps32, seed)
 
 
-stamp_with_sources(globals(), _bf16)
+stamp_with_sources(globals(), _bf16, _compile_flags, _hashing, _prefetch)

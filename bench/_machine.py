@@ -40,10 +40,21 @@ def machine_info() -> dict[str, object]:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "numba_threads": numba.get_num_threads(),
+        "numba_cpu_target": numba_cpu_target(),
         "numpy": np.__version__,
         "load_avg": [round(x, 2) for x in os.getloadavg()],
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+
+
+def numba_cpu_target() -> str:
+    """The CPU numba compiles for: ``NUMBA_CPU_NAME`` when set (``haswell`` is AVX2 code,
+    ``generic`` baseline x86-64), else this host's CPU as LLVM names it."""
+    import llvmlite.binding as llvm
+
+    name = numba.config.CPU_NAME or llvm.get_host_cpu_name()
+    features = numba.config.CPU_FEATURES
+    return f"{name} ({'NUMBA_CPU_NAME' if numba.config.CPU_NAME else 'host'})" + (f" +{features}" if features else "")
 
 
 def _cpu_model() -> str:

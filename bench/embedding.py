@@ -181,7 +181,7 @@ def run_child(spec: dict[str, object]) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a reduced run (under 3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="a reduced run (smaller tables, fewer steps)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--max-rows", type=int, help="cap on each table's rows (default 200k; 20k with --quick)")
     parser.add_argument("--batch-size", type=int, default=1024)
@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument("--distributions", default="zipf,uniform")
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"of {', '.join(SYSTEMS + HALF_SYSTEMS)}")
-    parser.add_argument("--processes", type=int, help="child processes per case, median taken (default 3; 1 with --quick)")
+    parser.add_argument("--processes", type=int, default=3, help="child processes per case, median taken (default 3)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -202,9 +202,10 @@ def main() -> None:
     threads = set_threads(args.threads)
     max_rows = args.max_rows or (20_000 if args.quick else 200_000)
     timing = {"warmup": 2, "steps": 3, "repeat": 3} if args.quick else {"warmup": 3, "steps": 8, "repeat": 5}
-    # Throughput varies by up to +-25% between processes on this VM (where the tables land in
-    # memory), more than within one: the median over several processes is the figure.
-    processes = args.processes or (1 if args.quick else 3)
+    # Throughput varies between processes (where the tables land in memory) more than within
+    # one, so one process per case can mislead, --quick included: the median over several
+    # processes is the figure.
+    processes = args.processes
     bandwidth = memory_bandwidth_gb_s(256 if args.quick else 1024)
     best_bandwidth = max(bandwidth.values())
     print(f"memory bandwidth: copy {bandwidth['copy']:.1f} GB/s, triad {bandwidth['triad']:.1f} GB/s; {threads} threads")

@@ -35,19 +35,12 @@ __all__ = [
     "expire_rows",
     "lookup_rows",
     "map_known_rows",
-    "mix_seed",
     "select_victims",
 ]
 
 _UINT32_MAX = np.uint32(0xFFFFFFFF)
 _TWO_POW_M53 = 1.0 / 9007199254740992.0  # 2 ** -53
 _DIGIT_BITS = 16  # radix of the victim selection: 65,536 buckets per pass
-
-
-@numba.njit(cache=True, nogil=True)
-def mix_seed(seed, stream):
-    """``splitmix64(seed ^ splitmix64(stream))``: an independent 64-bit seed per ``stream``."""
-    return splitmix64(np.uint64(seed) ^ splitmix64(np.uint64(stream)))
 
 
 # ---- the hash map -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ import hashlib
 import numba
 import numpy as np
 
-__all__ = ["derive_table_seed", "hash_to_rows", "rounding_key", "splitmix64", "step_rounding_seed"]
+__all__ = ["derive_table_seed", "hash_to_rows", "mix_seed", "rounding_key", "splitmix64", "step_rounding_seed"]
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -21,6 +21,12 @@ def splitmix64(x: np.uint64) -> np.uint64:
     z = (z ^ (z >> np.uint64(30))) * _MIX1
     z = (z ^ (z >> np.uint64(27))) * _MIX2
     return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(cache=True, nogil=True)
+def mix_seed(seed, stream):
+    """``splitmix64(seed ^ splitmix64(stream))``: an independent 64-bit seed per ``stream``."""
+    return splitmix64(np.uint64(seed) ^ splitmix64(np.uint64(stream)))
 
 
 def derive_table_seed(seed: int, name: str) -> np.uint64:

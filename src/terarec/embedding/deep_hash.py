@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional
 
 from terarec.embedding._deep_hash_kernels import encode_ids
-from terarec.embedding._hashing import derive_table_seed, splitmix64
+from terarec.embedding._hashing import derive_table_seed, mix_seed
 
 from terarec.embedding.config import PoolingType
 from terarec.errors import ConfigError
@@ -156,7 +156,7 @@ class DeepHashEmbedding(nn.Module):
         self.config = config
         table_seed = derive_table_seed(seed, config.name)
         hashes = np.arange(config.deep_hash.num_hashes, dtype=np.uint64)
-        self._hash_seeds = np.array([splitmix64(table_seed ^ splitmix64(h)) for h in hashes], dtype=np.uint64)
+        self._hash_seeds = np.array([mix_seed(table_seed, h) for h in hashes], dtype=np.uint64)
         settings = config.deep_hash
         layers: list[nn.Module] = []
         width = settings.num_hashes

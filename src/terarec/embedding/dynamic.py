@@ -20,6 +20,7 @@ import numpy as np
 from terarec._dataclass_codec import to_mapping
 from terarec._files import load_checked_array
 from terarec.embedding import _dynamic_kernels as _dk
+from terarec.embedding._hashing import mix_seed
 from terarec.embedding.config import DynamicConfig, EvictionPolicy, dynamic_map_slots
 from terarec.embedding.memory import MemoryEstimate
 from terarec.embedding.row_mapping import RowMapper, RowMapping
@@ -140,12 +141,12 @@ class DynamicRowMapper(RowMapper):
         if config.sketch_bytes():
             self._sketch = np.zeros((config.sketch_depth, config.sketch_width), dtype=np.uint32)
             self._sketch_seeds = np.array(
-                [_dk.mix_seed(seed64, np.uint64(r)) for r in range(config.sketch_depth)], np.uint64
+                [mix_seed(seed64, np.uint64(r)) for r in range(config.sketch_depth)], np.uint64
             )
         else:  # every ID is admitted at first sight: nothing to count
             self._sketch = np.zeros((0, 1), dtype=np.uint32)
             self._sketch_seeds = np.zeros(0, dtype=np.uint64)
-        self._draw_seed = np.uint64(_dk.mix_seed(seed64, _DRAW_STREAM))
+        self._draw_seed = np.uint64(mix_seed(seed64, _DRAW_STREAM))
         self._step = 0
         self._free_count = capacity
         self._cursor = 0  # next row the TTL scan checks

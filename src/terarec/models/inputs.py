@@ -87,6 +87,20 @@ class InputSpec:
         dims = set(self.embedding_dims)
         return dims.pop() if len(dims) == 1 else None
 
+    def column_starts(self, layout: EmbeddingLayout) -> list[int]:
+        """Where each feature's columns begin in the pooled tensor ``layout`` describes.
+
+        Example::
+
+            >>> InputSpec(0, ("a", "b", "c"), (2, 3, 1)).column_starts(EmbeddingLayout(wide=True))
+            [0, 3, 7]
+        """
+        starts, start = [], 0
+        for dim in self.embedding_dims:
+            starts.append(start)
+            start += layout.table_dim(dim)
+        return starts
+
 
 @dataclass(frozen=True)
 class ModelInput:
@@ -130,20 +144,13 @@ class ModelInput:
     def batch_size(self) -> int:
         return self.pooled.shape[0]
 
-    def _starts(self) -> list[int]:
-        starts, start = [], 0
-        for dim in self.spec.embedding_dims:
-            starts.append(start)
-            start += self.layout.table_dim(dim)
-        return starts
-
     def embeddings(self) -> dict[str, torch.Tensor]:
         """Per feature its :math:`(B, D_f)` embedding (views of ``pooled``)."""
         if not self.layout.deep:
             raise ValueError("this model's layout reads no embeddings (EmbeddingLayout(deep=False))")
         return {
             name: self.pooled[:, start : start + dim]
-            for name, dim, start in zip(self.spec.feature_names, self.spec.embedding_dims, self._starts())
+            for name, dim, start in zip(self.spec.feature_names, self.spec.embedding_dims, self.spec.column_starts(self.layout))
         }
 
     def concatenated(self) -> torch.Tensor:
@@ -172,5 +179,5 @@ class ModelInput:
         """Each feature's pooled scalar weight, :math:`(B, F)`."""
         if not self.layout.wide:
             raise ValueError("this model's layout has no wide column (EmbeddingLayout(wide=True))")
-        columns = [start + self.layout.table_dim(dim) - 1 for dim, start in zip(self.spec.embedding_dims, self._starts())]
+        columns = [start + self.layout.table_dim(dim) - 1 for dim, start in zip(self.spec.embedding_dims, self.spec.column_starts(self.layout))]
         return self.pooled[:, columns]

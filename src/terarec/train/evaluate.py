@@ -26,7 +26,7 @@ __all__ = ["evaluate", "evaluate_checkpoint", "predict", "predict_checkpoint"]
 
 
 def predict(
-    model: DenseNetwork,
+    network: DenseNetwork,
     collection: EmbeddingCollection,
     data: ColumnarData,
     batch_size: int,
@@ -46,8 +46,8 @@ def predict(
     loader = BatchLoader(data, per_rank, shuffle=False, rank=world.rank, world_size=world.size)
     labels: list[np.ndarray] = []
     probabilities: list[np.ndarray] = []
-    was_training, tables_were_training = model.training, collection.training
-    model.eval()
+    was_training, tables_were_training = network.training, collection.training
+    network.eval()
     collection.eval()
     try:
         with torch.no_grad(), contextlib.closing(loader.iterate(epoch=0)) as batches:
@@ -55,11 +55,11 @@ def predict(
                 # One batch at a time on this thread: prepare may use every core.
                 pooled = collection.lookup(collection.prepare(batch.sparse, parallel=True))
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    logits = model(batch.dense, pooled.values, batch.sparse).float()
+                    logits = network(batch.dense, pooled.values, batch.sparse).float()
                 labels.append(batch.labels.numpy())
                 probabilities.append(torch.sigmoid(logits).numpy())
     finally:
-        model.train(was_training)
+        network.train(was_training)
         collection.train(tables_were_training)
     if not labels:
         labels, probabilities = [np.zeros(0, np.float32)], [np.zeros(0, np.float32)]
@@ -67,7 +67,7 @@ def predict(
 
 
 def evaluate(
-    model: DenseNetwork,
+    network: DenseNetwork,
     collection: EmbeddingCollection,
     data: ColumnarData,
     batch_size: int,
@@ -75,7 +75,7 @@ def evaluate(
     world: World = World(),
 ) -> ClickMetrics:
     """AUC, log loss, NE and calibration of the model on ``data`` (every rank scores its share)."""
-    labels, probabilities = predict(model, collection, data, batch_size, bf16, world)
+    labels, probabilities = predict(network, collection, data, batch_size, bf16, world)
     return compute_metrics(labels, probabilities)
 
 
@@ -118,10 +118,10 @@ def predict_checkpoint(
     # Tiered tables rebuild their files from the checkpoint into a scratch directory beside it.
     with tempfile.TemporaryDirectory(prefix=".eval-tables-", dir=directory.parent) as scratch:
         collection = EmbeddingCollection(tables, seed=config.train.seed, directory=Path(scratch))
-        model = build_network(config.model, schema.num_dense, tables, hashed, config.train.seed)
-        load_checkpoint(directory, model, collection)
+        network = build_network(config.model, schema.num_dense, tables, hashed, config.train.seed)
+        load_checkpoint(directory, network, collection)
         bf16 = config.train.dense_precision is DensePrecision.BF16
-        labels, probabilities = predict(model, collection, data, config.train.eval_batch_size, bf16)
+        labels, probabilities = predict(network, collection, data, config.train.eval_batch_size, bf16)
     return labels, probabilities, data
 
 

@@ -224,16 +224,16 @@ def _fit(config: Config, world: World) -> TrainResult:
     collection, plan, placement = build_collection(
         config, table_configs, splits.train, world, tables_dir, saved_placement(checkpoint, world.size)
     )
-    model = build_network(config.model, schema.num_dense, table_configs, deep_hash_tables, settings.seed)
-    # Buffers (batch norm's running statistics) follow rank 0's; a model without them skips
+    network = build_network(config.model, schema.num_dense, table_configs, deep_hash_tables, settings.seed)
+    # Buffers (batch norm's running statistics) follow rank 0's; a network without them skips
     # the broadcast DDP would otherwise make before every forward.
-    has_buffers = any(buffer.is_floating_point() for buffer in model.buffers())
-    trainable = DistributedDataParallel(model, broadcast_buffers=has_buffers) if world.size > 1 else model
-    optimizer = build_dense_optimizer(settings, list(model.parameters()))
+    has_buffers = any(buffer.is_floating_point() for buffer in network.buffers())
+    trainable = DistributedDataParallel(network, broadcast_buffers=has_buffers) if world.size > 1 else network
+    optimizer = build_dense_optimizer(settings, list(network.parameters()))
     run_spec = _run_spec(config, splits, table_configs, deep_hash_tables, world, placement)
     state = TrainerState()
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, collection, optimizer, restore_rng=True)  # type: ignore[arg-type]
+        state = load_checkpoint(checkpoint, network, collection, optimizer, restore_rng=True)  # type: ignore[arg-type]
 
     # With several ranks the last, partial global batch is dropped: a rank could get no rows.
     loader = BatchLoader(
@@ -285,7 +285,7 @@ def _fit(config: Config, world: World) -> TrainResult:
                     updates.before_lookup()
                     pooled = collection.lookup(prepared)  # type: ignore[arg-type]
                     updates.after_lookup()
-                    loss = forward_backward(model, trainable, batch, pooled, bf16, settings.embedding_l2)
+                    loss = forward_backward(network, trainable, batch, pooled, bf16, settings.embedding_l2)
                     updates.apply(prepared, pooled.values.grad)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -296,15 +296,15 @@ def _fit(config: Config, world: World) -> TrainResult:
             improved = False
             if validate_every and (state.step % validate_every == 0 or state.step == total_steps):
                 assert splits.val is not None
-                broadcast_buffers(world, model)
+                broadcast_buffers(world, network)
                 validation = evaluate(
-                    model, collection, splits.val, settings.eval_batch_size, bf16, world  # type: ignore[arg-type]
+                    network, collection, splits.val, settings.eval_batch_size, bf16, world  # type: ignore[arg-type]
                 )
                 reporter.log_metrics("validation", validation.to_dict(), state.step)
                 state, improved = record_validation(state, validation.to_dict(), settings)
             if improved or (settings.checkpoint_every and state.step % settings.checkpoint_every == 0):
                 saved = save_checkpoint(
-                    run_dir, state, model, optimizer, collection, run_spec, settings.keep_checkpoints, world
+                    run_dir, state, network, optimizer, collection, run_spec, settings.keep_checkpoints, world
                 )
                 if improved and world.is_primary:
                     mark_best(saved)
@@ -312,13 +312,13 @@ def _fit(config: Config, world: World) -> TrainResult:
         comm_bytes = sum_over_ranks(world, _comm_bytes(collection) - start_comm)
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None or checkpoint_step(checkpoint) != state.step:
-            checkpoint = save_checkpoint(run_dir, state, model, optimizer, collection, run_spec, settings.keep_checkpoints, world)
+            checkpoint = save_checkpoint(run_dir, state, network, optimizer, collection, run_spec, settings.keep_checkpoints, world)
         best = best_checkpoint(run_dir) if state.best_step is not None else None
         if best is not None and settings.early_stopping.restore_best and state.best_step != state.step:
-            load_checkpoint(best, model, collection)
+            load_checkpoint(best, network, collection)
             checkpoint = best
-        broadcast_buffers(world, model)
-        metrics = evaluate(model, collection, splits.eval, settings.eval_batch_size, bf16, world)  # type: ignore[arg-type]
+        broadcast_buffers(world, network)
+        metrics = evaluate(network, collection, splits.eval, settings.eval_batch_size, bf16, world)  # type: ignore[arg-type]
         reporter.log_metrics("eval", metrics.to_dict(), state.step)
         loss_curve = [[step, loss] for step, loss in reporter.loss_curve]
 
@@ -343,7 +343,7 @@ def _fit(config: Config, world: World) -> TrainResult:
         "threads": threads,
         "world_size": world.size,
         "checkpoint": str(checkpoint),
-        "dense_parameters": sum(p.numel() for p in model.parameters()),
+        "dense_parameters": sum(p.numel() for p in network.parameters()),
         "table_ram_bytes": sum(estimate.ram_bytes for estimate in estimates.values()),
         "table_disk_bytes": sum(estimate.disk_bytes for estimate in estimates.values()),
         "tables": collection.counters(),

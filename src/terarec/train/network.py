@@ -73,8 +73,7 @@ class DenseNetwork(nn.Module):
         weighted = [i for i, name in enumerate(names) if name in sparse and sparse[name].weights is not None]
         if not weighted:
             return pooled
-        widths = [self.layout.table_dim(dim) for dim in self.spec.embedding_dims[: len(names)]]
-        starts = [sum(widths[:i]) for i in range(len(widths))]
+        starts = self.spec.column_starts(self.layout)
         scale = torch.ones_like(pooled)
         for i in weighted:
             jagged = sparse[names[i]]
@@ -88,7 +87,8 @@ class DenseNetwork(nn.Module):
             single = lengths == 1
             per_bag = torch.zeros(lengths.numel())
             per_bag[single] = jagged.weights[jagged.offsets[:-1][single]]  # type: ignore[index]
-            scale[:, starts[i] : starts[i] + widths[i]] = per_bag.unsqueeze(1)
+            width = self.layout.table_dim(self.spec.embedding_dims[i])
+            scale[:, starts[i] : starts[i] + width] = per_bag.unsqueeze(1)
         return pooled * scale
 
     def forward(self, dense: torch.Tensor, pooled: torch.Tensor, sparse: Mapping[str, JaggedTensor]) -> torch.Tensor:

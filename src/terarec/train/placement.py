@@ -212,9 +212,8 @@ def run_workload(config: Config) -> RunWorkload:
     """The run's tables as training builds them, their bag sizes and skew, the dense network and
     the training rows: sized from a prepared directory's saved statistics or the synthetic
     generator's cardinalities without reading the data, otherwise from the data."""
-
     data, notes = config.data, []
-    skew = config.sharding.zipf_exponent
+    skew = _zipf_exponent(config)
     if data.path is None:
         synthetic = data.synthetic
         distinct = synthetic.cardinalities()
@@ -222,7 +221,6 @@ def run_workload(config: Config) -> RunWorkload:
         sizes = synthetic.bag_sizes or (1,) * synthetic.num_sparse
         pooling = {name: float(size) for name, size in zip(features, sizes, strict=True)}
         num_dense, num_rows = synthetic.num_dense, synthetic.num_examples
-        skew = synthetic.zipf_exponent if skew is None else skew
         notes.append("synthetic data: tables sized from its cardinalities (an upper bound of the distinct IDs)")
     else:
         paths, fmt = resolve_path(data.path, data.format)
@@ -235,8 +233,7 @@ def run_workload(config: Config) -> RunWorkload:
         distinct = stats.distinct_ids
         pooling = mean_bag_sizes(train)
         num_dense, num_rows = train.schema.num_dense, train.num_rows
-        if skew is None:
-            skew = DEFAULT_ZIPF_EXPONENT
+        if config.sharding.zipf_exponent is None:
             notes.append(f"ID skew assumed: Zipf exponent {DEFAULT_ZIPF_EXPONENT} (set sharding.zipf_exponent)")
     model_type = model_class(config.model.type)
     tables = build_table_configs(config.embedding, features, distinct, model_type.layout, model_type.embedding_optimizer)

@@ -29,7 +29,7 @@ def _validations(values: list[float], metric: StoppingMetric, patience: int = 2)
     settings = TrainConfig(early_stopping=EarlyStoppingConfig(metric=metric, patience=patience))
     state = TrainerState()
     for step, value in enumerate(values, start=1):
-        state, _ = record_validation(TrainerState(**{**state.__dict__, "step": step * 10}), {metric.value: value}, settings)
+        state, _ = record_validation(TrainerState(**{**state.__dict__, "step": step * 10}), {metric.value: value}, settings, metric)
     return state
 
 

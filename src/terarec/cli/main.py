@@ -1,4 +1,4 @@
-"""The ``terarec`` command: ``train``, ``eval``, ``prepare``, ``plan`` and ``report``.
+"""The ``terarec`` command: ``train``, ``eval``, ``prepare``, ``plan``, ``index`` and ``report``.
 
 Only this module reads ``argv``. Each flag is a shortcut for one dotted config key (shown in
 its help); ``--set KEY=VALUE`` reaches any other key, and ``--config FILE`` loads a YAML file
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import os
 import sys
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from terarec import __version__
+from terarec.cli import index as _index
 from terarec.cli import plan as _plan
 from terarec.cli.overrides import flag_overrides
 from terarec.errors import TerarecError
@@ -36,6 +38,14 @@ _TRAIN_SHORTCUTS = {
     "delimiter": "data.delimiter",
     "on_bad_row": "data.on_bad_row",
     "field_map": "data.libfm_field_map",
+    "user_col": "data.interactions.user_col",
+    "item_col": "data.interactions.item_col",
+    "time_col": "data.interactions.time_col",
+    "rating_col": "data.interactions.rating_col",
+    "min_rating": "data.interactions.min_rating",
+    "split": "data.interactions.split",
+    "user_features": "data.interactions.user_features",
+    "item_features": "data.interactions.item_features",
     "model": "model.type",
     "out": "train.out",
     "seed": "train.seed",
@@ -52,7 +62,7 @@ _DATA_FLAGS = ("data", "format", "label", "label_threshold", "dense", "ignore", 
 
 def _add_data_flags(parser: argparse.ArgumentParser, data_help: str) -> None:
     parser.add_argument("--data", metavar="PATH", help=data_help)
-    parser.add_argument("--format", choices=["criteo", "csv", "parquet", "libfm", "prepared"], help="input format (data.format); default: from the file name")
+    parser.add_argument("--format", choices=["criteo", "csv", "parquet", "libfm", "interactions", "prepared"], help="input format (data.format); default: from the file name")
     parser.add_argument("--label", metavar="COL", help="label column of CSV/Parquet input (data.label)")
     parser.add_argument("--label-threshold", type=float, metavar="X", help="positive when the label is >= X, e.g. a rating (data.label_threshold)")
     parser.add_argument("--dense", metavar="COLS", help="comma-separated dense columns (data.dense_features); every other column is sparse")
@@ -72,7 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_data_flags(train, "training data: file, comma-separated files, glob or directory (data.path); default: synthetic")
     train.add_argument("--eval-data", metavar="PATH", help="evaluation data (data.eval_path); default: the last 10%% of --data")
     train.add_argument("--val-data", metavar="PATH", help="validation data for early stopping (data.val_path); default: the last 10%% of the training rows")
-    train.add_argument("--model", metavar="NAME", help="dense model (model.type): lr, dnn, dlrm, dcnv2, deepfm, wide_deep, xdeepfm or finalmlp; default: dcnv2")
+    interactions = train.add_argument_group("interaction logs (--format interactions: retrieval with --model two_tower)")
+    for column in ("user", "item", "time", "rating"):
+        interactions.add_argument(f"--{column}-col", metavar="COL", help=f"the {column} column (data.interactions.{column}_col)")
+    interactions.add_argument("--min-rating", type=float, metavar="X", help="drop events rated below X (data.interactions.min_rating)")
+    interactions.add_argument("--split", choices=["leave_last_out", "time", "random"], help="how events are split (data.interactions.split); default: leave_last_out")
+    interactions.add_argument("--user-features", metavar="FILE", help="user side features, e.g. RecBole's .user (data.interactions.user_features)")
+    interactions.add_argument("--item-features", metavar="FILE", help="item side features, e.g. RecBole's .item (data.interactions.item_features)")
+    train.add_argument("--model", metavar="NAME", help="model (model.type): lr, dnn, dlrm, dcnv2, deepfm, wide_deep, xdeepfm, finalmlp, or two_tower for retrieval; default: dcnv2")
     train.add_argument("--out", metavar="DIR", help="run directory for metrics and checkpoints (train.out)")
     train.add_argument("--seed", type=int, help="seed of tables, dense weights and data order (train.seed)")
     length = train.add_mutually_exclusive_group()
@@ -109,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run", type=Path, metavar="RUN", help="the --out directory of a finished run")
     report.add_argument("--out", type=Path, metavar="DIR", help="where the PNG files go; default: RUN/report")
     _plan.add_parser(commands)
+    _index.add_parser(commands)
     return parser
 
 
@@ -182,10 +200,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"ground-truth model (the ceiling): AUC {metrics['ground_truth_auc']:.4f}")
     if metrics["skipped_rows"]:
         print(f"skipped {metrics['skipped_rows']:,} malformed rows (data.on_bad_row=skip)")
-    print(
-        f"eval: AUC {metrics['auc']:.4f} | log loss {metrics['logloss']:.4f} | NE {metrics['ne']:.4f} | "
-        f"calibration {metrics['calibration']:.3f} | {metrics['eval_examples']:,} examples"
-    )
+    print(f"eval: {_metrics_line(metrics)}")
     if metrics["validation"]:
         best = metrics["model_step"]
         print(
@@ -209,6 +224,16 @@ def _train(args: argparse.Namespace) -> int:
         )
     print(f"wrote {result.run_dir / 'metrics.json'} and {result.checkpoint}")
     return 0
+
+
+def _metrics_line(metrics: dict[str, object]) -> str:
+    """The evaluation metrics of ``metrics.json`` in one line: click prediction's or retrieval's."""
+    from terarec.train.metrics import ClickMetrics
+    from terarec.train.ranking_metrics import ranking_summary
+
+    if "auc" not in metrics:
+        return ranking_summary(metrics)  # type: ignore[arg-type]
+    return ClickMetrics(**{field.name: metrics[field.name] for field in dataclasses.fields(ClickMetrics)}).summary()
 
 
 def _tables_summary(counters: dict[str, float]) -> str:
@@ -245,8 +270,17 @@ def _eval(args: argparse.Namespace) -> int:
     from terarec._dataclass_codec import from_mapping
     from terarec.data import DataConfig
     from terarec.train import evaluate_checkpoint
+    from terarec.train.retrieval import evaluate_retrieval_checkpoint, is_retrieval_run
 
     settings = _data_settings(args)
+    if is_retrieval_run(args.checkpoint):
+        if settings:
+            raise TerarecError("terarec eval of a retrieval run ranks its own evaluation queries; data flags do not apply")
+        ranking = evaluate_retrieval_checkpoint(args.checkpoint)
+        print(_metrics_line(ranking))
+        if args.json is not None:
+            args.json.write_text(json.dumps(ranking, indent=2))
+        return 0
     path = settings.pop("path", None)
     typed = from_mapping(DataConfig, settings, "data")
     metrics, data = evaluate_checkpoint(args.checkpoint, path, {key: getattr(typed, key) for key in settings})
@@ -287,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(raw)
     args.argv = raw
-    handlers = {"train": _train, "eval": _eval, "prepare": _prepare, "report": _report, "plan": _plan.run}
+    handlers = {"train": _train, "eval": _eval, "prepare": _prepare, "report": _report, "plan": _plan.run, "index": _index.run}
     try:
         return handlers[args.command](args)
     except TerarecError as error:

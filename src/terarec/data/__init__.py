@@ -9,10 +9,12 @@ Typical use::
         ...
 """
 
-from terarec.data.config import CRITEO_1TB_CARDINALITIES, DataConfig, SyntheticConfig
+from terarec.data.config import CRITEO_1TB_CARDINALITIES, DataConfig, InteractionsConfig, SplitMethod, SyntheticConfig
 from terarec.data.hashing import MISSING_ID, hash_string, hash_strings
 from terarec.data.loader import BatchLoader, gather_jagged
 from terarec.data.prepared import FORMAT_VERSION, open_prepared, prepare, read_prepared_stats
+from terarec.data.interactions import InteractionLog, SideFeatures, read_interactions, read_side_features
+from terarec.data.retrieval import HISTORY_FEATURE, QuerySet, RetrievalData, build_retrieval_data
 from terarec.data.readers import CRITEO_COLUMNS, iter_blocks, read_files, resolve_schema
 from terarec.data.sources import DataSplits, load_dataset, load_splits, prepare_path, resolve_path
 from terarec.data.stats import DatasetStats, StatsAccumulator, compute_stats, estimate_distinct
@@ -31,6 +33,7 @@ __all__ = [
     "CRITEO_1TB_CARDINALITIES",
     "CRITEO_COLUMNS",
     "FORMAT_VERSION",
+    "HISTORY_FEATURE",
     "MISSING_ID",
     "BadRowPolicy",
     "Batch",
@@ -41,11 +44,18 @@ __all__ = [
     "DataSplits",
     "DatasetStats",
     "DenseTransform",
+    "InteractionLog",
+    "InteractionsConfig",
     "JaggedColumn",
+    "QuerySet",
+    "RetrievalData",
     "Schema",
+    "SideFeatures",
+    "SplitMethod",
     "StatsAccumulator",
     "SyntheticConfig",
     "SyntheticDataset",
+    "build_retrieval_data",
     "compute_stats",
     "estimate_distinct",
     "gather_jagged",
@@ -59,7 +69,9 @@ __all__ = [
     "prepare",
     "prepare_path",
     "read_files",
+    "read_interactions",
     "read_prepared_stats",
+    "read_side_features",
     "resolve_path",
     "resolve_schema",
 ]

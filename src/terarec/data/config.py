@@ -6,12 +6,13 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 from terarec.data.types import BadRowPolicy, DataFormat, DenseTransform
 from terarec.errors import ConfigError
 
-__all__ = ["CRITEO_1TB_CARDINALITIES", "DataConfig", "SyntheticConfig"]
+__all__ = ["CRITEO_1TB_CARDINALITIES", "DataConfig", "InteractionsConfig", "SplitMethod", "SyntheticConfig"]
 
 CRITEO_1TB_CARDINALITIES: tuple[int, ...] = (
     40000000, 39060, 17295, 7424, 20265, 3, 7122, 1543, 63, 40000000, 3067956, 405282, 10,
@@ -93,6 +94,92 @@ class SyntheticConfig:
         }
 
 
+class SplitMethod(enum.Enum):
+    """How an interaction log is split into training, validation and evaluation events.
+
+    ``LEAVE_LAST_OUT``: per user, ordered by time then file order, the last event is evaluated,
+    the one before validated (users with fewer events keep them for training).
+    ``TIME``: one global cut by time: the last ``data.eval_fraction`` of the events are evaluated,
+    the last ``data.val_fraction`` of the rest validated. ``RANDOM``: those fractions of the
+    events, drawn at random (seeded by ``data.interactions.seed``).
+    """
+
+    LEAVE_LAST_OUT = "leave_last_out"
+    TIME = "time"
+    RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class InteractionsConfig:
+    """``data.interactions``: how a log of user-item events (``data.format=interactions``) is read,
+    filtered, split and turned into the features of a retrieval model.
+
+    Args:
+        user_col (str, optional): the user column. Default: ``"user_id"``
+        item_col (str, optional): the item column. Default: ``"item_id"``
+        time_col (str, optional): the event time column; ``None`` uses ``timestamp`` when the
+            file has it, else file order. Default: ``None``
+        rating_col (str, optional): the rating column; ``None`` uses ``rating`` when the file has
+            it. Default: ``None``
+        min_rating (float, optional): events rated below it are dropped (counted); ``None`` keeps
+            every event as a positive. Default: ``None``
+        min_user_events (int, optional): k-core filter: users with fewer events are dropped, and
+            items with fewer than ``min_item_events``, repeatedly until both hold. Default: ``1``
+        min_item_events (int, optional): see ``min_user_events``. Default: ``1``
+        split (SplitMethod, optional): how events are split (see :class:`SplitMethod`); with
+            ``data.eval_path`` it carves validation out of the training file. Default:
+            ``SplitMethod.LEAVE_LAST_OUT``
+        history_length (int, optional): the ``history`` feature holds the user's last
+            ``history_length`` training items before the event; ``0`` leaves it out. Default: ``50``
+        user_features (str, optional): a file of user side features keyed by ``user_col``
+            (RecBole's ``.user``). Default: ``None``
+        item_features (str, optional): a file of item side features keyed by ``item_col``
+            (RecBole's ``.item``). Default: ``None``
+        seed (int, optional): the seed of ``split: random``. Default: ``0``
+
+    Example::
+
+        >>> InteractionsConfig(split=SplitMethod.TIME).history_length
+        50
+        >>> InteractionsConfig(history_length=-1)
+        Traceback (most recent call last):
+        ...
+        terarec.errors.ConfigError: data.interactions.history_length must be an integer >= 0, got -1
+    """
+
+    user_col: str = "user_id"
+    item_col: str = "item_id"
+    time_col: str | None = None
+    rating_col: str | None = None
+    min_rating: float | None = None
+    min_user_events: int = 1
+    min_item_events: int = 1
+    split: SplitMethod = SplitMethod.LEAVE_LAST_OUT
+    history_length: int = 50
+    user_features: str | None = None
+    item_features: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        p = "data.interactions."
+        for name in ("user_col", "item_col", "time_col", "rating_col", "user_features", "item_features"):
+            value = getattr(self, name)
+            if value is None and name not in ("user_col", "item_col"):
+                continue
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{p}{name} must be a non-empty string{'' if name in ('user_col', 'item_col') else ' or null'}, got {value!r}")
+        if self.user_col == self.item_col:
+            raise ConfigError(f"{p}user_col and {p}item_col are both {self.user_col!r}")
+        _check_enum(f"{p}split", self.split, SplitMethod)
+        for name, low in (("min_user_events", 1), ("min_item_events", 1), ("history_length", 0), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{p}{name} must be an integer >= {low}, got {value!r}")
+        rating = self.min_rating
+        if rating is not None and (isinstance(rating, bool) or not isinstance(rating, (int, float))):
+            raise ConfigError(f"{p}min_rating must be a number or null, got {rating!r}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where training and evaluation examples come from, and how raw files are read.
@@ -104,8 +191,8 @@ class DataConfig:
         eval_path (str, optional): evaluation data in the same forms; ``None`` holds out the last
             ``eval_fraction`` of the rows of ``path``. Default: ``None``
         format (DataFormat, optional): ``None`` infers it: a prepared directory, ``.parquet``
-            is Parquet, ``.csv`` CSV, ``.tsv``/``.txt`` Criteo, ``.libfm``/``.libsvm`` libFM.
-            Default: ``None``
+            is Parquet, ``.csv`` CSV, ``.tsv``/``.txt`` Criteo, ``.libfm``/``.libsvm`` libFM,
+            ``.inter`` (RecBole's atomic files) interactions. Default: ``None``
         label (str, optional): label column of CSV/Parquet files (required there). Default: ``None``
         dense_features (tuple[str, ...], optional): CSV/Parquet dense columns; every other
             column not in ``ignore`` is sparse. Default: ``()``
@@ -136,6 +223,8 @@ class DataConfig:
             Default: ``None``
         libfm_num_features (int, optional): libFM indices must be below it; ``None`` accepts
             any non-negative index. Default: ``None``
+        interactions (InteractionsConfig, optional): how an interaction log is read and split
+            (``format: interactions``).
         synthetic (SyntheticConfig, optional): the generator used when ``path`` is ``None``.
 
     Example::
@@ -166,6 +255,7 @@ class DataConfig:
     crosses: tuple[tuple[str, ...], ...] = ()
     libfm_field_map: str | None = None
     libfm_num_features: int | None = None
+    interactions: InteractionsConfig = field(default_factory=InteractionsConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
@@ -212,5 +302,7 @@ class DataConfig:
         count = self.libfm_num_features
         if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
             raise ConfigError(f"data.libfm_num_features must be a positive integer or null, got {count!r}")
+        if not isinstance(self.interactions, InteractionsConfig):
+            raise ConfigError(f"data.interactions must be an InteractionsConfig, got {type(self.interactions).__name__}")
         if not isinstance(self.synthetic, SyntheticConfig):
             raise ConfigError(f"data.synthetic must be a SyntheticConfig, got {type(self.synthetic).__name__}")

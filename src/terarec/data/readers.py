@@ -267,6 +267,11 @@ def iter_blocks(paths: Sequence[Path], fmt: DataFormat, config: DataConfig) -> I
     """
     paths = [Path(p) for p in paths]
     check_files_exist(paths)
+    if fmt is DataFormat.INTERACTIONS:
+        raise ConfigError(
+            f"{paths[0]}: an interaction log becomes retrieval examples when a run loads it (terarec train); "
+            "it cannot be read or prepared as click examples"
+        )
     schema, _ = resolve_schema(paths[0], fmt, config)
     for path in paths:
         yield from _file_blocks(path, fmt, config, schema)

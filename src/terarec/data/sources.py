@@ -17,6 +17,7 @@ from terarec.data.config import DataConfig
 from terarec.data.derived import derive_features
 from terarec.data.prepared import open_prepared, prepare
 from terarec.data.readers import read_files
+from terarec.data.retrieval import RetrievalData, build_retrieval_data
 from terarec.data.stats import DatasetStats, compute_stats
 from terarec.data.synthetic import generate_synthetic
 from terarec.data.types import ColumnarData, DataFormat
@@ -26,7 +27,8 @@ __all__ = ["DataSplits", "load_dataset", "load_splits", "prepare_path", "resolve
 
 _SUFFIX_FORMATS = {".parquet": DataFormat.PARQUET, ".csv": DataFormat.CSV,
                    ".tsv": DataFormat.CRITEO, ".txt": DataFormat.CRITEO,
-                   ".libfm": DataFormat.LIBFM, ".libsvm": DataFormat.LIBFM}
+                   ".libfm": DataFormat.LIBFM, ".libsvm": DataFormat.LIBFM,
+                   ".inter": DataFormat.INTERACTIONS}
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class DataSplits:
             (synthetic data only), else ``None``.
         cardinalities (dict[str, int], optional): distinct possible IDs per feature (synthetic
             data only), else ``None``.
+        retrieval (RetrievalData, optional): an interaction log's catalogue and queries; ``val``
+            and ``eval`` are then its queries' rows. Default: ``None``
     """
 
     train: ColumnarData
@@ -50,6 +54,7 @@ class DataSplits:
     val: ColumnarData | None = None
     eval_probabilities: np.ndarray | None = None
     cardinalities: dict[str, int] | None = None
+    retrieval: RetrievalData | None = None
 
 
 def _expand(path: str) -> list[Path]:
@@ -182,6 +187,9 @@ def load_splits(config: DataConfig, stats: DatasetStats | None = None) -> DataSp
         train, val = _carve_validation(derive_features(ds.train, config), config, "synthetic data")
         evaluation = derive_features(ds.eval, config)
         return DataSplits(train, evaluation, stats or compute_stats(train), val, ds.eval_probabilities, ds.cardinalities)
+    paths, fmt = resolve_path(config.path, config.format)
+    if fmt is DataFormat.INTERACTIONS:
+        return _load_interactions(config, paths, stats)
     data = load_dataset(config.path, config)
     if config.eval_path is not None:
         train, evaluation = data, _load_alike(config.eval_path, config, data, config.path)
@@ -189,6 +197,17 @@ def load_splits(config: DataConfig, stats: DatasetStats | None = None) -> DataSp
         train, evaluation = _split_tail(data, config.eval_fraction, "data.eval_fraction", config.path, "evaluation")
     train, val = _carve_validation(train, config, config.path)
     return DataSplits(train, evaluation, stats if stats is not None else compute_stats(train), val)
+
+
+def _load_interactions(config: DataConfig, paths: list[Path], stats: DatasetStats | None) -> DataSplits:
+    if config.val_path is not None:
+        raise ConfigError("data.val_path: an interaction log carves validation out of data.path (data.interactions.split)")
+    if config.bucketize or config.crosses:
+        raise ConfigError("data.bucketize and data.crosses do not apply to an interaction log")
+    eval_paths = resolve_path(config.eval_path, config.format)[0] if config.eval_path is not None else None
+    train, retrieval = build_retrieval_data(config, paths, eval_paths)
+    val = retrieval.val.queries if retrieval.val is not None else None
+    return DataSplits(train, retrieval.eval.queries, stats or compute_stats(train), val, retrieval=retrieval)
 
 
 def _load_alike(path: str, config: DataConfig, like: ColumnarData, source: str) -> ColumnarData:

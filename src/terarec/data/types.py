@@ -30,10 +30,12 @@ __all__ = [
 
 
 class DataFormat(enum.Enum):
-    """Input file formats. ``PREPARED`` is terarec's own memory-mapped layout (``terarec prepare``)."""
+    """Input file formats. ``PREPARED`` is terarec's own memory-mapped layout (``terarec prepare``);
+    ``INTERACTIONS`` is a log of user-item events for retrieval (:mod:`terarec.data.interactions`)."""
 
     CRITEO = "criteo"
     CSV = "csv"
+    INTERACTIONS = "interactions"
     LIBFM = "libfm"
     PARQUET = "parquet"
     PREPARED = "prepared"

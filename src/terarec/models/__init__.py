@@ -3,7 +3,7 @@
 Every model is a :class:`RecModel`: built from a :class:`ModelConfig` and an
 :class:`InputSpec`, called with a :class:`ModelInput`, returning one logit per example.
 ``model.type`` picks one of :data:`MODELS`: ``lr``, ``dnn``, ``dlrm``, ``dcnv2``, ``deepfm``,
-``wide_deep``, ``xdeepfm``, ``finalmlp``.
+``wide_deep``, ``xdeepfm``, ``finalmlp``, and the retrieval model ``two_tower``.
 """
 
 from terarec.models.base import DenseCost, RecModel
@@ -18,6 +18,7 @@ from terarec.models.config import (
     InteractionType,
     ModelConfig,
     ModelType,
+    TwoTowerConfig,
     WideDeepConfig,
     XDeepFMConfig,
 )
@@ -37,6 +38,7 @@ from terarec.models.interactions import (
 from terarec.models.layers import MLP, LinearTerm, SmeLU
 from terarec.models.lr import LogisticRegression
 from terarec.models.registry import MODELS, build_model, model_class
+from terarec.models.two_tower import TwoTower, in_batch_softmax_loss
 from terarec.models.wide_deep import WideDeep
 from terarec.models.xdeepfm import XDeepFM
 
@@ -71,10 +73,13 @@ __all__ = [
     "ModelType",
     "RecModel",
     "SmeLU",
+    "TwoTower",
+    "TwoTowerConfig",
     "WideDeep",
     "WideDeepConfig",
     "XDeepFM",
     "XDeepFMConfig",
     "build_model",
+    "in_batch_softmax_loss",
     "model_class",
 ]

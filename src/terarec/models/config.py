@@ -23,6 +23,7 @@ __all__ = [
     "InteractionType",
     "ModelConfig",
     "ModelType",
+    "TwoTowerConfig",
     "WideDeepConfig",
     "XDeepFMConfig",
 ]
@@ -39,6 +40,7 @@ class ModelType(enum.Enum):
     WIDE_DEEP = "wide_deep"
     XDEEPFM = "xdeepfm"
     FINALMLP = "finalmlp"
+    TWO_TOWER = "two_tower"
 
 
 class Activation(enum.Enum):
@@ -229,6 +231,56 @@ class FinalMLPConfig:
 
 
 @dataclass(frozen=True)
+class TwoTowerConfig:
+    """``model.two_tower``: a user tower and an item tower, each an MLP over its features' embeddings
+    ending in an L2-normalised vector; a pair's score is their dot product over ``temperature``.
+
+    Args:
+        user_features (tuple[str, ...], optional): the user tower's features; empty takes them from
+            the interaction log (the user column, its side features and ``history``). Default: ``()``
+        item_features (tuple[str, ...], optional): the item tower's features; empty takes them from
+            the log (the item column and its side features). Default: ``()``
+        mlp (tuple[int, ...], optional): hidden widths of each tower. Default: ``(256,)``
+        output_dim (int, optional): the width of the user and item vectors. Default: ``64``
+        temperature (float, optional): divides the cosine similarity of a pair. Default: ``0.05``
+        log_q_correction (bool, optional): subtract the log of each item's sampling probability
+            from its in-batch logit (Yi et al., RecSys 2019), so popular items are not
+            over-penalised as negatives. Default: ``True``
+
+    Example::
+
+        >>> TwoTowerConfig(temperature=0)
+        Traceback (most recent call last):
+        ...
+        terarec.errors.ConfigError: model.two_tower.temperature must be > 0, got 0
+    """
+
+    user_features: tuple[str, ...] = ()
+    item_features: tuple[str, ...] = ()
+    mlp: tuple[int, ...] = (256,)
+    output_dim: int = 64
+    temperature: float = 0.05
+    log_q_correction: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("user_features", "item_features"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                value = tuple(value)
+                object.__setattr__(self, name, value)
+            if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(f"model.two_tower.{name} must be a list of feature names, got {value!r}")
+        both = set(self.user_features) & set(self.item_features)
+        if both:
+            raise ConfigError(f"model.two_tower: {sorted(both)} are in both user_features and item_features")
+        _check_widths("model.two_tower.mlp", _as_tuple(self, "mlp"))
+        if isinstance(self.output_dim, bool) or not isinstance(self.output_dim, int) or self.output_dim < 1:
+            raise ConfigError(f"model.two_tower.output_dim must be an integer >= 1, got {self.output_dim!r}")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
+            raise ConfigError(f"model.two_tower.temperature must be > 0, got {self.temperature!r}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Which dense model to build, and how its MLPs look.
 
@@ -247,6 +299,7 @@ class ModelConfig:
         wide_deep (WideDeepConfig, optional): see :class:`WideDeepConfig`.
         xdeepfm (XDeepFMConfig, optional): see :class:`XDeepFMConfig`.
         finalmlp (FinalMLPConfig, optional): see :class:`FinalMLPConfig`.
+        two_tower (TwoTowerConfig, optional): see :class:`TwoTowerConfig`.
 
     Example::
 
@@ -266,6 +319,7 @@ class ModelConfig:
     wide_deep: WideDeepConfig = field(default_factory=WideDeepConfig)
     xdeepfm: XDeepFMConfig = field(default_factory=XDeepFMConfig)
     finalmlp: FinalMLPConfig = field(default_factory=FinalMLPConfig)
+    two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:

@@ -11,6 +11,7 @@ from terarec.models.dnn import DNN
 from terarec.models.finalmlp import FinalMLP
 from terarec.models.inputs import InputSpec
 from terarec.models.lr import LogisticRegression
+from terarec.models.two_tower import TwoTower
 from terarec.models.wide_deep import WideDeep
 from terarec.models.xdeepfm import XDeepFM
 
@@ -25,6 +26,7 @@ MODELS: dict[ModelType, type[RecModel]] = {
     ModelType.WIDE_DEEP: WideDeep,
     ModelType.XDEEPFM: XDeepFM,
     ModelType.FINALMLP: FinalMLP,
+    ModelType.TWO_TOWER: TwoTower,
 }
 """Every built-in model, by its ``model.type``."""
 

@@ -74,11 +74,17 @@ class LRDecay(enum.Enum):
 
 
 class StoppingMetric(enum.Enum):
-    """The validation metric that picks the best model: AUC (higher is better) or log loss
-    (lower is better)."""
+    """The validation metric that picks the best model: AUC, or for retrieval NDCG@10 or
+    recall@10 (higher is better), or log loss (lower is better)."""
 
     AUC = "auc"
     LOG_LOSS = "logloss"
+    NDCG_AT_10 = "ndcg@10"
+    RECALL_AT_10 = "recall@10"
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self is not StoppingMetric.LOG_LOSS
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,8 @@ class EarlyStoppingConfig:
 
     Args:
         metric (StoppingMetric, optional): the validation metric that picks the best model:
-            ``auc`` (higher is better) or ``logloss`` (lower is better). Default: ``StoppingMetric.AUC``
+            ``auc``, ``logloss``, or for retrieval ``ndcg@10`` or ``recall@10``; ``None`` takes the
+            task's own: ``auc`` for click prediction, ``ndcg@10`` for retrieval. Default: ``None``
         patience (int, optional): validations without improvement before training stops;
             ``0`` never stops early (the best model is still kept). Default: ``2``
         min_delta (float, optional): improvement that counts. Default: ``0.0``
@@ -95,7 +102,7 @@ class EarlyStoppingConfig:
             validated checkpoint rather than the last. Default: ``True``
     """
 
-    metric: StoppingMetric = StoppingMetric.AUC
+    metric: StoppingMetric | None = None
     patience: int = 2
     min_delta: float = 0.0
     restore_best: bool = True

@@ -13,11 +13,10 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["World", "broadcast_buffers", "gather_arrays", "join_world", "leave_world", "sum_over_ranks"]
+__all__ = ["World", "broadcast_buffers", "gather_objects", "join_world", "leave_world", "sum_over_ranks"]
 
 
 @dataclass(frozen=True)
@@ -98,19 +97,19 @@ def _leave_default_group() -> None:
         dist.destroy_process_group()
 
 
-def gather_arrays(world: World, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Each array concatenated over ranks in rank order, on every rank.
+def gather_objects(world: World, value: object) -> list[object]:
+    """Every rank's ``value``, in rank order, on every rank.
 
     Example::
 
-        >>> gather_arrays(World(), np.arange(3))[0].tolist()
-        [0, 1, 2]
+        >>> gather_objects(World(), "only")
+        ['only']
     """
     if world.size == 1:
-        return arrays
-    gathered: list[tuple[np.ndarray, ...] | None] = [None] * world.size
-    dist.all_gather_object(gathered, arrays)
-    return tuple(np.concatenate([part[i] for part in gathered if part is not None]) for i in range(len(arrays)))
+        return [value]
+    gathered: list[object] = [None] * world.size
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def broadcast_buffers(world: World, module: torch.nn.Module) -> None:

@@ -75,4 +75,6 @@ def load_rank_splits(config: DataConfig, world: World, run_dir: Path) -> DataSpl
 
 
 def _is_prepared(path: str, config: DataConfig) -> bool:
-    return resolve_path(path, config.format)[1] is DataFormat.PREPARED
+    """Whether every rank reads ``path`` as it is: prepared data, or an interaction log (each
+    rank builds the same training rows and queries from it)."""
+    return resolve_path(path, config.format)[1] in (DataFormat.PREPARED, DataFormat.INTERACTIONS)

@@ -43,15 +43,16 @@ from terarec.train.checkpoint import (
     mark_best,
     save_checkpoint,
 )
-from terarec.train.config import Config, DensePrecision, TrainConfig
+from terarec.train.config import Config, DensePrecision, StoppingMetric, TrainConfig
 from terarec.train.distributed import World, broadcast_buffers, join_world, leave_world, sum_over_ranks
-from terarec.train.evaluate import evaluate
 from terarec.train.ingest import load_rank_splits
 from terarec.train.metrics import auc
 from terarec.train.network import DenseNetwork
 from terarec.train.placement import Placement, build_collection, saved_placement
 from terarec.train.reporting import StepReporter
 from terarec.train.schedule import resolve_auto, set_learning_rate
+from terarec.train.task_selection import build_task, configure_for_data
+from terarec.train.tasks import Task
 from terarec.train.validation import record_validation, should_stop
 from terarec.train.updates import (
     EmbeddingUpdates,
@@ -83,15 +84,20 @@ def configure_threads(num_threads: int | None) -> int:
 
 
 def forward_backward(
-    network: DenseNetwork, trainable: nn.Module, batch: Batch, pooled: PooledEmbeddings, bf16: bool, embedding_l2: float
+    task: Task,
+    network: DenseNetwork,
+    trainable: nn.Module,
+    batch: Batch,
+    pooled: PooledEmbeddings,
+    bf16: bool,
+    embedding_l2: float,
 ) -> torch.Tensor:
-    """Loss of one batch, with gradients left on the dense parameters and on ``pooled.values``.
+    """The task's loss of one batch, with gradients left on the dense parameters and on ``pooled.values``.
 
     ``trainable`` is ``network`` itself, or its DistributedDataParallel wrapper.
     """
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits = trainable(batch.dense, pooled.values, batch.sparse)
-    loss = network.loss(logits.float(), batch.labels)
+        loss = task.loss(network, trainable, batch, pooled.values).float()
     if embedding_l2 > 0:
         loss = loss + embedding_l2 * pooled.values.square().sum() / pooled.values.shape[0]
     loss.backward()
@@ -201,9 +207,12 @@ def _fit(config: Config, world: World) -> TrainResult:
     run_dir = Path(config.train.out)
     threads = configure_threads(config.train.num_threads or max(1, (os.cpu_count() or 1) // world.local_size))
     splits = load_rank_splits(config.data, world, run_dir)
+    config = configure_for_data(config, splits)
     requested = config.train
     config = replace(config, train=resolve_auto(requested, splits.stats.num_rows))
     settings = config.train
+    task = build_task(config, splits, world)
+    stopping_metric = settings.early_stopping.metric or task.metric
     batch_size, epochs = int(settings.batch_size or 0), int(settings.epochs or 0)
     if batch_size % world.size or batch_size < world.size:
         raise ConfigError(f"train.batch_size ({batch_size}) must be a multiple of the {world.size} ranks")
@@ -257,7 +266,9 @@ def _fit(config: Config, world: World) -> TrainResult:
         run_dir.mkdir(parents=True, exist_ok=True)
         if checkpoint is None and (discarded := discard_checkpoints(run_dir)):
             print(f"removed {discarded} checkpoint(s) of an earlier run in {run_dir} (--resume continues a run)")
-        print(_schedule_line(requested, settings, splits.stats.num_rows, total_steps, validate_every > 0), flush=True)
+        print(_schedule_line(requested, settings, splits.stats.num_rows, total_steps, stopping_metric if validate_every else None), flush=True)
+        if splits.retrieval is not None:
+            print(_data_report_line(splits.retrieval.report), flush=True)
     world.barrier()
     updates = _updates(config, collection, table_configs)
     started = time.perf_counter()
@@ -285,7 +296,7 @@ def _fit(config: Config, world: World) -> TrainResult:
                     updates.before_lookup()
                     pooled = collection.lookup(prepared)  # type: ignore[arg-type]
                     updates.after_lookup()
-                    loss = forward_backward(network, trainable, batch, pooled, bf16, settings.embedding_l2)
+                    loss = forward_backward(task, network, trainable, batch, pooled, bf16, settings.embedding_l2)
                     updates.apply(prepared, pooled.values.grad)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -297,11 +308,9 @@ def _fit(config: Config, world: World) -> TrainResult:
             if validate_every and (state.step % validate_every == 0 or state.step == total_steps):
                 assert splits.val is not None
                 broadcast_buffers(world, network)
-                validation = evaluate(
-                    network, collection, splits.val, settings.eval_batch_size, bf16, world  # type: ignore[arg-type]
-                )
-                reporter.log_metrics("validation", validation.to_dict(), state.step)
-                state, improved = record_validation(state, validation.to_dict(), settings)
+                validation = task.evaluate(network, collection, "val", world)
+                reporter.log_metrics("validation", validation, state.step)
+                state, improved = record_validation(state, validation, settings, stopping_metric)
             if improved or (settings.checkpoint_every and state.step % settings.checkpoint_every == 0):
                 saved = save_checkpoint(
                     run_dir, state, network, optimizer, collection, run_spec, settings.keep_checkpoints, world
@@ -318,14 +327,14 @@ def _fit(config: Config, world: World) -> TrainResult:
             load_checkpoint(best, network, collection)
             checkpoint = best
         broadcast_buffers(world, network)
-        metrics = evaluate(network, collection, splits.eval, settings.eval_batch_size, bf16, world)  # type: ignore[arg-type]
-        reporter.log_metrics("eval", metrics.to_dict(), state.step)
+        metrics = task.evaluate(network, collection, "eval", world)
+        reporter.log_metrics("eval", metrics, state.step)
         loss_curve = [[step, loss] for step, loss in reporter.loss_curve]
 
     trained = state.examples_seen - start_examples
     estimates = EmbeddingCollection.estimate_memory(table_configs)
     result: dict[str, object] = {
-        **metrics.to_dict(),
+        **metrics,
         "examples_per_second": trained / train_seconds if train_seconds > 0 else 0.0,
         "train_seconds": train_seconds,
         "steps": state.step,
@@ -336,7 +345,7 @@ def _fit(config: Config, world: World) -> TrainResult:
         "validation": list(state.validations),
         "train_loss": loss_curve,
         "train_examples": state.examples_seen,
-        "eval_examples": metrics.examples,
+        "eval_examples": metrics["examples"],
         "train_rows": splits.train.num_rows,
         "val_rows": splits.val.num_rows if splits.val is not None else 0,
         "skipped_rows": splits.train.skipped_rows + splits.eval.skipped_rows,
@@ -350,7 +359,9 @@ def _fit(config: Config, world: World) -> TrainResult:
         "config": config.to_dict(),
     }
     if state.best_value is not None:
-        result[f"best_validation_{settings.early_stopping.metric.value}"] = state.best_value
+        result[f"best_validation_{stopping_metric.value}"] = state.best_value
+    if splits.retrieval is not None:
+        result["data_report"] = splits.retrieval.report
     if plan is not None:
         result["placement"] = placement
         result["predicted_step_seconds"] = plan.step_seconds
@@ -363,7 +374,9 @@ def _fit(config: Config, world: World) -> TrainResult:
     return TrainResult(metrics=result, run_dir=run_dir, checkpoint=checkpoint)
 
 
-def _schedule_line(requested: TrainConfig, settings: TrainConfig, rows: int, total_steps: int, validating: bool) -> str:
+def _schedule_line(
+    requested: TrainConfig, settings: TrainConfig, rows: int, total_steps: int, validation: StoppingMetric | None
+) -> str:
     """One line saying how long training runs, and which of its lengths were chosen from the data."""
     line = f"batch size {settings.batch_size}, "
     line += f"{total_steps} steps" if settings.steps else f"up to {settings.epochs} epoch(s) = {total_steps} steps"
@@ -371,6 +384,11 @@ def _schedule_line(requested: TrainConfig, settings: TrainConfig, rows: int, tot
     auto = [f"train.{name}" for name in ("batch_size", "epochs") if getattr(requested, name) is None]
     if auto and not (settings.steps and auto == ["train.epochs"]):
         line += f" ({' and '.join(auto)} chosen from the row count)"
-    if validating and settings.early_stopping.patience:
-        line += f"; stops early when validation {settings.early_stopping.metric.value} stops improving"
+    if validation is not None and settings.early_stopping.patience:
+        line += f"; stops early when validation {validation.value} stops improving"
     return line
+
+
+def _data_report_line(report: dict[str, int]) -> str:
+    """What reading and splitting an interaction log kept and left out, in one line."""
+    return "interactions: " + ", ".join(f"{key.replace('_', ' ')} {value:,}" for key, value in report.items())

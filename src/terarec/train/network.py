@@ -91,8 +91,15 @@ class DenseNetwork(nn.Module):
             scale[:, starts[i] : starts[i] + width] = per_bag.unsqueeze(1)
         return pooled * scale
 
-    def forward(self, dense: torch.Tensor, pooled: torch.Tensor, sparse: Mapping[str, JaggedTensor]) -> torch.Tensor:
-        return self.model(self.inputs(dense, pooled, sparse))
+    def forward(
+        self, dense: torch.Tensor, pooled: torch.Tensor, sparse: Mapping[str, JaggedTensor], towers: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The model's logits; with ``towers``, a two-tower model's user and item vectors
+        (through ``forward``, so DistributedDataParallel sees the call)."""
+        inputs = self.inputs(dense, pooled, sparse)
+        if towers:
+            return self.model.towers(inputs)  # type: ignore[operator]
+        return self.model(inputs)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The model's loss (:meth:`~terarec.models.RecModel.loss`)."""

@@ -11,12 +11,12 @@ __all__ = ["record_validation", "should_stop"]
 
 
 def record_validation(
-    state: TrainerState, metrics: dict[str, float], settings: TrainConfig
+    state: TrainerState, metrics: dict[str, float], settings: TrainConfig, metric: StoppingMetric
 ) -> tuple[TrainerState, bool]:
-    """The state after a validation at ``state.step``, and whether it is the best so far."""
+    """The state after a validation at ``state.step`` measured by ``metric``, and whether it is the best so far."""
     stopping = settings.early_stopping
-    value = float(metrics[stopping.metric.value])
-    sign = 1.0 if stopping.metric is StoppingMetric.AUC else -1.0
+    value = float(metrics[metric.value])
+    sign = 1.0 if metric.higher_is_better else -1.0
     improved = state.best_value is None or sign * (value - state.best_value) > stopping.min_delta
     history = (*state.validations, {"step": state.step, **metrics})
     if improved:

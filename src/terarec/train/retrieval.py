@@ -1,0 +1,143 @@
+"""Retrieval: a two-tower model trained with in-batch negatives, measured by full ranking.
+
+Each training row is a positive user-item event. A batch's loss is the sampled softmax of
+:func:`~terarec.models.in_batch_softmax_loss`: every user against every item of the *global*
+batch (with several ranks, item vectors are all-gathered, with gradients, so each rank's
+negatives span all ranks' items), with the log-Q correction of each item's share of the
+training events. Evaluation embeds the whole catalogue with the item tower and each query's
+user with the user tower, and ranks every item for every query
+(:func:`~terarec.train.ranking_metrics.full_ranking_metrics`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_functional
+from torch import nn
+
+from terarec.data import Batch, ColumnarData, QuerySet, RetrievalData, load_splits
+from terarec.embedding import EmbeddingCollection
+from terarec.models import ModelType, TwoTower, TwoTowerConfig, in_batch_softmax_loss
+from terarec.train.checkpoint import read_run_spec
+from terarec.train.config import Config, DensePrecision, StoppingMetric
+from terarec.train.distributed import World
+from terarec.train.evaluate import map_rows, open_checkpoint
+from terarec.train.network import DenseNetwork
+from terarec.train.ranking_metrics import full_ranking_metrics
+from terarec.train.tasks import Task
+
+__all__ = ["RetrievalTask", "embed_rows", "evaluate_retrieval_checkpoint", "is_retrieval_run"]
+
+# Scores held at once while ranking: queries per block times catalogue items.
+_SCORES_PER_BLOCK = 1 << 23
+
+
+def embed_rows(
+    network: DenseNetwork,
+    collection: EmbeddingCollection,
+    data: ColumnarData,
+    tower: str,
+    batch_size: int,
+    bf16: bool = False,
+    world: World = World(),
+) -> np.ndarray:
+    """Every row's vector from one tower of a two-tower ``network``: ``tower`` is ``"user"`` or ``"item"``.
+
+    Shape:
+        - Output: :math:`(R, D_{out})`, ``float32``, in row order
+    """
+    model = network.model
+    if not isinstance(model, TwoTower):
+        raise TypeError(f"embed_rows needs a two-tower model, got {type(model).__name__}")
+    vectors = model.user_vectors if tower == "user" else model.item_vectors
+
+    def compute(batch: Batch, pooled: torch.Tensor) -> tuple[torch.Tensor]:
+        return (vectors(network.inputs(batch.dense, pooled, batch.sparse)),)
+
+    return map_rows(network, collection, data, batch_size, compute, bf16, world)[0]
+
+
+class RetrievalTask(Task):
+    """In-batch sampled softmax with log-Q correction; full-ranking ``recall@k``, ``ndcg@k``,
+    ``hit@k`` and ``mrr`` (see the module docstring).
+
+    Args:
+        retrieval (RetrievalData): the catalogue, queries and item counts of the run's log.
+        settings (TwoTowerConfig): ``model.two_tower`` (temperature, log-Q correction).
+        batch_size (int): rows per evaluation batch.
+        bf16 (bool): evaluate under bfloat16 autocast.
+        world (World): the ranks; their batches' items are every rank's negatives.
+    """
+
+    metric = StoppingMetric.NDCG_AT_10
+
+    def __init__(
+        self, retrieval: RetrievalData, settings: TwoTowerConfig, batch_size: int, bf16: bool, world: World
+    ) -> None:
+        self.retrieval, self.settings, self.batch_size, self.bf16, self.world = retrieval, settings, batch_size, bf16, world
+        self.item_feature = retrieval.item_features[0]
+        item_ids = np.asarray(retrieval.catalogue.sparse[self.item_feature].values, np.int64)
+        order = np.argsort(item_ids)
+        self._sorted_ids = item_ids[order]
+        self._log_q = np.log(retrieval.item_counts[order] / retrieval.item_counts.sum()).astype(np.float32)
+
+    def log_q(self, item_ids: np.ndarray) -> torch.Tensor:
+        """The log of each item's share of the training events.
+
+        Raises:
+            ValueError: for an item that is not in the catalogue.
+        """
+        positions = np.minimum(np.searchsorted(self._sorted_ids, item_ids), len(self._sorted_ids) - 1)
+        if not np.array_equal(self._sorted_ids[positions], item_ids):
+            raise ValueError("a training item is not in the catalogue")
+        return torch.from_numpy(self._log_q[positions])
+
+    def loss(self, network: DenseNetwork, trainable: nn.Module, batch: Batch, pooled: torch.Tensor) -> torch.Tensor:
+        users, items = trainable(batch.dense, pooled, batch.sparse, towers=True)
+        ids = batch.sparse[self.item_feature].values
+        log_q = self.log_q(ids.numpy()) if self.settings.log_q_correction else None
+        positives = torch.arange(users.shape[0])
+        if self.world.size > 1:
+            items = torch.cat(dist_functional.all_gather(items.contiguous()))
+            gathered = [torch.empty_like(ids) for _ in range(self.world.size)]
+            dist.all_gather(gathered, ids)
+            ids = torch.cat(gathered)
+            log_q = self.log_q(ids.numpy()) if log_q is not None else None
+            positives = positives + self.world.rank * users.shape[0]
+        return in_batch_softmax_loss(users.float(), items.float(), ids, self.settings.temperature, log_q, positives)
+
+    def evaluate(
+        self, network: DenseNetwork, collection: EmbeddingCollection, split: str, world: World
+    ) -> dict[str, float]:
+        queries: QuerySet | None = self.retrieval.val if split == "val" else self.retrieval.eval
+        assert queries is not None
+        items = torch.from_numpy(
+            embed_rows(network, collection, self.retrieval.catalogue, "item", self.batch_size, self.bf16, world)
+        )
+        users = torch.from_numpy(embed_rows(network, collection, queries.queries, "user", self.batch_size, self.bf16, world))
+        block = max(1, _SCORES_PER_BLOCK // max(self.retrieval.num_items, 1))
+        metrics = full_ranking_metrics(
+            lambda rows: users[torch.from_numpy(rows)] @ items.T, queries.num_queries, queries.targets, queries.exclude, block=block
+        )
+        return metrics.to_dict()
+
+
+def is_retrieval_run(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` (or the run directory holding it) trained a two-tower model."""
+    config = Config.from_dict(read_run_spec(checkpoint)["config"])  # type: ignore[arg-type]
+    return config.model.type is ModelType.TWO_TOWER
+
+
+def evaluate_retrieval_checkpoint(checkpoint: Path) -> dict[str, float]:
+    """The full-ranking metrics of a saved two-tower model on its run's evaluation queries (the
+    run's data read again with its settings)."""
+    with open_checkpoint(checkpoint) as (config, _, network, collection):
+        splits = load_splits(config.data)
+        assert splits.retrieval is not None
+        bf16 = config.train.dense_precision is DensePrecision.BF16
+        task = RetrievalTask(splits.retrieval, config.model.two_tower, config.train.eval_batch_size, bf16, World())
+        return task.evaluate(network, collection, "eval", World())

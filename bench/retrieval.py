@@ -30,7 +30,6 @@ A second table measures a faiss HNSW index over synthetic unit vectors (1M x 64,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -44,10 +43,10 @@ import scipy.sparse as sp
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_description  # noqa: E402
+from _machine import machine_info, write_json  # noqa: E402
 
 from terarec.data import DataConfig, RetrievalData, load_splits  # noqa: E402
-from terarec.serve.index import ItemIndex, measure_index  # noqa: E402
+from terarec.serve import ItemIndex, measure_index  # noqa: E402
 from terarec.train import fit  # noqa: E402
 from terarec.train.config import Config  # noqa: E402
 from terarec.train.ranking_metrics import full_ranking_metrics  # noqa: E402
@@ -244,10 +243,7 @@ def main() -> None:
     print(f"\nHNSW index, {index['num_items']:,} x {index['dim']}: recall@10 {index['recall@10']:.4f}, "
           f"recall@100 {index['recall@100']:.4f}, {index['queries_per_second']:,.0f} single-query searches/s "
           f"on one thread (exact search: {index['exact_queries_per_second']:,.0f}/s); built in {index['build_seconds']:.1f} s")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine_description(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                         "quick": args.quick, "threads": args.threads, "rows": rows, "index": index}, indent=2))
+    write_json(args.json, {"machine": machine_info(), "quick": args.quick, "threads": args.threads, "rows": rows, "index": index})
 
 
 if __name__ == "__main__":

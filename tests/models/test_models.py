@@ -16,6 +16,7 @@ from terarec.models import (
     ModelInput,
     ModelType,
     RecModel,
+    TwoTowerConfig,
     build_model,
     model_class,
 )
@@ -35,6 +36,13 @@ def _inputs(model: RecModel, batch: int = 6, seed: int = 0) -> ModelInput:
     return ModelInput(torch.randn(batch, model.spec.num_dense, generator=generator), pooled, model.spec, model.layout)
 
 
+def _config(model_type: ModelType, **options: object) -> ModelConfig:
+    """The model's config; the two towers split the features between them, with a hidden layer
+    so that batch norm, dropout and activations are exercised."""
+    towers = TwoTowerConfig(user_features=("user", "ad"), item_features=("item",), mlp=(8,))
+    return ModelConfig(type=model_type, two_tower=towers, **options)  # type: ignore[arg-type]
+
+
 @pytest.fixture(params=list(ModelType), ids=lambda t: t.value)
 def model_type(request: pytest.FixtureRequest) -> ModelType:
     return request.param
@@ -46,7 +54,7 @@ def test_every_model_type_is_registered() -> None:
 
 def test_logits_per_example_and_gradients_reach_every_pooled_column(model_type: ModelType) -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(type=model_type), _spec(model_type))
+    model = build_model(_config(model_type), _spec(model_type))
     inputs = _inputs(model)
     logits = model(inputs)
     assert logits.shape == (6,)
@@ -58,7 +66,7 @@ def test_logits_per_example_and_gradients_reach_every_pooled_column(model_type: 
 
 def test_examples_are_scored_independently_in_eval_mode(model_type: ModelType) -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(type=model_type, batch_norm=True, dropout=0.3), _spec(model_type)).eval()
+    model = build_model(_config(model_type, batch_norm=True, dropout=0.3), _spec(model_type)).eval()
     inputs = _inputs(model)
     with torch.no_grad():
         whole = model(inputs)
@@ -69,7 +77,7 @@ def test_examples_are_scored_independently_in_eval_mode(model_type: ModelType) -
 def test_the_same_seed_builds_the_same_weights(model_type: ModelType) -> None:
     def weights() -> dict[str, torch.Tensor]:
         torch.manual_seed(3)
-        return build_model(ModelConfig(type=model_type), _spec(model_type)).state_dict()
+        return build_model(_config(model_type), _spec(model_type)).state_dict()
 
     first, second = weights(), weights()
     assert all(torch.equal(first[name], second[name]) for name in first)
@@ -77,7 +85,7 @@ def test_the_same_seed_builds_the_same_weights(model_type: ModelType) -> None:
 
 def test_dense_cost_counts_parameters_and_does_not_disturb_the_model(model_type: ModelType) -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(type=model_type, batch_norm=True), _spec(model_type))
+    model = build_model(_config(model_type, batch_norm=True), _spec(model_type))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     cost = model.dense_cost()
@@ -89,7 +97,7 @@ def test_dense_cost_counts_parameters_and_does_not_disturb_the_model(model_type:
 
 def test_bf16_autocast_and_smelu_run(model_type: ModelType) -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(type=model_type, activation=Activation.SMELU), _spec(model_type))
+    model = build_model(_config(model_type, activation=Activation.SMELU), _spec(model_type))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(_inputs(model))
     assert logits.shape == (6,) and torch.isfinite(logits.float()).all()
@@ -98,7 +106,7 @@ def test_bf16_autocast_and_smelu_run(model_type: ModelType) -> None:
 @pytest.mark.parametrize("model_type", [ModelType.DNN, ModelType.DCNV2, ModelType.WIDE_DEEP, ModelType.FINALMLP])
 def test_models_over_concatenated_embeddings_take_unequal_dims(model_type: ModelType) -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(type=model_type), _spec(model_type, dims=(2, 5, 3)))
+    model = build_model(_config(model_type), _spec(model_type, dims=(2, 5, 3)))
     assert model(_inputs(model)).shape == (6,)
 
 
@@ -108,7 +116,7 @@ def test_models_over_concatenated_embeddings_take_unequal_dims(model_type: Model
 )
 def test_models_that_multiply_embeddings_refuse_unequal_dims_naming_the_key(model_type: ModelType, reason: str) -> None:
     with pytest.raises(ConfigError, match=rf"model.type={model_type.value} needs one embedding_dim .*{reason}.*embedding.embedding_dim"):
-        build_model(ModelConfig(type=model_type), _spec(model_type, dims=(2, 5, 3)))
+        build_model(_config(model_type), _spec(model_type, dims=(2, 5, 3)))
 
 
 def test_dcnv2_structures_and_experts_build() -> None:

@@ -14,7 +14,7 @@ def test_defaults_train_on_synthetic_data() -> None:
     config = Config()
     assert config.data.path is None and config.model.type is ModelType.DCNV2
     # batch size and epochs are chosen from the training rows (terarec.train.schedule)
-    assert config.train.batch_size is None and config.train.epochs is None and config.embedding.embedding_dim > 0
+    assert config.train.batch_size is None and config.train.epochs is None and config.embedding.embedding_dim is None
 
 
 def test_yaml_then_overrides(tmp_path: Path) -> None:

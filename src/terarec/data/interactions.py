@@ -133,12 +133,22 @@ def _read_table(path: Path, config: DataConfig) -> tuple[pa.Table, dict[str, str
     except pa.ArrowInvalid as exc:
         if bad_rows:
             row = bad_rows[0]
-            where = f"{path}:{row.number}" if row.number is not None else str(path)
+            line = row.number if row.number is not None else _line_of(path, row.text)
             raise DataError(
-                f"{where}: expected {row.expected_columns} fields, got {row.actual_columns}: {row.text[:80]!r}"
+                f"{path}:{line}: expected {row.expected_columns} fields, got {row.actual_columns}: {row.text[:80]!r}"
             ) from exc
         raise DataError(f"{path}: {exc}") from exc
     return table, types, 0 if headerless else 1
+
+
+def _line_of(path: Path, text: str) -> int:
+    """The number of the first line of ``path`` that reads ``text`` (the parser's threads do not
+    number rows; this runs only to report an error)."""
+    with path.open("r", encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.rstrip("\r\n") == text:
+                return number
+    return 0
 
 
 def _column(table: pa.Table, name: str, path: Path, key: str) -> pa.Array:

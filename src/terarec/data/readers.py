@@ -82,6 +82,11 @@ def resolve_schema(path: Path, fmt: DataFormat, config: DataConfig) -> tuple[Sch
         ConfigError: if ``config`` names a column the file lacks (with a suggestion), or a CSV/Parquet
             file has no ``data.label``.
     """
+    if fmt is DataFormat.INTERACTIONS:
+        raise ConfigError(
+            f"{path}: an interaction log becomes retrieval examples when a run loads it (terarec train); "
+            "it cannot be read or prepared as click examples"
+        )
     if fmt is DataFormat.LIBFM:
         schema = libfm_schema(path, config)
         return schema, (schema.label, *schema.sparse_features)
@@ -267,11 +272,6 @@ def iter_blocks(paths: Sequence[Path], fmt: DataFormat, config: DataConfig) -> I
     """
     paths = [Path(p) for p in paths]
     check_files_exist(paths)
-    if fmt is DataFormat.INTERACTIONS:
-        raise ConfigError(
-            f"{paths[0]}: an interaction log becomes retrieval examples when a run loads it (terarec train); "
-            "it cannot be read or prepared as click examples"
-        )
     schema, _ = resolve_schema(paths[0], fmt, config)
     for path in paths:
         yield from _file_blocks(path, fmt, config, schema)

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional
 from torch.utils.flop_counter import FlopCounterMode
 
-from terarec.embedding import OptimizerConfig, OptimizerType
+from terarec.embedding import OptimizerConfig, OptimizerType, PoolingType
 from terarec.models.config import ModelConfig
 from terarec.models.inputs import EmbeddingLayout, InputSpec, ModelInput
 
@@ -52,6 +52,10 @@ class RecModel(nn.Module, abc.ABC):
             config leaves ``embedding.optimizer`` unset: row-wise Adagrad at 0.1; 0.05 for the
             per-ID weights of logistic regression and Wide & Deep; 0.01 for models whose logit
             multiplies embeddings directly (DeepFM, xDeepFM).
+        default_embedding_dim (int): class-level; the tables' embedding dim when the config leaves
+            ``embedding.embedding_dim`` unset: 16; 64 for the two-tower model.
+        default_pooling (PoolingType): class-level; how the tables pool a bag when the config
+            leaves ``embedding.pooling`` unset: sum; mean for the two-tower model.
         spec (InputSpec): the widths the model was built for.
 
     Shape:
@@ -65,6 +69,8 @@ class RecModel(nn.Module, abc.ABC):
 
     layout: ClassVar[EmbeddingLayout] = EmbeddingLayout()
     embedding_optimizer: ClassVar[OptimizerConfig] = OptimizerConfig(OptimizerType.ROWWISE_ADAGRAD, learning_rate=0.1)
+    default_embedding_dim: ClassVar[int] = 16
+    default_pooling: ClassVar[PoolingType] = PoolingType.SUM
 
     def __init__(self, spec: InputSpec) -> None:
         super().__init__()

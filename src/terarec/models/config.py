@@ -240,9 +240,10 @@ class TwoTowerConfig:
             the interaction log (the user column, its side features and ``history``). Default: ``()``
         item_features (tuple[str, ...], optional): the item tower's features; empty takes them from
             the log (the item column and its side features). Default: ``()``
-        mlp (tuple[int, ...], optional): hidden widths of each tower. Default: ``(256,)``
+        mlp (tuple[int, ...], optional): hidden widths of each tower; none makes each tower one
+            linear map of its embeddings. Default: ``()``
         output_dim (int, optional): the width of the user and item vectors. Default: ``64``
-        temperature (float, optional): divides the cosine similarity of a pair. Default: ``0.05``
+        temperature (float, optional): divides the cosine similarity of a pair. Default: ``0.2``
         log_q_correction (bool, optional): subtract the log of each item's sampling probability
             from its in-batch logit (Yi et al., RecSys 2019), so popular items are not
             over-penalised as negatives. Default: ``True``
@@ -257,9 +258,9 @@ class TwoTowerConfig:
 
     user_features: tuple[str, ...] = ()
     item_features: tuple[str, ...] = ()
-    mlp: tuple[int, ...] = (256,)
+    mlp: tuple[int, ...] = ()
     output_dim: int = 64
-    temperature: float = 0.05
+    temperature: float = 0.2
     log_q_correction: bool = True
 
     def __post_init__(self) -> None:

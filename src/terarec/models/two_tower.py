@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional
 
-from terarec.embedding import OptimizerConfig, OptimizerType
+from terarec.embedding import OptimizerConfig, OptimizerType, PoolingType
 from terarec.errors import ConfigError
 from terarec.models.base import RecModel
 from terarec.models.config import ModelConfig
@@ -20,7 +20,8 @@ class TwoTower(RecModel):
     Large Corpus Item Recommendations", RecSys 2019).
 
     Each tower concatenates its features' pooled embeddings (``model.two_tower.user_features``,
-    ``item_features``) and maps them by an MLP to an L2-normalised vector of ``output_dim``; a
+    ``item_features``; the user tower also reads the dense features, the query's context) and maps them by an MLP (``model.two_tower.mlp`` hidden widths, none by
+    default: one linear map) to an L2-normalised vector of ``output_dim``; a
     user-item pair scores ``<u, v> / temperature``. Retrieval ranks every item by that score,
     so item vectors can be indexed once (``terarec index``) and searched per user. A bag
     feature such as ``history`` pools the embeddings of its items (sum or mean, per table).
@@ -44,11 +45,14 @@ class TwoTower(RecModel):
         >>> users, items = model.towers(inputs)
         >>> users.shape, bool(torch.allclose(users.norm(dim=1), torch.ones(3)))
         (torch.Size([3, 4]), True)
-        >>> bool(torch.allclose(model(inputs), (users * items).sum(1) / 0.05))
+        >>> bool(torch.allclose(model(inputs), (users * items).sum(1) / 0.2))
         True
     """
 
     embedding_optimizer = OptimizerConfig(OptimizerType.ROWWISE_ADAGRAD, learning_rate=0.1)
+    default_embedding_dim = 64
+    # A history bag holds tens of items: its mean keeps the user vector's scale independent of its length.
+    default_pooling = PoolingType.MEAN
 
     def __init__(self, config: ModelConfig, spec: InputSpec) -> None:
         super().__init__(spec)
@@ -63,23 +67,24 @@ class TwoTower(RecModel):
             unknown = [name for name in names if name not in dims]
             if unknown:
                 raise ConfigError(f"model.two_tower.{key}: {unknown} are not features of the data ({list(spec.feature_names)})")
-        if spec.num_dense:
-            raise ConfigError(f"model.two_tower: the towers read sparse features only; the data has {spec.num_dense} dense")
         layers = [*settings.mlp, settings.output_dim]
-        self.user_tower = MLP.from_config(config, sum(dims[n] for n in self.user_features), layers, final_activation=False)
+        user_width = spec.num_dense + sum(dims[n] for n in self.user_features)
+        self.user_tower = MLP.from_config(config, user_width, layers, final_activation=False)
         self.item_tower = MLP.from_config(config, sum(dims[n] for n in self.item_features), layers, final_activation=False)
 
-    def _tower(self, tower: MLP, names: tuple[str, ...], inputs: ModelInput) -> torch.Tensor:
+    def _tower(self, tower: MLP, names: tuple[str, ...], inputs: ModelInput, dense: bool) -> torch.Tensor:
         embeddings = inputs.embeddings()
-        return functional.normalize(tower(torch.cat([embeddings[name] for name in names], dim=1)), dim=1)
+        parts = ([inputs.dense] if dense else []) + [embeddings[name] for name in names]
+        return functional.normalize(tower(torch.cat(parts, dim=1)), dim=1)
 
     def user_vectors(self, inputs: ModelInput) -> torch.Tensor:
-        """The users' unit vectors, :math:`(B, D_{out})`."""
-        return self._tower(self.user_tower, self.user_features, inputs)
+        """The users' unit vectors, :math:`(B, D_{out})`, from the dense features (the query's
+        context) and the user features."""
+        return self._tower(self.user_tower, self.user_features, inputs, dense=True)
 
     def item_vectors(self, inputs: ModelInput) -> torch.Tensor:
         """The items' unit vectors, :math:`(B, D_{out})`."""
-        return self._tower(self.item_tower, self.item_features, inputs)
+        return self._tower(self.item_tower, self.item_features, inputs, dense=False)
 
     def towers(self, inputs: ModelInput) -> tuple[torch.Tensor, torch.Tensor]:
         """Both towers' vectors: ``(users, items)``."""

@@ -11,6 +11,7 @@ from torch import nn
 
 from terarec.embedding import (
     DeepHashCollection,
+    PoolingType,
     DeepHashConfig,
     DeepHashTableConfig,
     EmbeddingTableConfig,
@@ -73,12 +74,18 @@ def _resolved_specs(config: EmbeddingConfig, sparse_features: Sequence[str]) -> 
     return specs
 
 
+def _model_defaults(config: EmbeddingConfig, model: type[RecModel] | None) -> tuple[EmbeddingLayout, int, PoolingType]:
+    """The model's layout, and the embedding dim and pooling of tables whose config sets none
+    (without a model: :class:`~terarec.models.RecModel`'s)."""
+    model = model or RecModel
+    return model.layout, config.embedding_dim or model.default_embedding_dim, config.pooling or model.default_pooling
+
+
 def build_table_configs(
     config: EmbeddingConfig,
     sparse_features: Sequence[str],
     distinct_ids: Mapping[str, int],
-    layout: EmbeddingLayout = EmbeddingLayout(),
-    model_optimizer: OptimizerConfig | None = None,
+    model: type[RecModel] | None = None,
 ) -> list[EmbeddingTableConfig]:
     """The row tables: one per :class:`TableSpec`, then one per remaining sparse feature, sized
     from the data; ``dhe`` tables are :func:`build_deep_hash_tables`'.
@@ -87,13 +94,13 @@ def build_table_configs(
         config (EmbeddingConfig): the table policy.
         sparse_features (Sequence[str]): the dataset's sparse features, in model input order.
         distinct_ids (Mapping[str, int]): estimated distinct IDs per feature in the training data.
-        layout (EmbeddingLayout, optional): the columns the model reads from a row: a table's
-            ``embedding_dim`` is ``layout.table_dim`` of the configured one (one more column
-            for a wide weight; only that column for logistic regression), and a table with a
-            wide column beside its embedding trains row-wise Adagrad element-wise. Default:
-            embeddings only
-        model_optimizer (OptimizerConfig, optional): the model's optimizer for tables whose
-            config sets none. Default: row-wise Adagrad at ``0.05``
+        model (type[RecModel], optional): the model class, whose defaults fill what the config
+            leaves unset (optimizer, embedding dim, pooling) and whose ``layout`` says the
+            columns it reads from a row: a table's ``embedding_dim`` is ``layout.table_dim`` of
+            the configured one (one more column for a wide weight; only that column for logistic
+            regression), and a table with a wide column beside its embedding trains row-wise
+            Adagrad element-wise. Default: none: embeddings only, row-wise Adagrad at ``0.05``,
+            dim 16, sum pooling
 
     Raises:
         ConfigError: when a spec names an unknown feature, or a feature sits in two tables.
@@ -104,7 +111,8 @@ def build_table_configs(
         >>> [(t.name, t.num_embeddings) for t in tables]
         [('C1', 6400), ('C2', 320)]
     """
-    default_optimizer = config.optimizer or model_optimizer or OptimizerConfig()
+    layout, default_dim, default_pooling = _model_defaults(config, model)
+    default_optimizer = config.optimizer or (model.embedding_optimizer if model is not None else OptimizerConfig())
     tables: list[EmbeddingTableConfig] = []
     for spec, kind in _resolved_specs(config, sparse_features):
         if kind is not TableKind.TABLE:
@@ -114,9 +122,9 @@ def build_table_configs(
             EmbeddingTableConfig(
                 name=spec.name,
                 num_embeddings=rows,
-                embedding_dim=layout.table_dim(spec.embedding_dim or config.embedding_dim),
+                embedding_dim=layout.table_dim(spec.embedding_dim or default_dim),
                 feature_names=tuple(spec.feature_names),
-                pooling=spec.pooling or config.pooling,
+                pooling=spec.pooling or default_pooling,
                 optimizer=_with_wide_column(spec.optimizer or default_optimizer, layout),
                 init=spec.init or config.init,
                 dynamic=spec.dynamic,
@@ -129,9 +137,10 @@ def build_table_configs(
 
 
 def build_deep_hash_tables(
-    config: EmbeddingConfig, sparse_features: Sequence[str], layout: EmbeddingLayout = EmbeddingLayout()
+    config: EmbeddingConfig, sparse_features: Sequence[str], model: type[RecModel] | None = None
 ) -> list[DeepHashTableConfig]:
-    """The Deep Hash tables (kind ``dhe``), each as wide as ``layout`` reads a row.
+    """The Deep Hash tables (kind ``dhe``), each as wide as the ``model``'s layout reads a row
+    (see :func:`build_table_configs`).
 
     Example::
 
@@ -139,12 +148,13 @@ def build_deep_hash_tables(
         >>> [(t.name, t.feature_names, t.embedding_dim) for t in build_deep_hash_tables(config, ["C1", "C2"])]
         [('ids', ('C2',), 16)]
     """
+    layout, default_dim, default_pooling = _model_defaults(config, model)
     return [
         DeepHashTableConfig(
             name=spec.name,
-            embedding_dim=layout.table_dim(spec.embedding_dim or config.embedding_dim),
+            embedding_dim=layout.table_dim(spec.embedding_dim or default_dim),
             feature_names=tuple(spec.feature_names),
-            pooling=spec.pooling or config.pooling,
+            pooling=spec.pooling or default_pooling,
             deep_hash=spec.deep_hash or config.deep_hash or DeepHashConfig(),
         )
         for spec, kind in _resolved_specs(config, sparse_features)

@@ -189,14 +189,16 @@ class EmbeddingConfig:
     the training data (fewer hash collisions), at least ``min_rows`` and at most ``max_rows``.
 
     Args:
-        embedding_dim (int, optional): columns of every embedding. Default: ``16``
+        embedding_dim (int, optional): columns of every embedding; ``None`` takes the model's
+            (:attr:`~terarec.models.RecModel.default_embedding_dim`: 16, 64 for ``two_tower``).
+            Default: ``None``
         max_rows (int, optional): most rows of a table sized from the data. Default: ``1_000_000``
         min_rows (int, optional): fewest rows of a table sized from the data. Default: ``16``
         rows_per_distinct_id (float, optional): rows per distinct ID: with ``k``, about
             ``1 - exp(-1/k)`` of the IDs share their row with another (1.6% at 64, 39% at 2),
             which costs real data AUC. Default: ``64.0``
-        pooling (PoolingType, optional): how a bag's rows combine, ``sum`` or ``mean``.
-            Default: ``PoolingType.SUM``
+        pooling (PoolingType, optional): how a bag's rows combine, ``sum`` or ``mean``; ``None``
+            takes the model's (sum, mean for ``two_tower``). Default: ``None``
         optimizer (OptimizerConfig, optional): every table's sparse optimizer; ``None`` takes the
             model's (:attr:`~terarec.models.RecModel.embedding_optimizer`: row-wise Adagrad at
             ``0.1``, ``0.05`` for LR and Wide & Deep, ``0.01`` for DeepFM and xDeepFM); setting any of its keys
@@ -221,11 +223,11 @@ class EmbeddingConfig:
             (``embedding.deep_hash.num_hashes=1024``). Default: ``None`` (``DeepHashConfig()``)
     """
 
-    embedding_dim: int = 16
+    embedding_dim: int | None = None
     max_rows: int = 1_000_000
     min_rows: int = 16
     rows_per_distinct_id: float = 64.0
-    pooling: PoolingType = PoolingType.SUM
+    pooling: PoolingType | None = None
     optimizer: OptimizerConfig | None = None
     init: InitConfig = field(default_factory=InitConfig)
     dynamic: DynamicConfig | None = None
@@ -241,7 +243,7 @@ class EmbeddingConfig:
         # embedding.deep_hash is also the default of the tables declared 'dhe'.
         deep_hash = None if TableKind.DHE in kinds else self.deep_hash
         _check_kind("embedding", self.kind, deep_hash, {"dynamic": self.dynamic, "tiered": self.tiered})
-        if self.embedding_dim < 1:
+        if self.embedding_dim is not None and self.embedding_dim < 1:
             raise ConfigError(f"embedding.embedding_dim must be >= 1, got {self.embedding_dim}")
         if not 1 <= self.min_rows <= self.max_rows:
             raise ConfigError(

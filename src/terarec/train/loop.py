@@ -218,10 +218,8 @@ def _fit(config: Config, world: World) -> TrainResult:
         raise ConfigError(f"train.batch_size ({batch_size}) must be a multiple of the {world.size} ranks")
     schema = splits.train.schema
     model_type = model_class(config.model.type)
-    table_configs = build_table_configs(
-        config.embedding, schema.sparse_features, splits.stats.distinct_ids, model_type.layout, model_type.embedding_optimizer
-    )
-    deep_hash_tables = build_deep_hash_tables(config.embedding, schema.sparse_features, model_type.layout)
+    table_configs = build_table_configs(config.embedding, schema.sparse_features, splits.stats.distinct_ids, model_type)
+    deep_hash_tables = build_deep_hash_tables(config.embedding, schema.sparse_features, model_type)
     tables_dir = Path(settings.tables_dir) if settings.tables_dir else run_dir / "tables"
     # An owner prepares its tables for the global batch.
     check_cache_sizes(table_configs, max(batch_size, settings.eval_batch_size))

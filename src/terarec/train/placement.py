@@ -236,9 +236,9 @@ def run_workload(config: Config) -> RunWorkload:
         if config.sharding.zipf_exponent is None:
             notes.append(f"ID skew assumed: Zipf exponent {DEFAULT_ZIPF_EXPONENT} (set sharding.zipf_exponent)")
     model_type = model_class(config.model.type)
-    tables = build_table_configs(config.embedding, features, distinct, model_type.layout, model_type.embedding_optimizer)
+    tables = build_table_configs(config.embedding, features, distinct, model_type)
     workloads = table_workloads(tables, pooling, skew)
-    hashed = build_deep_hash_tables(config.embedding, features, model_type.layout)
+    hashed = build_deep_hash_tables(config.embedding, features, model_type)
     dense = dense_workload(config, num_dense, tables, hashed, pooling)
     return RunWorkload(tables, workloads, dense, num_rows, notes)
 
@@ -269,7 +269,7 @@ def plan_tables(
     planner = build_planner(dataclasses.replace(config, sharding=sharding), tables, config.train.batch_size, load_calibration())
     bag_sizes = mean_bag_sizes(data)
     workloads = table_workloads(tables, bag_sizes, _zipf_exponent(config))
-    hashed = build_deep_hash_tables(config.embedding, data.schema.sparse_features, model_class(config.model.type).layout)
+    hashed = build_deep_hash_tables(config.embedding, data.schema.sparse_features, model_class(config.model.type))
     return planner.plan(workloads, dense_workload(config, data.schema.num_dense, tables, hashed, bag_sizes))
 
 

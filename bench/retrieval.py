@@ -2,7 +2,7 @@
 factorisation (``implicit``'s ALS and BPR), all on the same split and ranked by the same code.
 
 Every system trains on the training events terarec's data layer carves out of the log and is
-scored by :func:`terarec.train.ranking_metrics.full_ranking_metrics`: every catalogue item
+scored by :func:`terarec.train.retrieval_metrics.full_ranking_metrics`: every catalogue item
 ranked for every evaluation query, the user's known items excluded:
 
 - ``two_tower``: :func:`terarec.train.fit` with ``model.type=two_tower`` and every other
@@ -19,8 +19,10 @@ Datasets (``../shared/data``, nothing downloaded): ``ml-100k`` (leave-last-out),
 validation carved leave-last-out from the training file). The time column is training time
 (the grid's best point for the baselines), data loading excluded.
 
-A second table measures a faiss HNSW index over synthetic unit vectors (1M x 64, 100k with
-``--quick``): recall@100 against exact search and single-query searches per second on one thread.
+Each two-tower run is also indexed (``terarec index``'s default, IVF) and the index measured
+against exact search on the run's evaluation queries. A second table measures IVF and HNSW
+indexes over clustered synthetic unit vectors (1M x 64, 100k with ``--quick``): build time,
+recall@10 and @100 against exact search, and single-query searches per second on one thread.
 
     pip install -e ".[bench]"
     python bench/retrieval.py --quick --json bench/results/retrieval_quick.json
@@ -46,10 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info, write_json  # noqa: E402
 
 from terarec.data import DataConfig, RetrievalData, load_splits  # noqa: E402
-from terarec.serve import ItemIndex, measure_index  # noqa: E402
+from terarec.serve import IndexKind, ItemIndex, index_run, measure_index  # noqa: E402
 from terarec.train import fit  # noqa: E402
 from terarec.train.config import Config  # noqa: E402
-from terarec.train.ranking_metrics import full_ranking_metrics  # noqa: E402
+from terarec.train.retrieval_metrics import full_ranking_metrics  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 ML = DATA / "movielens_100k"
@@ -77,12 +79,12 @@ def _data_config(dataset: Dataset, side: bool) -> dict[str, object]:
     return raw
 
 
-def _interactions(retrieval: RetrievalData, train_users: np.ndarray, train_items: np.ndarray) -> tuple[sp.csr_matrix, dict[int, int]]:
-    """The binary user-item matrix of the training events, and each user hash's row."""
+def _interactions(retrieval: RetrievalData, train_users: np.ndarray, train_items: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+    """The binary user-item matrix of the training events, and the user hash of each of its rows (sorted)."""
     user_ids, rows = np.unique(train_users, return_inverse=True)
     matrix = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, train_items)), shape=(len(user_ids), retrieval.num_items))
     matrix.data[:] = 1.0  # repeated events count once
-    return matrix, {int(u): i for i, u in enumerate(user_ids)}
+    return matrix, user_ids
 
 
 def _catalogue_positions(retrieval: RetrievalData, item_hashes: np.ndarray) -> np.ndarray:
@@ -91,9 +93,9 @@ def _catalogue_positions(retrieval: RetrievalData, item_hashes: np.ndarray) -> n
     return order[np.searchsorted(catalogue[order], item_hashes)]
 
 
-def _metrics(score: Callable[[np.ndarray], torch.Tensor], queries) -> dict[str, float]:
-    block = max(1, (1 << 23) // max(1, queries.exclude.offsets.shape[0]))
-    return full_ranking_metrics(score, queries.num_queries, queries.targets, queries.exclude, block=min(block, 512)).to_dict()
+def _metrics(score: Callable[[np.ndarray], torch.Tensor], queries, num_items: int) -> dict[str, float]:
+    block = max(1, (1 << 23) // num_items)
+    return full_ranking_metrics(score, queries.num_queries, queries.targets, queries.exclude, block=block).to_dict()
 
 
 def _profiles(queries, num_items: int) -> sp.csr_matrix:
@@ -111,15 +113,15 @@ def _baselines(dataset: Dataset, threads: int, quick: bool) -> list[dict[str, ob
     user_col, item_col = retrieval.user_features[0], retrieval.item_features[0]
     train_users = np.asarray(splits.train.sparse[user_col].values)
     train_items = _catalogue_positions(retrieval, np.asarray(splits.train.sparse[item_col].values))
-    matrix, row_of_user = _interactions(retrieval, train_users, train_items)
+    matrix, user_ids = _interactions(retrieval, train_users, train_items)
     rows = []
 
     def query_rows(queries) -> np.ndarray:
-        return np.array([row_of_user[int(u)] for u in np.asarray(queries.queries.sparse[user_col].values)])
+        return np.searchsorted(user_ids, np.asarray(queries.queries.sparse[user_col].values))
 
     counts = torch.from_numpy(retrieval.item_counts.astype(np.float32))
     started = time.perf_counter()
-    popularity = _metrics(lambda q: counts.expand(len(q), -1), retrieval.eval)
+    popularity = _metrics(lambda q: counts.expand(len(q), -1), retrieval.eval, retrieval.num_items)
     rows.append({"system": "popularity", **popularity, "train_seconds": time.perf_counter() - started, "params": {}})
 
     def pick(name: str, grid: list[dict[str, object]], build: Callable[[dict[str, object]], Callable]) -> None:
@@ -128,11 +130,11 @@ def _baselines(dataset: Dataset, threads: int, quick: bool) -> list[dict[str, ob
             started = time.perf_counter()
             scorer = build(params)
             seconds = time.perf_counter() - started
-            validation = _metrics(lambda q, s=scorer: s(retrieval.val, q), retrieval.val)
+            validation = _metrics(lambda q, s=scorer: s(retrieval.val, q), retrieval.val, retrieval.num_items)
             if best is None or validation["ndcg@10"] > best[0]:
                 best = (validation["ndcg@10"], params, scorer, seconds)
         _, params, scorer, seconds = best
-        rows.append({"system": name, **_metrics(lambda q: scorer(retrieval.eval, q), retrieval.eval),
+        rows.append({"system": name, **_metrics(lambda q: scorer(retrieval.eval, q), retrieval.eval, retrieval.num_items),
                      "train_seconds": seconds, "params": params})
 
     def knn(params: dict[str, object]) -> Callable:
@@ -189,12 +191,14 @@ def _two_tower(dataset: Dataset, side: bool, threads: int, seed: int) -> dict[st
             "train": {"out": out, "progress": False, "seed": seed, "num_threads": threads},
         })
         metrics = fit(config).metrics
+        index = index_run(Path(out))
     keep = ("recall@10", "recall@50", "ndcg@10", "hit@10", "mrr", "examples", "num_items", "train_seconds", "steps")
     return {"dataset": dataset.name, "system": "two_tower+side" if side else "two_tower", "seed": seed,
-            **{k: metrics[k] for k in keep}}
+            **{k: metrics[k] for k in keep},
+            "index": {k: index[k] for k in ("kind", "params", "recall@10", "recall@100", "queries_per_second")}}
 
 
-def _index_case(num_items: int, dim: int, seed: int) -> dict[str, object]:
+def _index_cases(num_items: int, dim: int, seed: int) -> list[dict[str, object]]:
     rng = np.random.default_rng(seed)
     # Clustered unit vectors: real item embeddings are far from uniform on the sphere.
     centres = rng.standard_normal((256, dim)).astype(np.float32)
@@ -202,18 +206,24 @@ def _index_case(num_items: int, dim: int, seed: int) -> dict[str, object]:
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     queries = centres[rng.integers(0, 256, 1000)] + 0.5 * rng.standard_normal((1000, dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    started = time.perf_counter()
-    index = ItemIndex.build(vectors, np.arange(num_items).astype(str))
-    build_seconds = time.perf_counter() - started
-    report = measure_index(index, vectors, queries)
-    return {"num_items": num_items, "dim": dim, "build_seconds": build_seconds, **report}
+    cases = []
+    for kind in (IndexKind.IVF, IndexKind.HNSW):
+        started = time.perf_counter()
+        index = ItemIndex.build(vectors, np.arange(num_items).astype(str), kind)
+        build_seconds = time.perf_counter() - started
+        cases.append({"kind": kind.value, "params": index.params, "num_items": num_items, "dim": dim,
+                      "build_seconds": build_seconds, **measure_index(index, vectors, queries)})
+    return cases
 
 
 def _table(rows: list[dict[str, object]]) -> str:
-    lines = [f"{'dataset':<12} {'system':<15} {'recall@10':>9} {'recall@50':>9} {'ndcg@10':>8} {'mrr':>7} {'train s':>8}"]
+    lines = [f"{'dataset':<12} {'system':<15} {'recall@10':>9} {'recall@50':>9} {'ndcg@10':>8} {'mrr':>7} {'train s':>8}"
+             f"  {'index r@100':>11} {'index q/s':>9}"]
     for r in rows:
+        index = r.get("index")
+        tail = f"  {index['recall@100']:>11.4f} {index['queries_per_second']:>9,.0f}" if index else ""
         lines.append(f"{r['dataset']:<12} {r['system']:<15} {r['recall@10']:>9.4f} {r['recall@50']:>9.4f} "
-                     f"{r['ndcg@10']:>8.4f} {r['mrr']:>7.4f} {r['train_seconds']:>8.1f}")
+                     f"{r['ndcg@10']:>8.4f} {r['mrr']:>7.4f} {r['train_seconds']:>8.1f}{tail}")
     return "\n".join(lines)
 
 
@@ -229,7 +239,7 @@ def main() -> None:
     seeds = args.seeds or (1 if args.quick else 3)
     torch.set_num_threads(args.threads)
     rows: list[dict[str, object]] = []
-    for name in args.datasets.split(","):
+    for name in filter(None, args.datasets.split(",")):
         dataset = DATASETS[name]
         for seed in range(seeds):
             rows.append(_two_tower(dataset, False, args.threads, seed))
@@ -239,11 +249,12 @@ def main() -> None:
         print(_table([r for r in rows if r["dataset"] == name]), flush=True)
     index_items = args.index_items or (100_000 if args.quick else 1_000_000)
     torch.set_num_threads(1)
-    index = _index_case(index_items, 64, 0)
-    print(f"\nHNSW index, {index['num_items']:,} x {index['dim']}: recall@10 {index['recall@10']:.4f}, "
-          f"recall@100 {index['recall@100']:.4f}, {index['queries_per_second']:,.0f} single-query searches/s "
-          f"on one thread (exact search: {index['exact_queries_per_second']:,.0f}/s); built in {index['build_seconds']:.1f} s")
-    write_json(args.json, {"machine": machine_info(), "quick": args.quick, "threads": args.threads, "rows": rows, "index": index})
+    indexes = _index_cases(index_items, 64, 0)
+    print(f"\n{'index':<6} {'items':>10} {'build s':>8} {'recall@10':>9} {'recall@100':>10} {'q/s':>7} {'exact q/s':>9}  params")
+    for case in indexes:
+        print(f"{case['kind']:<6} {case['num_items']:>10,} {case['build_seconds']:>8.1f} {case['recall@10']:>9.4f} "
+              f"{case['recall@100']:>10.4f} {case['queries_per_second']:>7,.0f} {case['exact_queries_per_second']:>9,.0f}  {case['params']}")
+    write_json(args.json, {"machine": machine_info(), "quick": args.quick, "threads": args.threads, "rows": rows, "indexes": indexes})
 
 
 if __name__ == "__main__":

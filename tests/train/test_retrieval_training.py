@@ -17,7 +17,7 @@ from terarec.data import load_splits
 from terarec.errors import ConfigError
 from terarec.serve import ItemIndex, index_run
 from terarec.train import fit, load_config
-from terarec.train.ranking_metrics import full_ranking_metrics
+from terarec.train.retrieval_metrics import full_ranking_metrics
 from terarec.train.retrieval import evaluate_retrieval_checkpoint
 from tests.helpers import CRITEO, SHARED_DATA, assert_bit_identical, checkpoint_weights
 
@@ -109,10 +109,12 @@ def test_command_line_trains_evaluates_and_indexes(tmp_path: Path, capsys: pytes
     assert main(["eval", "--checkpoint", str(run), "--json", str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["recall@10"] == _metrics(run)["recall@10"]
     assert main(["index", str(run)]) == 0
-    assert "indexed 1,678 items x 64 (hnsw" in capsys.readouterr().out
+    assert "indexed 1,678 items x 64 (ivf" in capsys.readouterr().out
     assert (run / "index" / "index.faiss").is_file()
     assert main(["eval", "--checkpoint", str(run), "--data", str(ML / "ml-100k.inter")]) == 2
     assert "data flags do not apply" in capsys.readouterr().err
+    assert main(["report", str(run)]) == 0  # learning curves; no calibration plot for retrieval scores
+    assert sorted(p.name for p in (run / "report").iterdir()) == ["curves.png"]
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     index = commands.add_parser("index", help="index every item of a two-tower run for nearest-neighbour retrieval (faiss)")
     index.add_argument("run", type=Path, metavar="RUN", help="the --out directory of a two-tower run (or one of its checkpoints)")
     index.add_argument("--out", type=Path, metavar="DIR", help="where the index goes; default: RUN/index")
-    index.add_argument("--kind", choices=["hnsw", "ivf", "flat"], default="hnsw", help="index family; default: hnsw (graph)")
+    index.add_argument("--kind", choices=["ivf", "hnsw", "flat"], default="ivf", help="index family: ivf (inverted lists, the default), hnsw (graph) or flat (exact)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -38,6 +38,9 @@ _TRAIN_SHORTCUTS = {
     "delimiter": "data.delimiter",
     "on_bad_row": "data.on_bad_row",
     "field_map": "data.libfm_field_map",
+    "group_col": "data.group_col",
+    "task": "train.task",
+    "ranking_loss": "train.ranking.loss",
     "user_col": "data.interactions.user_col",
     "item_col": "data.interactions.item_col",
     "time_col": "data.interactions.time_col",
@@ -57,7 +60,7 @@ _TRAIN_SHORTCUTS = {
     "mode": "sharding.mode",
     "comm_precision": "sharding.comm_precision",
 }
-_DATA_FLAGS = ("data", "format", "label", "label_threshold", "dense", "ignore", "delimiter", "on_bad_row", "field_map")
+_DATA_FLAGS = ("data", "format", "label", "label_threshold", "dense", "ignore", "delimiter", "on_bad_row", "field_map", "group_col")
 
 
 def _add_data_flags(parser: argparse.ArgumentParser, data_help: str) -> None:
@@ -70,6 +73,7 @@ def _add_data_flags(parser: argparse.ArgumentParser, data_help: str) -> None:
     parser.add_argument("--delimiter", metavar="CHAR", help="CSV field delimiter (data.delimiter)")
     parser.add_argument("--on-bad-row", choices=["error", "skip"], help="stop at a malformed row or skip and count it (data.on_bad_row)")
     parser.add_argument("--field-map", metavar="FILE", help="libFM input: 'index field' lines naming each index's field (data.libfm_field_map)")
+    parser.add_argument("--group-col", metavar="COL", help="learning to rank: the query (group) column; labels are relevance grades (data.group_col)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     interactions.add_argument("--split", choices=["leave_last_out", "time", "random"], help="how events are split (data.interactions.split); default: leave_last_out")
     interactions.add_argument("--user-features", metavar="FILE", help="user side features, e.g. RecBole's .user (data.interactions.user_features)")
     interactions.add_argument("--item-features", metavar="FILE", help="item side features, e.g. RecBole's .item (data.interactions.item_features)")
+    train.add_argument("--task", choices=["click", "retrieval", "ranking"], help="what the run learns (train.task); default: from the data")
+    train.add_argument("--ranking-loss", choices=["pairwise_logistic", "softmax", "approx_ndcg"], help="learning-to-rank loss (train.ranking.loss); default: softmax")
     train.add_argument("--model", metavar="NAME", help="model (model.type): lr, dnn, dlrm, dcnv2, deepfm, wide_deep, xdeepfm, finalmlp, or two_tower for retrieval; default: dcnv2")
     train.add_argument("--out", metavar="DIR", help="run directory for metrics and checkpoints (train.out)")
     train.add_argument("--seed", type=int, help="seed of tables, dense weights and data order (train.seed)")
@@ -229,10 +235,13 @@ def _train(args: argparse.Namespace) -> int:
 def _metrics_line(metrics: dict[str, object]) -> str:
     """The evaluation metrics of ``metrics.json`` in one line: click prediction's or retrieval's."""
     from terarec.train.metrics import ClickMetrics
-    from terarec.train.ranking_metrics import ranking_summary
+    from terarec.train.ranking import ranking_summary
+    from terarec.train.retrieval_metrics import retrieval_summary
 
-    if "auc" not in metrics:
+    if "map" in metrics:
         return ranking_summary(metrics)  # type: ignore[arg-type]
+    if "auc" not in metrics:
+        return retrieval_summary(metrics)  # type: ignore[arg-type]
     return ClickMetrics(**{field.name: metrics[field.name] for field in dataclasses.fields(ClickMetrics)}).summary()
 
 
@@ -270,9 +279,18 @@ def _eval(args: argparse.Namespace) -> int:
     from terarec._dataclass_codec import from_mapping
     from terarec.data import DataConfig
     from terarec.train import evaluate_checkpoint
-    from terarec.train.retrieval import evaluate_retrieval_checkpoint, is_retrieval_run
+    from terarec.train.ranking import evaluate_ranking_checkpoint
+    from terarec.train.retrieval import evaluate_retrieval_checkpoint, is_retrieval_run, run_config
 
     settings = _data_settings(args)
+    if run_config(args.checkpoint).data.group_col is not None:
+        if set(settings) - {"path"}:
+            raise TerarecError("terarec eval of a ranking run reads data with the run's settings; only --data applies")
+        ranked = evaluate_ranking_checkpoint(args.checkpoint, settings.get("path"))  # type: ignore[arg-type]
+        print(_metrics_line(ranked))
+        if args.json is not None:
+            args.json.write_text(json.dumps(ranked, indent=2))
+        return 0
     if is_retrieval_run(args.checkpoint):
         if settings:
             raise TerarecError("terarec eval of a retrieval run ranks its own evaluation queries; data flags do not apply")

@@ -13,6 +13,7 @@ from terarec.data.config import CRITEO_1TB_CARDINALITIES, DataConfig, Interactio
 from terarec.data.hashing import MISSING_ID, hash_string, hash_strings
 from terarec.data.loader import BatchLoader, gather_jagged
 from terarec.data.prepared import FORMAT_VERSION, open_prepared, prepare, read_prepared_stats
+from terarec.data.groups import GroupedBatchLoader, group_boundary, group_rows, take_rows
 from terarec.data.interactions import InteractionLog, SideFeatures, read_interactions, read_side_features
 from terarec.data.retrieval import HISTORY_FEATURE, QuerySet, RetrievalData, build_retrieval_data
 from terarec.data.readers import CRITEO_COLUMNS, iter_blocks, read_files, resolve_schema
@@ -33,6 +34,7 @@ __all__ = [
     "CRITEO_1TB_CARDINALITIES",
     "CRITEO_COLUMNS",
     "FORMAT_VERSION",
+    "GroupedBatchLoader",
     "HISTORY_FEATURE",
     "MISSING_ID",
     "BadRowPolicy",
@@ -60,6 +62,8 @@ __all__ = [
     "estimate_distinct",
     "gather_jagged",
     "generate_synthetic",
+    "group_boundary",
+    "group_rows",
     "hash_string",
     "hash_strings",
     "iter_blocks",
@@ -74,4 +78,5 @@ __all__ = [
     "read_side_features",
     "resolve_path",
     "resolve_schema",
+    "take_rows",
 ]

@@ -55,13 +55,16 @@ def to_float(column: pa.Array | pa.ChunkedArray, missing_is_bad: bool) -> tuple[
     return values, bad
 
 
-def to_labels(column: pa.Array | pa.ChunkedArray, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def to_labels(
+    column: pa.Array | pa.ChunkedArray, threshold: float | None = None, graded: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """``float32`` labels and a mask of rows whose label is missing or not 0/1 (with a
-    ``threshold``: missing or not a finite number; the label is then ``value >= threshold``)."""
+    ``threshold``: missing or not a finite number; the label is then ``value >= threshold``;
+    ``graded``: missing, not a finite number or negative, a relevance grade kept as it is)."""
     values, bad = to_float(column, missing_is_bad=True)
     if threshold is not None:
         return np.where(bad, 0.0, values >= threshold).astype(np.float32), bad
-    bad |= (values != 0.0) & (values != 1.0)
+    bad |= (values < 0.0) if graded else ((values != 0.0) & (values != 1.0))
     return np.where(bad, 0.0, values).astype(np.float32), bad
 
 

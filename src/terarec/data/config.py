@@ -223,6 +223,10 @@ class DataConfig:
             Default: ``None``
         libfm_num_features (int, optional): libFM indices must be below it; ``None`` accepts
             any non-negative index. Default: ``None``
+        group_col (str, optional): learning to rank: the CSV/Parquet column naming each row's
+            query (group); labels are then relevance grades (numbers >= 0), a group's rows are
+            kept together, and splits cut between groups (see :mod:`terarec.data.groups`). The
+            column is not a feature. Default: ``None``
         interactions (InteractionsConfig, optional): how an interaction log is read and split
             (``format: interactions``).
         synthetic (SyntheticConfig, optional): the generator used when ``path`` is ``None``.
@@ -255,11 +259,12 @@ class DataConfig:
     crosses: tuple[tuple[str, ...], ...] = ()
     libfm_field_map: str | None = None
     libfm_num_features: int | None = None
+    group_col: str | None = None
     interactions: InteractionsConfig = field(default_factory=InteractionsConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
-        for name in ("path", "eval_path", "val_path", "label", "libfm_field_map"):
+        for name in ("path", "eval_path", "val_path", "label", "libfm_field_map", "group_col"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ConfigError(f"data.{name} must be a non-empty string or null, got {value!r}")
@@ -288,6 +293,8 @@ class DataConfig:
             raise ConfigError(f"data.dense_features and data.ignore both name {sorted(both)}")
         if self.label is not None and self.label in set(self.dense_features) | set(self.ignore):
             raise ConfigError(f"data.label {self.label!r} is also in data.dense_features or data.ignore")
+        if self.group_col is not None and self.group_col in {self.label, *self.dense_features, *self.ignore}:
+            raise ConfigError(f"data.group_col {self.group_col!r} is also the label, a dense feature or ignored")
         if not isinstance(self.delimiter, str) or len(self.delimiter) != 1 or self.delimiter in "\r\n\"":
             raise ConfigError(f"data.delimiter must be one character (not a quote or newline), got {self.delimiter!r}")
         frac = self.eval_fraction

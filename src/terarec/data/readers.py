@@ -155,9 +155,10 @@ class _BlockConverter:
         schema, n = self.schema, batch.num_rows
         bad_any = np.zeros(n, dtype=bool)
         checks: list[tuple[str, np.ndarray, str]] = []
-        threshold = self.config.label_threshold
-        labels, bad = _convert.to_labels(batch.column(schema.label), threshold)
-        checks.append((schema.label, bad, "expected a label 0 or 1" if threshold is None else "expected a number"))
+        threshold, graded = self.config.label_threshold, self.config.group_col is not None
+        labels, bad = _convert.to_labels(batch.column(schema.label), threshold, graded)
+        expected = "expected a number" if threshold is not None else ("expected a relevance grade >= 0" if graded else "expected a label 0 or 1")
+        checks.append((schema.label, bad, expected))
         dense = np.zeros((n, schema.num_dense), dtype=np.float64)
         for j, name in enumerate(schema.dense_features):
             try:

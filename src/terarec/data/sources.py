@@ -16,6 +16,7 @@ import numpy as np
 from terarec.data.config import DataConfig
 from terarec.data.derived import derive_features
 from terarec.data.prepared import open_prepared, prepare
+from terarec.data.groups import group_boundary, group_rows
 from terarec.data.readers import read_files
 from terarec.data.retrieval import RetrievalData, build_retrieval_data
 from terarec.data.stats import DatasetStats, compute_stats
@@ -135,7 +136,12 @@ def load_dataset(path: str, config: DataConfig) -> ColumnarData:
         data = ColumnarData.concat(parts) if len(parts) > 1 else parts[0]
     else:
         data = read_files(paths, fmt, config)
-    return derive_features(data, config)
+    data = derive_features(data, config)
+    if config.group_col is not None:
+        if fmt is DataFormat.PREPARED:
+            raise ConfigError("data.group_col: grouped data is read from its raw CSV/Parquet files, not prepared")
+        data = group_rows(data, config.group_col)
+    return data
 
 
 def prepare_path(config: DataConfig, out_dir: Path, *, overwrite: bool = False) -> DatasetStats:
@@ -221,11 +227,14 @@ def _load_alike(path: str, config: DataConfig, like: ColumnarData, source: str) 
 def _split_tail(
     data: ColumnarData, fraction: float, key: str, source: str, purpose: str
 ) -> tuple[ColumnarData, ColumnarData]:
-    """``data`` less its last ``fraction`` of rows, and those rows (views, not copies)."""
+    """``data`` less its last ``fraction`` of rows, and those rows (views, not copies); grouped
+    data is cut between groups, the tail holding at most ``fraction`` of the rows."""
     num_tail = int(round(data.num_rows * fraction))
-    if num_tail < 1 or num_tail >= data.num_rows:
-        raise DataError(f"{source}: {data.num_rows} rows are too few to hold out {key}={fraction} for {purpose}")
     cut = data.num_rows - num_tail
+    if data.groups is not None:
+        cut = group_boundary(np.asarray(data.groups), cut)
+    if cut >= data.num_rows or cut < 1:
+        raise DataError(f"{source}: {data.num_rows} rows are too few to hold out {key}={fraction} for {purpose}")
     head, tail = data.slice_rows(0, cut), data.slice_rows(cut, data.num_rows)
     head.skipped_rows = data.skipped_rows
     return head, tail

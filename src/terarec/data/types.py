@@ -130,6 +130,9 @@ class ColumnarData:
         dense (np.ndarray): ``float32`` dense features after the dense transform.
         sparse (dict[str, JaggedColumn]): one jagged ``int64`` ID column per sparse feature.
         skipped_rows (int, optional): malformed rows skipped while reading. Default: ``0``
+        source (str, optional): where the rows came from, for messages. Default: ``""``
+        groups (np.ndarray, optional): learning to rank: each row's query (group) ID, a group's
+            rows contiguous (:mod:`terarec.data.groups`); ``None`` otherwise. Default: ``None``
 
     Shape:
         - labels: :math:`(R)`
@@ -143,6 +146,7 @@ class ColumnarData:
     sparse: dict[str, JaggedColumn]
     skipped_rows: int = 0
     source: str = field(default="")
+    groups: np.ndarray | None = None
 
     @property
     def num_rows(self) -> int:
@@ -158,8 +162,9 @@ class ColumnarData:
             ids = slice(int(offsets[0]), int(offsets[-1]))
             weights = None if col.weights is None else col.weights[ids]
             sparse[name] = JaggedColumn(col.values[ids], offsets - offsets[0], weights)
+        groups = None if self.groups is None else self.groups[start:stop]
         return ColumnarData(self.schema, self.labels[start:stop], self.dense[start:stop], sparse,
-                            skipped_rows=0, source=self.source)
+                            skipped_rows=0, source=self.source, groups=groups)
 
     @classmethod
     def concat(cls, parts: list[ColumnarData]) -> ColumnarData:
@@ -172,6 +177,8 @@ class ColumnarData:
         for part in parts[1:]:
             if part.schema != schema:
                 raise ValueError(f"ColumnarData.concat: schemas differ: {schema} vs {part.schema}")
+            if (part.groups is None) != (parts[0].groups is None):
+                raise ValueError("ColumnarData.concat: some parts have groups and some do not")
         sparse = {}
         for name in schema.sparse_features:
             cols = [p.sparse[name] for p in parts]
@@ -189,6 +196,7 @@ class ColumnarData:
             sparse,
             skipped_rows=sum(p.skipped_rows for p in parts),
             source=",".join(dict.fromkeys(p.source for p in parts if p.source)),
+            groups=None if parts[0].groups is None else np.concatenate([p.groups for p in parts]),
         )
 
 
@@ -197,12 +205,14 @@ class Batch:
     """One training or evaluation batch, as tensors.
 
     Args:
-        labels (Tensor): ``float32`` click labels.
+        labels (Tensor): ``float32`` click labels (graded relevance when ranking).
         dense (Tensor): ``float32`` dense features.
         sparse (dict[str, JaggedTensor]): per sparse feature, its bags of 64-bit IDs.
+        groups (Tensor, optional): learning to rank: each row's group within the batch,
+            ``0 .. G - 1`` in row order; ``None`` otherwise. Default: ``None``
 
     Shape:
-        - labels: :math:`(B)`
+        - labels, groups: :math:`(B)`
         - dense: :math:`(B, D_{dense})`
         - sparse[f]: ``offsets`` :math:`(B + 1)`
     """
@@ -210,6 +220,7 @@ class Batch:
     labels: torch.Tensor
     dense: torch.Tensor
     sparse: dict[str, JaggedTensor]
+    groups: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:

@@ -2,7 +2,7 @@
 
 Typical use::
 
-    report = index_run(Path("runs/ml100k"))              # RUN/index: faiss index, item IDs, report
+    report = index_run(Path("runs/ml100k"))              # RUN/index: faiss IVF index, item IDs, report
     index = ItemIndex.load(Path("runs/ml100k/index"))
     items, scores = index.search(user_vectors, k=100)
 """

@@ -16,7 +16,7 @@ from terarec.train.retrieval import embed_rows
 __all__ = ["index_run"]
 
 
-def index_run(run: Path, out: Path | None = None, kind: IndexKind = IndexKind.HNSW) -> dict[str, object]:
+def index_run(run: Path, out: Path | None = None, kind: IndexKind = IndexKind.IVF) -> dict[str, object]:
     """Builds and saves the item index of a two-tower run, and measures it.
 
     The run's data is read again with its settings (the same catalogue and queries), every
@@ -28,7 +28,7 @@ def index_run(run: Path, out: Path | None = None, kind: IndexKind = IndexKind.HN
     Args:
         run (Path): a run directory (or one of its checkpoints).
         out (Path, optional): where the index goes; ``None``: ``RUN/index``. Default: ``None``
-        kind (IndexKind, optional): the index family. Default: ``IndexKind.HNSW``
+        kind (IndexKind, optional): the index family. Default: ``IndexKind.IVF``
 
     Returns:
         dict[str, object]: the index's size, kind and parameters and its measurements (also in

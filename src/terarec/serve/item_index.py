@@ -2,9 +2,12 @@
 
 A two-tower model scores a user and an item by the dot product of their vectors, so retrieval
 is maximum inner-product search over the item vectors. :class:`ItemIndex` wraps a faiss index
-under the inner-product metric: ``hnsw`` (a graph; no training, the default: see the benchmark
-document for the measurements that chose it) or ``ivf`` (inverted lists over k-means cells), or
-``flat`` (exact). It is saved as a directory: ``index.faiss``, ``items.npy`` (each position's
+under the inner-product metric: ``ivf`` (inverted lists over k-means cells, the default),
+``hnsw`` (a graph) or ``flat`` (exact). Over a million 64-dim vectors on one core both
+approximate kinds pass recall@100 0.95 at over 1,000 single-query searches per second; IVF
+builds about five times faster (which matters when a new model replaces the index), answers
+faster at the same recall, and stores no graph links beside the vectors (the benchmark document
+has the figures). It is saved as a directory: ``index.faiss``, ``items.npy`` (each position's
 item, as text), optionally ``vectors.npy``, and ``index.json`` (kind, parameters, size, and
 how it measured); written to a temporary directory
 first and renamed, so a failed save leaves any earlier index whole.
@@ -74,7 +77,7 @@ class ItemIndex:
         cls,
         vectors: np.ndarray,
         items: np.ndarray,
-        kind: IndexKind = IndexKind.HNSW,
+        kind: IndexKind = IndexKind.IVF,
         *,
         m: int = 32,
         ef_construction: int = 200,
@@ -88,13 +91,15 @@ class ItemIndex:
         Args:
             vectors (np.ndarray): the item vectors, ``float32``.
             items (np.ndarray): each vector's item.
-            kind (IndexKind, optional): the index family. Default: ``IndexKind.HNSW``
+            kind (IndexKind, optional): the index family. Default: ``IndexKind.IVF``
             m (int, optional): HNSW: neighbours per node. Default: ``32``
             ef_construction (int, optional): HNSW: candidates while building. Default: ``200``
             ef_search (int, optional): HNSW: candidates while searching (recall against speed).
                 Default: ``128``
-            nlist (int, optional): IVF: cells; ``None``: about ``4 sqrt(N)``. Default: ``None``
-            nprobe (int, optional): IVF: cells searched per query. Default: ``32``
+            nlist (int, optional): IVF: cells; ``None``: about ``4 sqrt(N)``, with at least 39
+                vectors per cell to train them. Default: ``None``
+            nprobe (int, optional): IVF: cells searched per query (recall against speed).
+                Default: ``32``
             seed (int, optional): IVF: the k-means seed. Default: ``0``
 
         Shape:

@@ -39,9 +39,12 @@ __all__ = [
     "EarlyStoppingConfig",
     "EmbeddingConfig",
     "LRDecay",
+    "RankingConfig",
+    "RankingLoss",
     "StoppingMetric",
     "TableKind",
     "TableSpec",
+    "TaskType",
     "TrainConfig",
     "load_config",
 ]
@@ -74,8 +77,8 @@ class LRDecay(enum.Enum):
 
 
 class StoppingMetric(enum.Enum):
-    """The validation metric that picks the best model: AUC, or for retrieval NDCG@10 or
-    recall@10 (higher is better), or log loss (lower is better)."""
+    """The validation metric that picks the best model: AUC, or for retrieval and ranking NDCG@10
+    (and recall@10 for retrieval) (higher is better), or log loss (lower is better)."""
 
     AUC = "auc"
     LOG_LOSS = "logloss"
@@ -93,8 +96,9 @@ class EarlyStoppingConfig:
 
     Args:
         metric (StoppingMetric, optional): the validation metric that picks the best model:
-            ``auc``, ``logloss``, or for retrieval ``ndcg@10`` or ``recall@10``; ``None`` takes the
-            task's own: ``auc`` for click prediction, ``ndcg@10`` for retrieval. Default: ``None``
+            ``auc``, ``logloss``, ``ndcg@10``, or for retrieval ``recall@10``; ``None`` takes the
+            task's own: ``auc`` for click prediction, ``ndcg@10`` for retrieval and ranking.
+            Default: ``None``
         patience (int, optional): validations without improvement before training stops;
             ``0`` never stops early (the best model is still kept). Default: ``2``
         min_delta (float, optional): improvement that counts. Default: ``0.0``
@@ -112,6 +116,42 @@ class EarlyStoppingConfig:
             raise ConfigError(f"train.early_stopping.patience must be >= 0, got {self.patience}")
         if not self.min_delta >= 0:
             raise ConfigError(f"train.early_stopping.min_delta must be >= 0, got {self.min_delta}")
+
+
+class TaskType(enum.Enum):
+    """What a run learns: click prediction, retrieval (an interaction log) or learning to rank
+    (grouped rows, ``data.group_col``)."""
+
+    CLICK = "click"
+    RETRIEVAL = "retrieval"
+    RANKING = "ranking"
+
+
+class RankingLoss(enum.Enum):
+    """Learning-to-rank losses over the rows of a group (as TF-Ranking names them): pairwise
+    logistic (RankNet), softmax (listwise cross-entropy against the grades), ApproxNDCG."""
+
+    PAIRWISE_LOGISTIC = "pairwise_logistic"
+    SOFTMAX = "softmax"
+    APPROX_NDCG = "approx_ndcg"
+
+
+@dataclass(frozen=True)
+class RankingConfig:
+    """``train.ranking``: the loss of learning to rank.
+
+    Args:
+        loss (RankingLoss, optional): the loss. Default: ``RankingLoss.SOFTMAX``
+        temperature (float, optional): ApproxNDCG's smoothing of ranks: a row's rank is one plus
+            the sum over the others of ``sigmoid((s_j - s_i) / temperature)``. Default: ``0.1``
+    """
+
+    loss: RankingLoss = RankingLoss.SOFTMAX
+    temperature: float = 0.1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
+            raise ConfigError(f"train.ranking.temperature must be > 0, got {self.temperature!r}")
 
 
 class TableKind(enum.Enum):
@@ -275,6 +315,10 @@ class TrainConfig:
         eval_every (int, optional): steps between validations; ``0`` validates after every
             epoch. Default: ``0``
         early_stopping (EarlyStoppingConfig, optional): see :class:`EarlyStoppingConfig`.
+        task (TaskType, optional): what the run learns; ``None`` follows the data: ``retrieval``
+            for ``data.format=interactions``, ``ranking`` with ``data.group_col``, else ``click``.
+            Default: ``None``
+        ranking (RankingConfig, optional): see :class:`RankingConfig`.
         embedding_l2 (float, optional): adds ``embedding_l2`` times the squared norm of each
             example's pooled embeddings (batch mean) to the loss: an L2 penalty on the rows a
             batch touches, each as often as it is looked up. Default: ``0.0``
@@ -311,6 +355,8 @@ class TrainConfig:
     steps: int | None = None
     eval_every: int = 0
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    task: TaskType | None = None
+    ranking: RankingConfig = field(default_factory=RankingConfig)
     embedding_l2: float = 0.0
     weight_decay: float = 0.0
     warmup_steps: int = 0

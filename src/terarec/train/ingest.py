@@ -20,6 +20,7 @@ import torch.distributed as dist
 from terarec.data import DataConfig, DataFormat, DataSplits, load_splits
 from terarec.data.sources import prepare_path, resolve_path
 from terarec.data.stats import DatasetStats
+from terarec.errors import ConfigError
 from terarec.train.distributed import World
 
 __all__ = ["INGEST_TIMEOUT", "load_rank_splits"]
@@ -47,6 +48,8 @@ def load_rank_splits(config: DataConfig, world: World, run_dir: Path) -> DataSpl
         >>> load_rank_splits(synthetic, World(), Path("unused")).train.num_rows  # 10 validate
         90
     """
+    if world.size > 1 and config.group_col is not None:
+        raise ConfigError("learning to rank (data.group_col) trains on one process; drop --nproc-per-node")
     if world.size == 1 or config.path is None or _is_prepared(config.path, config):
         return load_splits(config)
     target = Path(run_dir) / "ingested"

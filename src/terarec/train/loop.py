@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from terarec._background import iterate_in_background
 from terarec._dataclass_codec import to_mapping
-from terarec.data import Batch, BatchLoader, DataSplits
+from terarec.data import Batch, BatchLoader, DataSplits, GroupedBatchLoader
 from terarec.embedding import (
     DeepHashTableConfig,
     EmbeddingCollection,
@@ -243,7 +243,7 @@ def _fit(config: Config, world: World) -> TrainResult:
         state = load_checkpoint(checkpoint, network, collection, optimizer, restore_rng=True)  # type: ignore[arg-type]
 
     # With several ranks the last, partial global batch is dropped: a rank could get no rows.
-    loader = BatchLoader(
+    loader = (GroupedBatchLoader if splits.train.groups is not None else BatchLoader)(
         splits.train,
         batch_size // world.size,
         shuffle=settings.shuffle,

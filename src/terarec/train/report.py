@@ -90,15 +90,21 @@ def _curves(metrics: dict[str, object], out: Path, pyplot) -> Path:  # type: ign
     loss = np.array(metrics.get("train_loss") or [], dtype=np.float64).reshape(-1, 2)
     validation = metrics.get("validation") or []
     figure, (left, right) = pyplot.subplots(1, 2, figsize=(11, 4))
+    clicks = "auc" in metrics
     left.plot(loss[:, 0], loss[:, 1], label="training loss")
-    left.set(xlabel="step", ylabel="binary cross-entropy", title="training loss")
+    left.set(xlabel="step", ylabel="binary cross-entropy" if clicks else "ranking loss", title="training loss")
+    # Click prediction: validation log loss beside the training loss, AUC on the right; retrieval
+    # and learning to rank: their ranking metrics.
+    shown = ["auc"] if clicks else [name for name in ("ndcg@10", "recall@10") if name in metrics]
     if validation:
         steps = [v["step"] for v in validation]
-        left.plot(steps, [v["logloss"] for v in validation], "o-", label="validation log loss")
-        right.plot(steps, [v["auc"] for v in validation], "o-", color="tab:green")
+        if clicks:
+            left.plot(steps, [v["logloss"] for v in validation], "o-", label="validation log loss")
+        for name in shown:
+            right.plot(steps, [v[name] for v in validation], "o-", label=f"validation {name}")
         right.axvline(metrics["model_step"], linestyle="--", color="grey", label=f"best: step {metrics['model_step']}")
         right.legend()
-    right.set(xlabel="step", ylabel="AUC", title="validation AUC" if validation else "no validation split")
+    right.set(xlabel="step", ylabel=" / ".join(shown), title="validation" if validation else "no validation split")
     left.legend()
     return _save(figure, out / "curves.png", pyplot)
 
@@ -120,9 +126,10 @@ def _calibration(run_dir: Path, out: Path, pyplot) -> Path:  # type: ignore[no-u
 
 
 def write_report(run_dir: Path, out: Path | None = None) -> list[Path]:
-    """Writes ``curves.png`` (training loss, validation log loss and AUC over steps, the best
-    step marked) and ``calibration.png`` (reliability of the best model on the run's evaluation
-    data) into ``out`` (default ``RUN/report``) and returns their paths.
+    """Writes ``curves.png`` (training loss, validation log loss and AUC over steps, or a retrieval
+    or ranking run's validation NDCG@10 (and recall@10); the best step marked) and, for click prediction,
+    ``calibration.png`` (reliability of the best model on the run's evaluation data) into ``out``
+    (default ``RUN/report``) and returns their paths.
 
     Raises:
         DataError: when ``run_dir`` holds no ``metrics.json`` or no checkpoint.
@@ -136,4 +143,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> list[Path]:
     pyplot = _pyplot()
     out = Path(out) if out is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    return [_curves(metrics, out, pyplot), _calibration(run_dir, out, pyplot)]
+    plots = [_curves(metrics, out, pyplot)]
+    if "auc" in metrics:  # click probabilities; retrieval and ranking scores are not probabilities
+        plots.append(_calibration(run_dir, out, pyplot))
+    return plots

@@ -6,7 +6,7 @@ batch (with several ranks, item vectors are all-gathered, with gradients, so eac
 negatives span all ranks' items), with the log-Q correction of each item's share of the
 training events. Evaluation embeds the whole catalogue with the item tower and each query's
 user with the user tower, and ranks every item for every query
-(:func:`~terarec.train.ranking_metrics.full_ranking_metrics`).
+(:func:`~terarec.train.retrieval_metrics.full_ranking_metrics`).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from terarec.train.config import Config, DensePrecision, StoppingMetric
 from terarec.train.distributed import World
 from terarec.train.evaluate import map_rows, open_checkpoint
 from terarec.train.network import DenseNetwork
-from terarec.train.ranking_metrics import full_ranking_metrics
+from terarec.train.retrieval_metrics import full_ranking_metrics
 from terarec.train.tasks import Task
 
-__all__ = ["RetrievalTask", "embed_rows", "evaluate_retrieval_checkpoint", "is_retrieval_run"]
+__all__ = ["RetrievalTask", "embed_rows", "evaluate_retrieval_checkpoint", "is_retrieval_run", "run_config"]
 
 # Scores held at once while ranking: queries per block times catalogue items.
 _SCORES_PER_BLOCK = 1 << 23
@@ -126,10 +126,14 @@ class RetrievalTask(Task):
         return metrics.to_dict()
 
 
+def run_config(checkpoint: Path) -> Config:
+    """The config a checkpoint (or the run directory holding it) was trained with."""
+    return Config.from_dict(read_run_spec(checkpoint)["config"])  # type: ignore[arg-type]
+
+
 def is_retrieval_run(checkpoint: Path) -> bool:
     """Whether ``checkpoint`` (or the run directory holding it) trained a two-tower model."""
-    config = Config.from_dict(read_run_spec(checkpoint)["config"])  # type: ignore[arg-type]
-    return config.model.type is ModelType.TWO_TOWER
+    return run_config(checkpoint).model.type is ModelType.TWO_TOWER
 
 
 def evaluate_retrieval_checkpoint(checkpoint: Path) -> dict[str, float]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from terarec.data import JaggedColumn
-from terarec.train.ranking_metrics import full_ranking_metrics
+from terarec.train.retrieval_metrics import full_ranking_metrics
 
 
 def _jagged(bags: list[list[int]]) -> JaggedColumn:

@@ -25,14 +25,14 @@ import torch
 
 from terarec.data import JaggedColumn
 
-__all__ = ["DEFAULT_CUTOFFS", "RankingMetrics", "full_ranking_metrics", "ranking_summary"]
+__all__ = ["DEFAULT_CUTOFFS", "RetrievalMetrics", "full_ranking_metrics", "retrieval_summary"]
 
 DEFAULT_CUTOFFS = (10, 50)
 """The ``k`` of ``recall@k`` reported by default; ``ndcg`` and ``hit`` use the first."""
 
 
 @dataclass(frozen=True)
-class RankingMetrics:
+class RetrievalMetrics:
     """Full-ranking metrics, each the mean over queries.
 
     Args:
@@ -59,8 +59,8 @@ class RankingMetrics:
         return {**out, "mrr": self.mrr, "examples": self.queries, "num_items": self.num_items}
 
 
-def ranking_summary(metrics: dict[str, float]) -> str:
-    """:meth:`RankingMetrics.to_dict`'s headline numbers in one line."""
+def retrieval_summary(metrics: dict[str, float]) -> str:
+    """:meth:`RetrievalMetrics.to_dict`'s headline numbers in one line."""
     return (
         f"recall@10 {metrics['recall@10']:.4f} | recall@50 {metrics['recall@50']:.4f} | ndcg@10 {metrics['ndcg@10']:.4f} | "
         f"mrr {metrics['mrr']:.4f} | hit@10 {metrics['hit@10']:.4f} | {metrics['examples']:,} queries ranked over "
@@ -84,7 +84,7 @@ def full_ranking_metrics(
     exclude: JaggedColumn,
     cutoffs: Sequence[int] = DEFAULT_CUTOFFS,
     block: int = 256,
-) -> RankingMetrics:
+) -> RetrievalMetrics:
     """Ranks the whole catalogue for every query and measures where the targets land.
 
     Args:
@@ -144,7 +144,7 @@ def full_ranking_metrics(
             hit[k] += float((found > 0).sum())
             ndcg[k] += float((gain / ideal).sum())
     scale = 1.0 / max(num_queries, 1)
-    return RankingMetrics(
+    return RetrievalMetrics(
         recall={k: v * scale for k, v in recall.items()},
         ndcg={k: v * scale for k, v in ndcg.items()},
         hit={k: v * scale for k, v in hit.items()},

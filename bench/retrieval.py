@@ -198,7 +198,7 @@ def _two_tower(dataset: Dataset, side: bool, threads: int, seed: int) -> dict[st
             "index": {k: index[k] for k in ("kind", "params", "recall@10", "recall@100", "queries_per_second")}}
 
 
-def _index_cases(num_items: int, dim: int, seed: int) -> list[dict[str, object]]:
+def _index_cases(num_items: int, dim: int, seed: int, kinds: list[IndexKind]) -> list[dict[str, object]]:
     rng = np.random.default_rng(seed)
     # Clustered unit vectors: real item embeddings are far from uniform on the sphere.
     centres = rng.standard_normal((256, dim)).astype(np.float32)
@@ -207,7 +207,7 @@ def _index_cases(num_items: int, dim: int, seed: int) -> list[dict[str, object]]
     queries = centres[rng.integers(0, 256, 1000)] + 0.5 * rng.standard_normal((1000, dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     cases = []
-    for kind in (IndexKind.IVF, IndexKind.HNSW):
+    for kind in kinds:
         started = time.perf_counter()
         index = ItemIndex.build(vectors, np.arange(num_items).astype(str), kind)
         build_seconds = time.perf_counter() - started
@@ -234,6 +234,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None, help="two-tower seeds (default 3, 1 with --quick)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--index-items", type=int, default=None, help="items of the synthetic index (default 1M, 100k with --quick)")
+    parser.add_argument("--index-kinds", default="ivf,hnsw", help="synthetic index families to measure (ivf, hnsw, flat)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     seeds = args.seeds or (1 if args.quick else 3)
@@ -249,7 +250,7 @@ def main() -> None:
         print(_table([r for r in rows if r["dataset"] == name]), flush=True)
     index_items = args.index_items or (100_000 if args.quick else 1_000_000)
     torch.set_num_threads(1)
-    indexes = _index_cases(index_items, 64, 0)
+    indexes = _index_cases(index_items, 64, 0, [IndexKind(kind) for kind in args.index_kinds.split(",")])
     print(f"\n{'index':<6} {'items':>10} {'build s':>8} {'recall@10':>9} {'recall@100':>10} {'q/s':>7} {'exact q/s':>9}  params")
     for case in indexes:
         print(f"{case['kind']:<6} {case['num_items']:>10,} {case['build_seconds']:>8.1f} {case['recall@10']:>9.4f} "

@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass, field
 
 from terarec.data.types import BadRowPolicy, DataFormat, DenseTransform
+from terarec._checks import as_names
 from terarec.errors import ConfigError
 
 __all__ = ["CRITEO_1TB_CARDINALITIES", "DataConfig", "InteractionsConfig", "SplitMethod", "SyntheticConfig"]
@@ -273,14 +274,7 @@ class DataConfig:
         _check_enum("data.on_bad_row", self.on_bad_row, BadRowPolicy)
         _check_enum("data.dense_transform", self.dense_transform, DenseTransform)
         for name in ("dense_features", "ignore", "bucketize"):
-            value = getattr(self, name)
-            if isinstance(value, list):
-                value = tuple(value)
-                object.__setattr__(self, name, value)
-            if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
-                raise ConfigError(f"data.{name} must be a list of column names, got {value!r}")
-            if len(set(value)) != len(value):
-                raise ConfigError(f"data.{name} names a column twice: {list(value)}")
+            as_names(self, name, f"data.{name}")
         if isinstance(self.crosses, list):
             object.__setattr__(self, "crosses", tuple(tuple(c) if isinstance(c, list) else c for c in self.crosses))
         for index, cross in enumerate(self.crosses):

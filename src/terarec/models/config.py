@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from terarec._checks import as_names
 from terarec.errors import ConfigError
 
 __all__ = [
@@ -265,12 +266,7 @@ class TwoTowerConfig:
 
     def __post_init__(self) -> None:
         for name in ("user_features", "item_features"):
-            value = getattr(self, name)
-            if isinstance(value, list):
-                value = tuple(value)
-                object.__setattr__(self, name, value)
-            if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
-                raise ConfigError(f"model.two_tower.{name} must be a list of feature names, got {value!r}")
+            as_names(self, name, f"model.two_tower.{name}")
         both = set(self.user_features) & set(self.item_features)
         if both:
             raise ConfigError(f"model.two_tower: {sorted(both)} are in both user_features and item_features")

@@ -196,126 +196,135 @@ def build_retrieval_data(config: DataConfig, paths: list[Path], eval_paths: list
         ConfigError: on settings the log cannot meet (``min_rating`` without ratings, names that clash).
         DataError: on malformed files, or when the split leaves no training event or no query.
     """
-    settings = config.interactions
-    train_log = read_interactions(paths, config)
-    logs = [train_log] + ([read_interactions(eval_paths, config)] if eval_paths else [])
-    user_text = pa.concat_arrays([log.users for log in logs])
-    item_text = pa.concat_arrays([log.items for log in logs])
-    fixed_eval = np.arange(len(user_text)) >= train_log.num_events
-    encoded_users, encoded_items = pc.dictionary_encode(user_text), pc.dictionary_encode(item_text)
-    users = np.asarray(encoded_users.indices, dtype=np.int64)
-    items = np.asarray(encoded_items.indices, dtype=np.int64)
-    if any(log.times is None for log in logs):
-        times = np.zeros(len(users))
-    else:
-        times = np.concatenate([log.times for log in logs])  # type: ignore[misc]
-    report: dict[str, int] = {"events": len(users)}
-    keep = np.ones(len(users), bool)
-    if settings.min_rating is not None:
-        if any(log.ratings is None for log in logs):
-            raise ConfigError(
-                f"data.interactions.min_rating is set but {', '.join(train_log.sources)} has no rating column "
-                "(name it with data.interactions.rating_col)"
-            )
-        ratings = np.concatenate([log.ratings for log in logs])  # type: ignore[misc]
-        keep &= ratings >= settings.min_rating
-        report["below_min_rating"] = int((~keep).sum())
-    filtered = _k_core(users, items, keep & ~fixed_eval, settings.min_user_events, settings.min_item_events)
-    report["k_core_dropped"] = int((keep & ~fixed_eval).sum() - filtered.sum())
-    keep = filtered | (keep & fixed_eval)
-    pair_keys = users[keep] * (int(items.max()) + 1) + items[keep]
-    report["duplicate_events"] = int(len(pair_keys) - len(np.unique(pair_keys)))
+    return _RetrievalBuilder(config, paths, eval_paths).build()
 
-    validate = config.val_fraction > 0
-    candidates = keep & ~fixed_eval
-    if not eval_paths:
-        roles = _assign_roles(config, users, times, candidates, _EVAL, validate)
-    elif validate:
-        roles = _assign_roles(config, users, times, candidates, _VAL, False)
-    else:
-        roles = np.full(len(users), _TRAIN, np.int8)
-    roles[fixed_eval] = _EVAL
-    roles[~keep] = -1
-    train_mask = roles == _TRAIN
-    if not train_mask.any():
-        raise DataError(f"{', '.join(train_log.sources)}: no training event is left after filtering and splitting")
 
-    # The catalogue: items of training events, in order of first appearance.
-    catalogue_codes = pc.unique(pa.array(items[train_mask])).to_numpy()
-    position_of_item = np.full(len(encoded_items.dictionary), -1, np.int64)
-    position_of_item[catalogue_codes] = np.arange(len(catalogue_codes))
-    item_counts = np.bincount(position_of_item[items[train_mask]], minlength=len(catalogue_codes))
-    user_hashes = hash_strings(encoded_users.dictionary)
-    item_hashes = hash_strings(encoded_items.dictionary)
+class _RetrievalBuilder:
+    """The steps of :func:`build_retrieval_data`, over the events of one log, in order: read and
+    encode, filter, split, then build training rows, queries and the catalogue. ``report``
+    collects the counts on the way."""
 
-    user_names = [settings.user_col]
-    item_names = [settings.item_col]
-    reserved = {settings.user_col, settings.item_col, HISTORY_FEATURE}
-    user_side = item_side = None
-    if settings.user_features is not None:
-        user_side = read_side_features(settings.user_features, settings.user_col, config, reserved)
-        user_names += list(user_side.columns)
-        reserved |= set(user_side.columns)
-    if settings.item_features is not None:
-        item_side = read_side_features(settings.item_features, settings.item_col, config, reserved)
-        clash = set(item_side.columns) & reserved
-        if clash:
-            raise ConfigError(f"{settings.item_features}: side feature(s) {sorted(clash)} clash with user features; list them in data.ignore")
-        item_names += list(item_side.columns)
-    if settings.history_length:
-        user_names.append(HISTORY_FEATURE)
-    schema = Schema("label", (), (*user_names, *item_names))
+    def __init__(self, config: DataConfig, paths: list[Path], eval_paths: list[Path] | None) -> None:
+        self.config, self.settings = config, config.interactions
+        train_log = read_interactions(paths, config)
+        self.logs = [train_log] + ([read_interactions(eval_paths, config)] if eval_paths else [])
+        self.fixed_eval_file = bool(eval_paths)
+        self.source = ",".join(train_log.sources)
+        self.encoded_users = pc.dictionary_encode(pa.concat_arrays([log.users for log in self.logs]))
+        self.encoded_items = pc.dictionary_encode(pa.concat_arrays([log.items for log in self.logs]))
+        self.users = np.asarray(self.encoded_users.indices, dtype=np.int64)
+        self.items = np.asarray(self.encoded_items.indices, dtype=np.int64)
+        self.fixed_eval = np.arange(len(self.users)) >= train_log.num_events
+        times = [log.times for log in self.logs]
+        self.times = np.zeros(len(self.users)) if any(t is None for t in times) else np.concatenate(times)  # type: ignore[arg-type]
+        self.user_hashes = hash_strings(self.encoded_users.dictionary)
+        self.item_hashes = hash_strings(self.encoded_items.dictionary)
+        self.num_users = len(self.encoded_users.dictionary)
+        self.report: dict[str, int] = {"events": len(self.users)}
 
-    def user_columns(user_codes: np.ndarray, history: JaggedColumn) -> dict[str, JaggedColumn]:
-        columns = {settings.user_col: _single(user_hashes[user_codes])}
-        if user_side is not None:
-            side, missing = _side_rows(user_side, encoded_users.dictionary.take(pa.array(user_codes)))
-            report["rows_without_user_features"] = report.get("rows_without_user_features", 0) + missing
-            columns.update(side)
+    def kept(self) -> np.ndarray:
+        """The events left by the rating and k-core filters (the fixed evaluation file's are not
+        k-core filtered), with repeated user-item events counted."""
+        settings, report = self.settings, self.report
+        keep = np.ones(len(self.users), bool)
+        if settings.min_rating is not None:
+            if any(log.ratings is None for log in self.logs):
+                raise ConfigError(
+                    f"data.interactions.min_rating is set but {self.source} has no rating column "
+                    "(name it with data.interactions.rating_col)"
+                )
+            keep &= np.concatenate([log.ratings for log in self.logs]) >= settings.min_rating  # type: ignore[misc]
+            report["below_min_rating"] = int((~keep).sum())
+        trainable = keep & ~self.fixed_eval
+        filtered = _k_core(self.users, self.items, trainable, settings.min_user_events, settings.min_item_events)
+        report["k_core_dropped"] = int(trainable.sum() - filtered.sum())
+        keep = filtered | (keep & self.fixed_eval)
+        pair_keys = self.users[keep] * (int(self.items.max()) + 1) + self.items[keep]
+        report["duplicate_events"] = int(len(pair_keys) - len(np.unique(pair_keys)))
+        return keep
+
+    def roles(self, keep: np.ndarray) -> np.ndarray:
+        """Each event's role (training, validation, evaluation; ``-1`` filtered out)."""
+        validate = self.config.val_fraction > 0
+        candidates = keep & ~self.fixed_eval
+        if not self.fixed_eval_file:
+            roles = _assign_roles(self.config, self.users, self.times, candidates, _EVAL, validate)
+        elif validate:
+            roles = _assign_roles(self.config, self.users, self.times, candidates, _VAL, False)
+        else:
+            roles = np.full(len(self.users), _TRAIN, np.int8)
+        roles[self.fixed_eval] = _EVAL
+        roles[~keep] = -1
+        return roles
+
+    def read_side_features(self) -> None:
+        """The side files, and the schema: the user's features, then the item's."""
+        settings = self.settings
+        self.user_names, self.item_names = [settings.user_col], [settings.item_col]
+        reserved = {settings.user_col, settings.item_col, HISTORY_FEATURE}
+        self.user_side = self.item_side = None
+        if settings.user_features is not None:
+            self.user_side = read_side_features(settings.user_features, settings.user_col, self.config, reserved)
+            self.user_names += list(self.user_side.columns)
+            reserved |= set(self.user_side.columns)
+        if settings.item_features is not None:
+            self.item_side = read_side_features(settings.item_features, settings.item_col, self.config, reserved)
+            self.item_names += list(self.item_side.columns)
         if settings.history_length:
+            self.user_names.append(HISTORY_FEATURE)
+        self.schema = Schema("label", (), (*self.user_names, *self.item_names))
+
+    def user_columns(self, user_codes: np.ndarray, history: JaggedColumn) -> dict[str, JaggedColumn]:
+        columns = {self.settings.user_col: _single(self.user_hashes[user_codes])}
+        if self.user_side is not None:
+            side, missing = _side_rows(self.user_side, self.encoded_users.dictionary.take(pa.array(user_codes)))
+            self.report["rows_without_user_features"] = self.report.get("rows_without_user_features", 0) + missing
+            columns.update(side)
+        if self.settings.history_length:
             columns[HISTORY_FEATURE] = history
         return columns
 
-    def item_columns(item_codes: np.ndarray) -> dict[str, JaggedColumn]:
-        columns = {settings.item_col: _single(item_hashes[item_codes])}
-        if item_side is not None:
-            side, missing = _side_rows(item_side, encoded_items.dictionary.take(pa.array(item_codes)))
-            report["rows_without_item_features"] = report.get("rows_without_item_features", 0) + missing
+    def item_columns(self, item_codes: np.ndarray) -> dict[str, JaggedColumn]:
+        columns = {self.settings.item_col: _single(self.item_hashes[item_codes])}
+        if self.item_side is not None:
+            side, missing = _side_rows(self.item_side, self.encoded_items.dictionary.take(pa.array(item_codes)))
+            self.report["rows_without_item_features"] = self.report.get("rows_without_item_features", 0) + missing
             columns.update(side)
         return columns
 
-    def table(columns: dict[str, JaggedColumn], rows: int, source: str) -> ColumnarData:
-        sparse = {name: columns.get(name, _empty_bags(rows)) for name in schema.sparse_features}
-        return ColumnarData(schema, np.ones(rows, np.float32), np.zeros((rows, 0), np.float32), sparse, source=source)
+    def table(self, columns: dict[str, JaggedColumn], rows: int, source: str) -> ColumnarData:
+        """Rows of every feature, the ones ``columns`` lacks as empty bags."""
+        sparse = {name: columns.get(name, _empty_bags(rows)) for name in self.schema.sparse_features}
+        return ColumnarData(self.schema, np.ones(rows, np.float32), np.zeros((rows, 0), np.float32), sparse, source=source)
 
-    def context(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Events of ``mask`` sorted by user, time and file order; each user's first position."""
+    def context(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Events of ``mask`` sorted by user, time and file order; each user's first position
+        in that order; their items' IDs."""
         index = np.flatnonzero(mask)
-        order = index[np.lexsort((index, times[index], users[index]))]
-        starts = np.searchsorted(users[order], np.arange(len(encoded_users.dictionary) + 1))
-        return order, starts, item_hashes[items[order]]
+        order = index[np.lexsort((index, self.times[index], self.users[index]))]
+        starts = np.searchsorted(self.users[order], np.arange(self.num_users + 1))
+        return order, starts, self.item_hashes[self.items[order]]
 
-    # Training rows, in file order, each with the user's earlier training items.
-    order, starts, context_items = context(train_mask)
-    train_rows = np.flatnonzero(train_mask)
-    rank_in_user = np.empty(len(order), np.int64)
-    rank_in_user[np.searchsorted(train_rows, order)] = np.arange(len(order)) - starts[users[order]]
-    train_users = users[train_rows]
-    history = _windows(context_items, starts[train_users], starts[train_users] + rank_in_user, settings.history_length)
-    source = ",".join(train_log.sources)
-    train = table({**user_columns(train_users, history), **item_columns(items[train_rows])}, len(train_rows), source)
-    report["train_events"] = len(train_rows)
+    def training_rows(self, train_mask: np.ndarray) -> ColumnarData:
+        """One row per training event, in file order, each with the user's earlier training items."""
+        order, starts, context_items = self.context(train_mask)
+        train_rows = np.flatnonzero(train_mask)
+        rank_in_user = np.empty(len(order), np.int64)
+        rank_in_user[np.searchsorted(train_rows, order)] = np.arange(len(order)) - starts[self.users[order]]
+        users = self.users[train_rows]
+        history = _windows(context_items, starts[users], starts[users] + rank_in_user, self.settings.history_length)
+        self.report["train_events"] = len(train_rows)
+        columns = {**self.user_columns(users, history), **self.item_columns(self.items[train_rows])}
+        return self.table(columns, len(train_rows), self.source)
 
-    known_users = np.bincount(users[train_mask], minlength=len(encoded_users.dictionary)) > 0
-
-    def queries(role: int, context_mask: np.ndarray, name: str) -> QuerySet | None:
-        held = np.flatnonzero(roles == role)
-        if not len(held):
-            return None
-        cold = ~known_users[users[held]]
+    def queries(self, held: np.ndarray, context_mask: np.ndarray, name: str) -> QuerySet | None:
+        """One query per user of the ``held`` out events, known to have had the items of the
+        ``context_mask`` events; what cannot be ranked is counted under ``name``."""
+        report, users = self.report, self.users
+        cold = ~self.known_users[users[held]]
         report[f"{name}_cold_users"] = int(len(np.unique(users[held][cold])))
         held = held[~cold]
-        positions = position_of_item[items[held]]
+        positions = self.position_of_item[self.items[held]]
         report[f"{name}_unknown_target_items"] = int((positions < 0).sum())
         held, positions = held[positions >= 0], positions[positions >= 0]
         query_users, query_of_event = np.unique(users[held], return_inverse=True)
@@ -323,36 +332,46 @@ def build_retrieval_data(config: DataConfig, paths: list[Path], eval_paths: list
         if not len(query_users):
             return None
         targets = _csr(query_of_event, positions, len(query_users))
-        order, starts, context_items = context(context_mask)
-        history = _windows(context_items, starts[query_users], starts[query_users + 1], settings.history_length)
+        order, starts, context_items = self.context(context_mask)
+        history = _windows(context_items, starts[query_users], starts[query_users + 1], self.settings.history_length)
         # Known items per query: every context event of its user, less its targets.
-        query_of_user = np.full(len(encoded_users.dictionary), -1, np.int64)
+        query_of_user = np.full(self.num_users, -1, np.int64)
         query_of_user[query_users] = np.arange(len(query_users))
-        known_query = query_of_user[users[order]]
-        known_position = position_of_item[items[order]]
+        known_query, known_position = query_of_user[users[order]], self.position_of_item[self.items[order]]
         on = (known_query >= 0) & (known_position >= 0)
-        known_query, known_position = known_query[on], known_position[on]
-        width = len(catalogue_codes)
-        is_target = np.isin(known_query * width + known_position, query_of_event * width + positions)
-        report[f"{name}_targets_seen_before"] = int(len(np.unique((known_query * width + known_position)[is_target])))
-        exclude = _csr(known_query[~is_target], known_position[~is_target], len(query_users))
-        rows = table(user_columns(query_users, history), len(query_users), f"{source} ({name} queries)")
-        return QuerySet(rows, targets, exclude, encoded_users.dictionary.take(pa.array(query_users)))
+        known = known_query[on] * self.num_items + known_position[on]
+        is_target = np.isin(known, query_of_event * self.num_items + positions)
+        report[f"{name}_targets_seen_before"] = int(len(np.unique(known[is_target])))
+        exclude = _csr(known_query[on][~is_target], known_position[on][~is_target], len(query_users))
+        rows = self.table(self.user_columns(query_users, history), len(query_users), f"{self.source} ({name} queries)")
+        return QuerySet(rows, targets, exclude, self.encoded_users.dictionary.take(pa.array(query_users)))
 
-    val = queries(_VAL, train_mask, "val")
-    evaluation = queries(_EVAL, train_mask | (roles == _VAL), "eval")
-    if evaluation is None:
-        raise DataError(f"{source}: the split leaves no evaluation query (users need two events or more)")
-    catalogue = table(item_columns(catalogue_codes), len(catalogue_codes), f"{source} (catalogue)")
-    report["users"] = int(known_users.sum())
-    report["items"] = len(catalogue_codes)
-    return train, RetrievalData(
-        catalogue=catalogue,
-        items=encoded_items.dictionary.take(pa.array(catalogue_codes)),
-        item_counts=item_counts,
-        user_features=tuple(user_names),
-        item_features=tuple(item_names),
-        eval=evaluation,
-        val=val,
-        report=report,
-    )
+    def build(self) -> tuple[ColumnarData, RetrievalData]:
+        roles = self.roles(self.kept())
+        train_mask = roles == _TRAIN
+        if not train_mask.any():
+            raise DataError(f"{self.source}: no training event is left after filtering and splitting")
+        # The catalogue: items of training events, in order of first appearance.
+        catalogue_codes = pc.unique(pa.array(self.items[train_mask])).to_numpy()
+        self.num_items = len(catalogue_codes)
+        self.position_of_item = np.full(len(self.encoded_items.dictionary), -1, np.int64)
+        self.position_of_item[catalogue_codes] = np.arange(self.num_items)
+        self.known_users = np.bincount(self.users[train_mask], minlength=self.num_users) > 0
+        self.read_side_features()
+        train = self.training_rows(train_mask)
+        val = self.queries(np.flatnonzero(roles == _VAL), train_mask, "val")
+        evaluation = self.queries(np.flatnonzero(roles == _EVAL), train_mask | (roles == _VAL), "eval")
+        if evaluation is None:
+            raise DataError(f"{self.source}: the split leaves no evaluation query (users need two events or more)")
+        self.report["users"] = int(self.known_users.sum())
+        self.report["items"] = self.num_items
+        return train, RetrievalData(
+            catalogue=self.table(self.item_columns(catalogue_codes), self.num_items, f"{self.source} (catalogue)"),
+            items=self.encoded_items.dictionary.take(pa.array(catalogue_codes)),
+            item_counts=np.bincount(self.position_of_item[self.items[train_mask]], minlength=self.num_items),
+            user_features=tuple(self.user_names),
+            item_features=tuple(self.item_names),
+            eval=evaluation,
+            val=val,
+            report=self.report,
+        )

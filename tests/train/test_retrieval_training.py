@@ -128,3 +128,10 @@ def test_two_ranks_gather_negatives_across_ranks(tmp_path: Path) -> None:
     assert metrics["world_size"] == 2 and metrics["recall@10"] > 0.11
     ranked = evaluate_retrieval_checkpoint(tmp_path / "two")
     assert ranked["recall@10"] == pytest.approx(metrics["recall@10"], abs=1e-6)
+
+
+def test_plan_sizes_a_two_tower_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "two_tower.yaml"
+    config.write_text(_config(tmp_path / "run").to_yaml())
+    assert main(["plan", "--config", str(config)]) == 0
+    assert "predicted step" in capsys.readouterr().out

@@ -53,6 +53,7 @@ from terarec.train.builders import build_deep_hash_tables, build_model, build_ta
 from terarec.train.checkpoint import read_run_spec
 from terarec.train.config import Config
 from terarec.train.distributed import World
+from terarec.train.task_selection import configure_for_data
 
 __all__ = [
     "DEFAULT_ZIPF_EXPONENT",
@@ -229,6 +230,7 @@ def run_workload(config: Config) -> RunWorkload:
         else:
             splits = load_splits(data)
             train, stats = splits.train, splits.stats
+            config = configure_for_data(config, splits)  # a two-tower model's towers come from the data
         features = list(train.schema.sparse_features)
         distinct = stats.distinct_ids
         pooling = mean_bag_sizes(train)

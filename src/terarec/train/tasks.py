@@ -3,13 +3,15 @@
 The loop knows no model and no metric: it asks its :class:`Task` for a batch's loss and for a
 split's metrics. :class:`ClickTask` is click prediction (binary cross-entropy, AUC);
 :class:`~terarec.train.retrieval.RetrievalTask` is retrieval (in-batch sampled softmax,
-full-ranking recall and NDCG). :func:`~terarec.train.task_selection.build_task` picks one
-from the run's data.
+full-ranking recall and NDCG); :class:`~terarec.train.ranking.RankingTask` is learning to rank
+(pairwise, listwise or ApproxNDCG losses; NDCG, MRR and MAP per group).
+:func:`~terarec.train.task_selection.build_task` picks one from the run's data.
 """
 
 from __future__ import annotations
 
 import abc
+
 import torch
 from torch import nn
 

@@ -16,7 +16,8 @@ ranked for every evaluation query, the user's known items excluded:
 
 Datasets (``../shared/data``, nothing downloaded): ``ml-100k`` (leave-last-out), Amazon
 ``video_games`` (leave-last-out) and ``lastfm`` (its fixed ``data1.txt``/``test1.txt`` split;
-validation carved leave-last-out from the training file). The time column is training time
+validation carved leave-last-out from the training file; its lines have no time order, so a
+training row's history is the user's other training artists: ``history: others``). The time column is training time
 (the grid's best point for the baselines), data loading excluded.
 
 Each two-tower run is also indexed (``terarec index``'s default, IVF) and the index measured
@@ -66,8 +67,11 @@ class Dataset:
 DATASETS = {
     "ml-100k": Dataset("ml-100k", {"path": str(ML / "ml-100k.inter")}),
     "video_games": Dataset("video_games", {"path": str(DATA / "amazon_video_games_seq" / "Video.txt")}),
+    # Last.fm's lines are in no meaningful order (no time): a training row's history is the user's
+    # other training artists (data.interactions.history=others).
     "lastfm": Dataset("lastfm", {"path": str(DATA / "lastfm_hetrec" / "data1.txt"),
-                                 "eval_path": str(DATA / "lastfm_hetrec" / "test1.txt")}),
+                                 "eval_path": str(DATA / "lastfm_hetrec" / "test1.txt"),
+                                 "interactions": {"history": "others"}}),
 }
 SIDE = {"user_features": str(ML / "ml-100k.user"), "item_features": str(ML / "ml-100k.item")}
 
@@ -75,7 +79,7 @@ SIDE = {"user_features": str(ML / "ml-100k.user"), "item_features": str(ML / "ml
 def _data_config(dataset: Dataset, side: bool) -> dict[str, object]:
     raw = {**dataset.data, "format": "interactions"}
     if side:
-        raw["interactions"] = dict(SIDE)
+        raw["interactions"] = {**raw.get("interactions", {}), **SIDE}
     return raw
 
 

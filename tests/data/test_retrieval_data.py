@@ -10,6 +10,7 @@ import pytest
 
 from terarec.data import (
     HISTORY_FEATURE,
+    HistoryKind,
     DataConfig,
     DataFormat,
     InteractionsConfig,
@@ -164,3 +165,24 @@ def test_movielens_with_side_features() -> None:
     assert retrieval.eval.num_queries == 940 and retrieval.num_items == 1678
     assert retrieval.report["rows_without_user_features"] == 0
     assert splits.train.num_rows + retrieval.report["val_queries"] + retrieval.report["eval_queries"] + 4 == 100_000
+
+
+def test_history_of_others_holds_every_other_training_event_and_nothing_held_out(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    pairs = sorted({(f"u{rng.integers(30)}", f"i{rng.integers(50)}") for _ in range(500)})
+    events = [(*pairs[k], float(n)) for n, k in enumerate(rng.permutation(len(pairs)))]
+    splits = _splits(_log(tmp_path / "log.inter", events), history=HistoryKind.OTHERS, history_length=5)
+    train, retrieval = splits.train, splits.retrieval
+    users = sorted({u for u, _, _ in events})
+    items = sorted({i for _, i, _ in events})
+    row_users = _names(train.sparse["user_id"].values, users)
+    row_items = _names(train.sparse["item_id"].values, items)
+    trained = list(zip(row_users, row_items))
+    order = {(u, i): t for u, i, t in events}
+    catalogue = retrieval.items.to_pylist()
+    held = {(u, catalogue[t]) for q in (retrieval.val, retrieval.eval) for k, u in enumerate(q.users.to_pylist())
+            for t in q.targets.values[q.targets.offsets[k] : q.targets.offsets[k + 1]]}
+    for (user, item), bag in zip(trained, _bags(train.sparse[HISTORY_FEATURE], range(train.num_rows), items)):
+        others = sorted((order[(u, i)], i) for u, i in trained if u == user and i != item)
+        assert bag == [i for _, i in others][-5:]
+        assert not {(user, i) for i in bag} & held

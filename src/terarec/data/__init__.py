@@ -9,7 +9,14 @@ Typical use::
         ...
 """
 
-from terarec.data.config import CRITEO_1TB_CARDINALITIES, DataConfig, InteractionsConfig, SplitMethod, SyntheticConfig
+from terarec.data.config import (
+    CRITEO_1TB_CARDINALITIES,
+    DataConfig,
+    HistoryKind,
+    InteractionsConfig,
+    SplitMethod,
+    SyntheticConfig,
+)
 from terarec.data.hashing import MISSING_ID, hash_string, hash_strings
 from terarec.data.loader import BatchLoader, gather_jagged
 from terarec.data.prepared import FORMAT_VERSION, open_prepared, prepare, read_prepared_stats
@@ -36,6 +43,7 @@ __all__ = [
     "FORMAT_VERSION",
     "GroupedBatchLoader",
     "HISTORY_FEATURE",
+    "HistoryKind",
     "MISSING_ID",
     "BadRowPolicy",
     "Batch",

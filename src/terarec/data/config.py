@@ -13,7 +13,7 @@ from terarec.data.types import BadRowPolicy, DataFormat, DenseTransform
 from terarec._checks import as_names
 from terarec.errors import ConfigError
 
-__all__ = ["CRITEO_1TB_CARDINALITIES", "DataConfig", "InteractionsConfig", "SplitMethod", "SyntheticConfig"]
+__all__ = ["CRITEO_1TB_CARDINALITIES", "DataConfig", "HistoryKind", "InteractionsConfig", "SplitMethod", "SyntheticConfig"]
 
 CRITEO_1TB_CARDINALITIES: tuple[int, ...] = (
     40000000, 39060, 17295, 7424, 20265, 3, 7122, 1543, 63, 40000000, 3067956, 405282, 10,
@@ -110,6 +110,15 @@ class SplitMethod(enum.Enum):
     RANDOM = "random"
 
 
+class HistoryKind(enum.Enum):
+    """Which of the user's training events a training row's ``history`` holds: those ``before`` it
+    (by time then file order: no later event), or all ``others`` (for logs whose order means
+    nothing, as Last.fm's: no held-out event still, but later training events may)."""
+
+    BEFORE = "before"
+    OTHERS = "others"
+
+
 @dataclass(frozen=True)
 class InteractionsConfig:
     """``data.interactions``: how a log of user-item events (``data.format=interactions``) is read,
@@ -132,6 +141,10 @@ class InteractionsConfig:
             ``SplitMethod.LEAVE_LAST_OUT``
         history_length (int, optional): the ``history`` feature holds the user's last
             ``history_length`` training items before the event; ``0`` leaves it out. Default: ``50``
+        history (HistoryKind, optional): ``before``: a training row's history is the user's
+            training events before it; ``others``: all its other training events (see
+            :class:`HistoryKind`). Queries always see their user's latest events. Default:
+            ``HistoryKind.BEFORE``
         user_features (str, optional): a file of user side features keyed by ``user_col``
             (RecBole's ``.user``). Default: ``None``
         item_features (str, optional): a file of item side features keyed by ``item_col``
@@ -157,6 +170,7 @@ class InteractionsConfig:
     min_item_events: int = 1
     split: SplitMethod = SplitMethod.LEAVE_LAST_OUT
     history_length: int = 50
+    history: HistoryKind = HistoryKind.BEFORE
     user_features: str | None = None
     item_features: str | None = None
     seed: int = 0
@@ -172,6 +186,7 @@ class InteractionsConfig:
         if self.user_col == self.item_col:
             raise ConfigError(f"{p}user_col and {p}item_col are both {self.user_col!r}")
         _check_enum(f"{p}split", self.split, SplitMethod)
+        _check_enum(f"{p}history", self.history, HistoryKind)
         for name, low in (("min_user_events", 1), ("min_item_events", 1), ("history_length", 0), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

@@ -7,7 +7,8 @@ events become one query per user: the user's features as of the query, the items
 (``targets``) and the items left out of the ranking (``exclude``: the items the user is known
 to have had, but the targets). Validation queries see the training events only; evaluation
 queries the training and validation events. Nothing held out reaches a training row, and a
-training row's history holds no event at or after it.
+training row's history holds no event at or after it (with ``history: others``, for logs whose
+order means nothing, it holds the user's other training events).
 
 The catalogue is every item of a training event: retrieval ranks it whole. What cannot be
 ranked fairly is counted and left out, never scored as a miss: held-out events of users with
@@ -25,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from terarec.data.config import DataConfig, SplitMethod
+from terarec.data.config import DataConfig, HistoryKind, SplitMethod
 from terarec.data.hashing import MISSING_ID, hash_strings
 from terarec.data.interactions import SideFeatures, read_interactions, read_side_features
 from terarec.data.loader import gather_jagged
@@ -126,6 +127,18 @@ def _windows(context_values: np.ndarray, starts: np.ndarray, ends: np.ndarray, l
     offsets = np.zeros(len(ends) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     positions = np.repeat(first - offsets[:-1], lengths) + np.arange(int(offsets[-1]), dtype=np.int64)
+    return JaggedColumn(context_values[positions], offsets)
+
+
+def _windows_without(context_values: np.ndarray, starts: np.ndarray, ends: np.ndarray, own: np.ndarray, length: int) -> JaggedColumn:
+    """Bags of the last ``length`` of ``context_values[start:end]`` without position ``own``, per row."""
+    count = np.minimum(ends - starts - 1, length)
+    inside = own >= ends - count - 1
+    first = np.where(inside, ends - count - 1, ends - count)
+    offsets = np.zeros(len(ends) + 1, np.int64)
+    np.cumsum(count, out=offsets[1:])
+    positions = np.repeat(first - offsets[:-1], count) + np.arange(int(offsets[-1]), dtype=np.int64)
+    positions += np.repeat(inside, count) & (positions >= np.repeat(own, count))
     return JaggedColumn(context_values[positions], offsets)
 
 
@@ -306,13 +319,17 @@ class _RetrievalBuilder:
         return order, starts, self.item_hashes[self.items[order]]
 
     def training_rows(self, train_mask: np.ndarray) -> ColumnarData:
-        """One row per training event, in file order, each with the user's earlier training items."""
+        """One row per training event, in file order, each with the user's earlier (or, with
+        ``history: others``, other) training items."""
         order, starts, context_items = self.context(train_mask)
         train_rows = np.flatnonzero(train_mask)
         rank_in_user = np.empty(len(order), np.int64)
         rank_in_user[np.searchsorted(train_rows, order)] = np.arange(len(order)) - starts[self.users[order]]
-        users = self.users[train_rows]
-        history = _windows(context_items, starts[users], starts[users] + rank_in_user, self.settings.history_length)
+        users, length = self.users[train_rows], self.settings.history_length
+        if self.settings.history is HistoryKind.OTHERS:
+            history = _windows_without(context_items, starts[users], starts[users + 1], starts[users] + rank_in_user, length)
+        else:
+            history = _windows(context_items, starts[users], starts[users] + rank_in_user, length)
         self.report["train_events"] = len(train_rows)
         columns = {**self.user_columns(users, history), **self.item_columns(self.items[train_rows])}
         return self.table(columns, len(train_rows), self.source)

@@ -28,6 +28,7 @@ recall@10 and @100 against exact search, and single-query searches per second on
     pip install -e ".[bench]"
     python bench/retrieval.py --quick --json bench/results/retrieval_quick.json
     python bench/retrieval.py --json bench/results/retrieval.json
+    python bench/retrieval.py --variant uniform_negatives=512 --no-baselines --json FILE
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info, write_json  # noqa: E402
@@ -187,17 +189,21 @@ def _to_config(raw: dict[str, object]) -> DataConfig:
     return Config.from_dict({"data": raw}).data
 
 
-def _two_tower(dataset: Dataset, side: bool, threads: int, seed: int) -> dict[str, object]:
+def _two_tower(dataset: Dataset, side: bool, threads: int, seed: int, model: dict[str, object] | None = None) -> dict[str, object]:
+    """A two-tower run at the defaults, or with ``model.two_tower`` settings ``model`` (a variant)."""
     with tempfile.TemporaryDirectory() as out:
         config = Config.from_dict({
             "data": _data_config(dataset, side),
-            "model": {"type": "two_tower"},
+            "model": {"type": "two_tower", **({"two_tower": model} if model else {})},
             "train": {"out": out, "progress": False, "seed": seed, "num_threads": threads},
         })
         metrics = fit(config).metrics
         index = index_run(Path(out))
     keep = ("recall@10", "recall@50", "ndcg@10", "hit@10", "mrr", "examples", "num_items", "train_seconds", "steps")
-    return {"dataset": dataset.name, "system": "two_tower+side" if side else "two_tower", "seed": seed,
+    system = "two_tower+side" if side else "two_tower"
+    if model:
+        system += "[" + ",".join(f"{k}={v}" for k, v in model.items()) + "]"
+    return {"dataset": dataset.name, "system": system, "seed": seed,
             **{k: metrics[k] for k in keep},
             "index": {k: index[k] for k in ("kind", "params", "recall@10", "recall@100", "queries_per_second")}}
 
@@ -221,12 +227,12 @@ def _index_cases(num_items: int, dim: int, seed: int, kinds: list[IndexKind]) ->
 
 
 def _table(rows: list[dict[str, object]]) -> str:
-    lines = [f"{'dataset':<12} {'system':<15} {'recall@10':>9} {'recall@50':>9} {'ndcg@10':>8} {'mrr':>7} {'train s':>8}"
+    lines = [f"{'dataset':<12} {'system':<40} {'recall@10':>9} {'recall@50':>9} {'ndcg@10':>8} {'mrr':>7} {'train s':>8}"
              f"  {'index r@100':>11} {'index q/s':>9}"]
     for r in rows:
         index = r.get("index")
         tail = f"  {index['recall@100']:>11.4f} {index['queries_per_second']:>9,.0f}" if index else ""
-        lines.append(f"{r['dataset']:<12} {r['system']:<15} {r['recall@10']:>9.4f} {r['recall@50']:>9.4f} "
+        lines.append(f"{r['dataset']:<12} {r['system']:<40} {r['recall@10']:>9.4f} {r['recall@50']:>9.4f} "
                      f"{r['ndcg@10']:>8.4f} {r['mrr']:>7.4f} {r['train_seconds']:>8.1f}{tail}")
     return "\n".join(lines)
 
@@ -239,9 +245,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--index-items", type=int, default=None, help="items of the synthetic index (default 1M, 100k with --quick)")
     parser.add_argument("--index-kinds", default="ivf,hnsw", help="synthetic index families to measure (ivf, hnsw, flat)")
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="also run the two-tower model with these model.two_tower settings, e.g. uniform_negatives=512 (repeatable)")
+    parser.add_argument("--no-baselines", action="store_true", help="two-tower runs only")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     seeds = args.seeds or (1 if args.quick else 3)
+    variants = [{k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in text.split(","))} for text in args.variant]
     torch.set_num_threads(args.threads)
     rows: list[dict[str, object]] = []
     for name in filter(None, args.datasets.split(",")):
@@ -250,11 +260,13 @@ def main() -> None:
             rows.append(_two_tower(dataset, False, args.threads, seed))
             if name == "ml-100k":
                 rows.append(_two_tower(dataset, True, args.threads, seed))
-        rows.extend(_baselines(dataset, args.threads, args.quick))
+            rows.extend(_two_tower(dataset, False, args.threads, seed, variant) for variant in variants)
+        if not args.no_baselines:
+            rows.extend(_baselines(dataset, args.threads, args.quick))
         print(_table([r for r in rows if r["dataset"] == name]), flush=True)
     index_items = args.index_items or (100_000 if args.quick else 1_000_000)
     torch.set_num_threads(1)
-    indexes = _index_cases(index_items, 64, 0, [IndexKind(kind) for kind in args.index_kinds.split(",")])
+    indexes = _index_cases(index_items, 64, 0, [IndexKind(kind) for kind in filter(None, args.index_kinds.split(","))])
     print(f"\n{'index':<6} {'items':>10} {'build s':>8} {'recall@10':>9} {'recall@100':>10} {'q/s':>7} {'exact q/s':>9}  params")
     for case in indexes:
         print(f"{case['kind']:<6} {case['num_items']:>10,} {case['build_seconds']:>8.1f} {case['recall@10']:>9.4f} "

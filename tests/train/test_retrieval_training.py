@@ -4,6 +4,7 @@ resumes exactly, evaluates and indexes from its checkpoint, and refuses what can
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +14,14 @@ import pytest
 import torch
 
 from terarec.cli.main import main
-from terarec.data import load_splits
+from terarec.data import NegativeSamplingLoader, load_splits
 from terarec.errors import ConfigError
+from terarec.models import in_batch_softmax_loss
 from terarec.serve import ItemIndex, index_run
 from terarec.train import fit, load_config
 from terarec.train.retrieval_metrics import full_ranking_metrics
-from terarec.train.retrieval import evaluate_retrieval_checkpoint
+from terarec.train.distributed import World
+from terarec.train.retrieval import RetrievalTask, evaluate_retrieval_checkpoint
 from tests.helpers import CRITEO, SHARED_DATA, assert_bit_identical, checkpoint_weights
 
 ML = SHARED_DATA / "movielens_100k"
@@ -78,14 +81,48 @@ def test_the_checkpoint_ranks_as_training_did_and_indexes(trained: Path, tmp_pat
     assert saved["report"]["recall@100"] == report["recall@100"]
 
 
-def test_two_tower_training_is_deterministic_and_resumes_exactly(tmp_path: Path) -> None:
-    straight = fit(_config(tmp_path / "a", train__steps=40, data__val_fraction=0))
-    again = fit(_config(tmp_path / "b", train__steps=40, data__val_fraction=0))
+@pytest.mark.parametrize("negatives", [0, 64], ids=["in_batch", "uniform_negatives"])
+def test_two_tower_training_is_deterministic_and_resumes_exactly(tmp_path: Path, negatives: int) -> None:
+    settings = {"train__steps": 40, "data__val_fraction": 0, "model__two_tower__uniform_negatives": negatives}
+    straight = fit(_config(tmp_path / "a", **settings))
+    again = fit(_config(tmp_path / "b", **settings))
     assert_bit_identical(checkpoint_weights(straight.checkpoint), checkpoint_weights(again.checkpoint))
-    fit(_config(tmp_path / "c", train__steps=20, data__val_fraction=0))
-    resumed = fit(_config(tmp_path / "c", train__steps=40, data__val_fraction=0, train__resume=True))
+    fit(_config(tmp_path / "c", **{**settings, "train__steps": 20}))
+    resumed = fit(_config(tmp_path / "c", **settings, train__resume=True))
     assert_bit_identical(checkpoint_weights(straight.checkpoint), checkpoint_weights(resumed.checkpoint))
     assert resumed.metrics["recall@10"] == straight.metrics["recall@10"]
+    assert straight.metrics["train_examples"] == 40 * straight.metrics["batch_size"]  # sampled rows are not examples
+
+
+def test_uniform_negatives_join_the_softmax_with_the_mixed_log_q(tmp_path: Path) -> None:
+    config = _config(tmp_path, model__two_tower__uniform_negatives=5)
+    splits = load_splits(config.data)
+    retrieval = splits.retrieval
+    task = RetrievalTask(retrieval, config.model.two_tower, 64, False, World())
+    loader = task.batch_loader(splits.train, 8, seed=0, prefetch=0)
+    assert isinstance(loader, NegativeSamplingLoader) and task.sampled_rows == 5
+    batch = next(iter(loader.iterate(0)))
+    ids = batch.sparse["item_id"].values
+    assert batch.batch_size == 13 and batch.labels.tolist() == [1.0] * 8 + [0.0] * 5
+    catalogue = np.asarray(retrieval.catalogue.sparse["item_id"].values)
+    share = {int(i): c / retrieval.item_counts.sum() for i, c in zip(catalogue, retrieval.item_counts)}
+    by_hand = [math.log(8 * share[int(i)] + 5 / len(catalogue)) for i in ids]
+    assert task.log_q(ids.numpy(), 8, 5).tolist() == pytest.approx(by_hand, rel=1e-6)
+    assert task.log_q(ids.numpy()).tolist() == pytest.approx([math.log(share[int(i)]) for i in ids], rel=1e-6)
+
+    generator = torch.Generator().manual_seed(0)
+    users = torch.nn.functional.normalize(torch.randn(13, 4, generator=generator), dim=1)
+    items = torch.nn.functional.normalize(torch.randn(13, 4, generator=generator), dim=1)
+
+    class Towers(torch.nn.Module):
+        def forward(self, dense, pooled, sparse, towers):  # type: ignore[no-untyped-def]
+            return users, items
+
+    loss = task.loss(None, Towers(), batch, torch.empty(0))  # type: ignore[arg-type]
+    expected = in_batch_softmax_loss(users[:8], items, ids, 0.2, task.log_q(ids.numpy(), 8, 5))
+    assert torch.equal(loss, expected)
+    with pytest.raises(ValueError, match="not in the catalogue"):
+        task.log_q(np.array([12345], np.int64), 8, 5)
 
 
 def test_model_and_data_must_go_together(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -120,7 +157,8 @@ def test_command_line_trains_evaluates_and_indexes(tmp_path: Path, capsys: pytes
 @pytest.mark.slow
 def test_two_ranks_gather_negatives_across_ranks(tmp_path: Path) -> None:
     config = tmp_path / "two.yaml"
-    config.write_text(_config(tmp_path / "two", train__epochs=3).to_yaml())
+    # Sampled negatives too: each rank's positives sit after the other ranks' events and samples.
+    config.write_text(_config(tmp_path / "two", train__epochs=3, model__two_tower__uniform_negatives=32).to_yaml())
     command = [sys.executable, "-m", "terarec", "train", "--config", str(config), "--nproc-per-node", "2"]
     process = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert process.returncode == 0, process.stdout + process.stderr

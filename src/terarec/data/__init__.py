@@ -21,6 +21,7 @@ from terarec.data.hashing import MISSING_ID, hash_string, hash_strings
 from terarec.data.loader import BatchLoader, gather_jagged
 from terarec.data.prepared import FORMAT_VERSION, open_prepared, prepare, read_prepared_stats
 from terarec.data.groups import GroupedBatchLoader, group_boundary, group_rows, take_rows
+from terarec.data.negatives import NegativeSamplingLoader, concat_batches
 from terarec.data.interactions import InteractionLog, SideFeatures, read_interactions, read_side_features
 from terarec.data.retrieval import HISTORY_FEATURE, QuerySet, RetrievalData, build_retrieval_data
 from terarec.data.readers import CRITEO_COLUMNS, iter_blocks, read_files, resolve_schema
@@ -45,6 +46,7 @@ __all__ = [
     "HISTORY_FEATURE",
     "HistoryKind",
     "MISSING_ID",
+    "NegativeSamplingLoader",
     "BadRowPolicy",
     "Batch",
     "BatchLoader",
@@ -67,6 +69,7 @@ __all__ = [
     "SyntheticDataset",
     "build_retrieval_data",
     "compute_stats",
+    "concat_batches",
     "estimate_distinct",
     "gather_jagged",
     "generate_synthetic",

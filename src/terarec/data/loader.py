@@ -133,6 +133,10 @@ class BatchLoader:
         np.take(data.dense, rows, axis=0, out=dense.numpy())
         return Batch(labels, dense, sparse)
 
+    def load_batch(self, epoch: int, order: np.ndarray, batch: int) -> Batch:
+        """This rank's batch ``batch`` of ``epoch``, whose row order is ``order``."""
+        return self.make_batch(self.rows_of(order, batch))
+
     def iterate(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         """Yields this rank's batches ``start_batch, ..., num_batches - 1`` of ``epoch``.
 
@@ -149,8 +153,8 @@ class BatchLoader:
         batches = range(start_batch, self.num_batches)
         if self.prefetch == 0:
             for b in batches:
-                yield self.make_batch(self.rows_of(order, b))
+                yield self.load_batch(epoch, order, b)
             return
         yield from iterate_in_background(
-            (self.make_batch(self.rows_of(order, b)) for b in batches), self.prefetch, "terarec-batch-prefetch"
+            (self.load_batch(epoch, order, b) for b in batches), self.prefetch, "terarec-batch-prefetch"
         )

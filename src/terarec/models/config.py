@@ -248,6 +248,10 @@ class TwoTowerConfig:
         log_q_correction (bool, optional): subtract the log of each item's sampling probability
             from its in-batch logit (Yi et al., RecSys 2019), so popular items are not
             over-penalised as negatives. Default: ``True``
+        uniform_negatives (int, optional): items drawn uniformly from the catalogue for each
+            batch (on each rank) and added to the in-batch negatives, so that tail items are
+            pushed away from users too (mixed negative sampling, Yang et al., WWW 2020); the
+            log-Q correction then counts both ways an item enters a batch. Default: ``0``
 
     Example::
 
@@ -263,6 +267,7 @@ class TwoTowerConfig:
     output_dim: int = 64
     temperature: float = 0.2
     log_q_correction: bool = True
+    uniform_negatives: int = 0
 
     def __post_init__(self) -> None:
         for name in ("user_features", "item_features"):
@@ -275,6 +280,8 @@ class TwoTowerConfig:
             raise ConfigError(f"model.two_tower.output_dim must be an integer >= 1, got {self.output_dim!r}")
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
             raise ConfigError(f"model.two_tower.temperature must be > 0, got {self.temperature!r}")
+        if isinstance(self.uniform_negatives, bool) or not isinstance(self.uniform_negatives, int) or self.uniform_negatives < 0:
+            raise ConfigError(f"model.two_tower.uniform_negatives must be an integer >= 0, got {self.uniform_negatives!r}")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from terarec._background import iterate_in_background
 from terarec._dataclass_codec import to_mapping
-from terarec.data import Batch, BatchLoader, DataSplits, GroupedBatchLoader
+from terarec.data import Batch, BatchLoader, DataSplits
 from terarec.embedding import (
     DeepHashTableConfig,
     EmbeddingCollection,
@@ -243,7 +243,7 @@ def _fit(config: Config, world: World) -> TrainResult:
         state = load_checkpoint(checkpoint, network, collection, optimizer, restore_rng=True)  # type: ignore[arg-type]
 
     # With several ranks the last, partial global batch is dropped: a rank could get no rows.
-    loader = (GroupedBatchLoader if splits.train.groups is not None else BatchLoader)(
+    loader = task.batch_loader(
         splits.train,
         batch_size // world.size,
         shuffle=settings.shuffle,
@@ -298,8 +298,9 @@ def _fit(config: Config, world: World) -> TrainResult:
                     updates.apply(prepared, pooled.values.grad)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                    state = advance(state, prepared.global_batch_size, loader.num_batches)
-                    if reporter.log_step(state.step, float(loss), prepared.global_batch_size):
+                    examples = prepared.global_batch_size - task.sampled_rows * world.size
+                    state = advance(state, examples, loader.num_batches)
+                    if reporter.log_step(state.step, float(loss), examples):
                         reporter.log_metrics("tables", collection.counters(), state.step)
             updates.drain()
             improved = False

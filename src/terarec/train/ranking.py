@@ -23,13 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional
 
-from terarec.data import Batch, DataSplits
+from terarec.data import Batch, BatchLoader, ColumnarData, DataSplits, GroupedBatchLoader
 from terarec.embedding import EmbeddingCollection
 from terarec.train.config import RankingConfig, RankingLoss, StoppingMetric
 from terarec.train.distributed import World
@@ -202,6 +203,10 @@ class RankingTask(Task):
 
     def __init__(self, splits: DataSplits, settings: RankingConfig, batch_size: int, bf16: bool) -> None:
         self.splits, self.settings, self.batch_size, self.bf16 = splits, settings, batch_size, bf16
+
+    def batch_loader(self, data: ColumnarData, batch_size: int, **options: Any) -> BatchLoader:
+        """Batches of whole groups (:class:`~terarec.data.GroupedBatchLoader`)."""
+        return GroupedBatchLoader(data, batch_size, **options)
 
     def loss(self, network: DenseNetwork, trainable: nn.Module, batch: Batch, pooled: torch.Tensor) -> torch.Tensor:
         assert batch.groups is not None

@@ -4,7 +4,10 @@ Each training row is a positive user-item event. A batch's loss is the sampled s
 :func:`~terarec.models.in_batch_softmax_loss`: every user against every item of the *global*
 batch (with several ranks, item vectors are all-gathered, with gradients, so each rank's
 negatives span all ranks' items), with the log-Q correction of each item's share of the
-training events. Evaluation embeds the whole catalogue with the item tower and each query's
+training events. With ``model.two_tower.uniform_negatives``, each batch also carries items drawn
+uniformly from the catalogue (:class:`~terarec.data.NegativeSamplingLoader`): they are
+negatives for every user, and the correction becomes the log of each candidate's expected count
+among a step's candidates, drawn both ways. Evaluation embeds the whole catalogue with the item tower and each query's
 user with the user tower, and ranks every item for every query
 (:func:`~terarec.train.retrieval_metrics.full_ranking_metrics`).
 """
@@ -12,6 +15,7 @@ user with the user tower, and ranks every item for every query
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +23,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_functional
 from torch import nn
 
-from terarec.data import Batch, ColumnarData, QuerySet, RetrievalData, load_splits
+from terarec.data import Batch, BatchLoader, ColumnarData, NegativeSamplingLoader, QuerySet, RetrievalData, load_splits
 from terarec.embedding import EmbeddingCollection
 from terarec.models import ModelType, TwoTower, TwoTowerConfig, in_batch_softmax_loss
 from terarec.train.checkpoint import read_run_spec
@@ -80,34 +84,58 @@ class RetrievalTask(Task):
     ) -> None:
         self.retrieval, self.settings, self.batch_size, self.bf16, self.world = retrieval, settings, batch_size, bf16, world
         self.item_feature = retrieval.item_features[0]
+        self.sampled_rows = settings.uniform_negatives
         item_ids = np.asarray(retrieval.catalogue.sparse[self.item_feature].values, np.int64)
         order = np.argsort(item_ids)
         self._sorted_ids = item_ids[order]
-        self._log_q = np.log(retrieval.item_counts[order] / retrieval.item_counts.sum()).astype(np.float32)
+        self._share = retrieval.item_counts[order] / retrieval.item_counts.sum()
+        self._log_q = np.log(self._share).astype(np.float32)
 
-    def log_q(self, item_ids: np.ndarray) -> torch.Tensor:
-        """The log of each item's share of the training events.
+    def batch_loader(self, data: ColumnarData, batch_size: int, **options: Any) -> BatchLoader:
+        """Batches of training events, followed by ``uniform_negatives`` catalogue items when set."""
+        if not self.settings.uniform_negatives:
+            return BatchLoader(data, batch_size, **options)
+        return NegativeSamplingLoader(
+            data, batch_size, negatives=self.retrieval.catalogue, num_negatives=self.settings.uniform_negatives, **options
+        )
+
+    def _positions(self, item_ids: np.ndarray) -> np.ndarray:
+        positions = np.minimum(np.searchsorted(self._sorted_ids, item_ids), len(self._sorted_ids) - 1)
+        if not np.array_equal(self._sorted_ids[positions], item_ids):
+            raise ValueError("a training item is not in the catalogue")
+        return positions
+
+    def log_q(self, item_ids: np.ndarray, events: int = 1, sampled: int = 0) -> torch.Tensor:
+        """The log of how often each item is expected among a step's candidates: ``events``
+        drawn in proportion to the items' shares of the training events, and ``sampled`` drawn
+        uniformly from the catalogue. Without ``sampled``, the log of each item's share (the
+        same up to a constant, which a softmax ignores).
 
         Raises:
             ValueError: for an item that is not in the catalogue.
         """
-        positions = np.minimum(np.searchsorted(self._sorted_ids, item_ids), len(self._sorted_ids) - 1)
-        if not np.array_equal(self._sorted_ids[positions], item_ids):
-            raise ValueError("a training item is not in the catalogue")
-        return torch.from_numpy(self._log_q[positions])
+        positions = self._positions(item_ids)
+        if not sampled:
+            return torch.from_numpy(self._log_q[positions])
+        expected = events * self._share[positions] + sampled / len(self._sorted_ids)
+        return torch.from_numpy(np.log(expected).astype(np.float32))
 
     def loss(self, network: DenseNetwork, trainable: nn.Module, batch: Batch, pooled: torch.Tensor) -> torch.Tensor:
         users, items = trainable(batch.dense, pooled, batch.sparse, towers=True)
+        # A batch is its events, then the sampled negatives, whose users are empty rows.
+        sampled = self.sampled_rows
+        events = users.shape[0] - sampled
+        users = users[:events]
         ids = batch.sparse[self.item_feature].values
-        log_q = self.log_q(ids.numpy()) if self.settings.log_q_correction else None
-        positives = torch.arange(users.shape[0])
+        positives = torch.arange(events)
         if self.world.size > 1:
+            positives = positives + self.world.rank * items.shape[0]
             items = torch.cat(dist_functional.all_gather(items.contiguous()))
             gathered = [torch.empty_like(ids) for _ in range(self.world.size)]
             dist.all_gather(gathered, ids)
             ids = torch.cat(gathered)
-            log_q = self.log_q(ids.numpy()) if log_q is not None else None
-            positives = positives + self.world.rank * users.shape[0]
+        world_events, world_sampled = ids.shape[0] - sampled * self.world.size, sampled * self.world.size
+        log_q = self.log_q(ids.numpy(), world_events, world_sampled) if self.settings.log_q_correction else None
         return in_batch_softmax_loss(users.float(), items.float(), ids, self.settings.temperature, log_q, positives)
 
     def evaluate(

@@ -11,11 +11,12 @@ full-ranking recall and NDCG); :class:`~terarec.train.ranking.RankingTask` is le
 from __future__ import annotations
 
 import abc
+from typing import Any
 
 import torch
 from torch import nn
 
-from terarec.data import Batch, ColumnarData, DataSplits
+from terarec.data import Batch, BatchLoader, ColumnarData, DataSplits
 from terarec.embedding import EmbeddingCollection
 from terarec.train.config import StoppingMetric
 from terarec.train.distributed import World
@@ -31,9 +32,17 @@ class Task(abc.ABC):
     Attributes:
         metric (StoppingMetric): the validation metric that picks the best model when
             ``train.early_stopping.metric`` is unset.
+        sampled_rows (int): rows of each training batch that the task's loader adds to the
+            examples (sampled negatives); they are not counted as examples.
     """
 
     metric: StoppingMetric
+    sampled_rows: int = 0
+
+    def batch_loader(self, data: ColumnarData, batch_size: int, **options: Any) -> BatchLoader:
+        """The loader of the training batches: a :class:`~terarec.data.BatchLoader` over
+        ``data``; ``options`` are its keyword arguments (shuffle, seed, ranks)."""
+        return BatchLoader(data, batch_size, **options)
 
     @abc.abstractmethod
     def loss(self, network: DenseNetwork, trainable: nn.Module, batch: Batch, pooled: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The ``terarec`` command: ``train``, ``eval``, ``prepare``, ``plan``, ``index`` and ``report``.
+"""The ``terarec`` command: ``train``, ``eval``, ``prepare``, ``plan``, ``index``, ``export``, ``serve`` and ``report``.
 
 Only this module reads ``argv``. Each flag is a shortcut for one dotted config key (shown in
 its help); ``--set KEY=VALUE`` reaches any other key, and ``--config FILE`` loads a YAML file
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from terarec import __version__
 from terarec.cli import index as _index
+from terarec.cli import serve as _serve
 from terarec.cli import plan as _plan
 from terarec.cli.overrides import flag_overrides
 from terarec.errors import TerarecError
@@ -133,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, metavar="DIR", help="where the PNG files go; default: RUN/report")
     _plan.add_parser(commands)
     _index.add_parser(commands)
+    _serve.add_parsers(commands)
     return parser
 
 
@@ -339,7 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(raw)
     args.argv = raw
-    handlers = {"train": _train, "eval": _eval, "prepare": _prepare, "report": _report, "plan": _plan.run, "index": _index.run}
+    handlers = {"train": _train, "eval": _eval, "prepare": _prepare, "report": _report, "plan": _plan.run, "index": _index.run,
+                "export": _serve.export, "serve": _serve.serve}
     try:
         return handlers[args.command](args)
     except TerarecError as error:

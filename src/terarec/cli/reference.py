@@ -31,6 +31,7 @@ API_PACKAGES = (
     "terarec.models",
     "terarec.sharding",
     "terarec.train",
+    "terarec.serve",
 )
 """The packages whose ``__all__`` is the public Python API, lower layers first."""
 

@@ -22,6 +22,7 @@ from terarec.data.loader import BatchLoader, gather_jagged
 from terarec.data.prepared import FORMAT_VERSION, open_prepared, prepare, read_prepared_stats
 from terarec.data.groups import GroupedBatchLoader, group_boundary, group_rows, take_rows
 from terarec.data.negatives import NegativeSamplingLoader, concat_batches
+from terarec.data.records import RecordError, read_features, records_to_data
 from terarec.data.interactions import InteractionLog, SideFeatures, read_interactions, read_side_features
 from terarec.data.retrieval import HISTORY_FEATURE, QuerySet, RetrievalData, build_retrieval_data
 from terarec.data.readers import CRITEO_COLUMNS, iter_blocks, read_files, resolve_schema
@@ -60,6 +61,7 @@ __all__ = [
     "InteractionsConfig",
     "JaggedColumn",
     "QuerySet",
+    "RecordError",
     "RetrievalData",
     "Schema",
     "SideFeatures",
@@ -80,6 +82,8 @@ __all__ = [
     "iter_blocks",
     "load_dataset",
     "load_splits",
+    "read_features",
+    "records_to_data",
     "open_prepared",
     "prepare",
     "prepare_path",

@@ -33,6 +33,7 @@ from terarec.embedding.deep_hash import (
 )
 from terarec.embedding.dynamic import DynamicRowMapper, DynamicTableStats
 from terarec.embedding.dynamic_table import DynamicTable
+from terarec.embedding.frozen import FrozenCollection, FrozenTable, export_tables
 from terarec.embedding.fused import PreparedGroup, TableGroup
 from terarec.embedding.memory import (
     MemoryEstimate,
@@ -64,6 +65,8 @@ __all__ = [
     "EmbeddingTableConfig",
     "EvictionPolicy",
     "FixedTable",
+    "FrozenCollection",
+    "FrozenTable",
     "HashTransform",
     "HashedRowMapper",
     "InitConfig",
@@ -88,6 +91,7 @@ __all__ = [
     "available_memory_bytes",
     "free_disk_bytes",
     "check_disk",
+    "export_tables",
     "check_memory",
     "format_bytes",
 ]

@@ -263,6 +263,11 @@ class RowTable(EmbeddingTable):
             "disk_written_bytes": float(stats.rows_written * stats.record_bytes),
         }
 
+    def save_row_map(self, directory: Path) -> None:
+        """Writes the ID → row map alone into ``directory`` (nothing for a hashed table), for a
+        weights-only export (:func:`~terarec.embedding.frozen.export_tables`)."""
+        self._mapper.save(Path(directory))
+
     def save(self, directory: Path) -> None:
         directory = Path(directory)
         self._storage.save(directory)

@@ -1,0 +1,73 @@
+"""``terarec export RUN --out DIR`` and ``terarec serve DIR``: a trained model as a service."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from terarec.errors import ConfigError
+
+__all__ = ["add_parsers", "export", "serve"]
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Adds the ``export`` and ``serve`` subcommands to the ``terarec`` parser."""
+    export_parser = commands.add_parser("export", help="write a run's model as a self-contained model directory for serving")
+    export_parser.add_argument("run", type=Path, metavar="RUN", help="the --out directory of a run (its best checkpoint, else its newest), or a checkpoint")
+    export_parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="the model directory to create (must not exist)")
+    serve_parser = commands.add_parser("serve", help="answer /score and /retrieve over HTTP with an exported model (FastAPI + uvicorn)")
+    serve_parser.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="a model directory of terarec export")
+    serve_parser.add_argument("--host", default="127.0.0.1", help="address to listen on; default: 127.0.0.1 (this machine only)")
+    serve_parser.add_argument("--port", type=int, default=8080, help="port; default: 8080")
+    serve_parser.add_argument("--uds", type=Path, metavar="PATH", help="listen on this Unix domain socket instead of --host/--port (behind a local proxy)")
+    serve_parser.add_argument("--workers", type=int, default=1, help="worker processes; they share one copy of the tables (memory-mapped); default: 1")
+    serve_parser.add_argument("--token-file", type=Path, metavar="FILE", help="require 'Authorization: Bearer <the file's first line>' on /score and /retrieve")
+    serve_parser.add_argument("--max-candidates", type=int, default=1000, help="most candidates per /score request; default: 1000")
+    serve_parser.add_argument("--max-k", type=int, default=1000, help="largest k of /retrieve; default: 1000")
+    serve_parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413; default: 1 MiB")
+    serve_parser.add_argument("--timeout", type=float, default=10.0, help="seconds of model work before a request gets 503; default: 10")
+
+
+def export(args: argparse.Namespace) -> int:
+    """Exports the run and prints what was written."""
+    from terarec.serve import export_run
+
+    report = export_run(args.run, args.out)
+    index = f", an index of {report.indexed_items:,} items" if report.indexed_items else ""
+    print(f"exported {report.checkpoint} as version {report.version} into {report.path}: "
+          f"{report.files} files, {report.bytes:,} bytes{index}")
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Opens the model directory (refusing a corrupt one before listening) and serves it."""
+    import uvicorn
+
+    from terarec.serve import ServedModel, ServeSettings, create_app
+    from terarec.serve.app import settings_environment
+
+    for name in ("workers", "max_candidates", "max_k", "max_body_bytes"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 < args.timeout:
+        raise ConfigError(f"--timeout must be > 0, got {args.timeout}")
+    token = None
+    if args.token_file is not None:
+        lines = args.token_file.read_text().splitlines()
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise ConfigError(f"--token-file {args.token_file}: the first line is empty; it must hold the token")
+    settings = ServeSettings(str(args.model_dir), args.max_body_bytes, args.max_candidates, args.max_k, token, args.timeout)
+    model = ServedModel(args.model_dir)  # fails here, before listening, on a missing or corrupt file
+    where = f"unix:{args.uds}" if args.uds else f"http://{args.host}:{args.port}"
+    print(f"serving {args.model_dir} (version {model.version}, {model.task}) on {where} "
+          f"with {args.workers} worker(s); OpenAPI at /docs", flush=True)
+    listen = {"uds": str(args.uds)} if args.uds else {"host": args.host, "port": args.port}
+    if args.workers == 1:
+        uvicorn.run(create_app(settings, model), log_level="warning", **listen)
+    else:
+        del model
+        os.environ.update(settings_environment(settings))
+        uvicorn.run("terarec.serve.app:app_from_environment", factory=True, workers=args.workers, log_level="warning", **listen)
+    return 0

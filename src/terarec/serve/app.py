@@ -1,0 +1,245 @@
+"""The HTTP service of ``terarec serve``: FastAPI over one :class:`~terarec.serve.ServedModel`.
+
+Endpoints: ``POST /score`` (candidates' scores for a context), ``POST /retrieve`` (a two-tower
+model's top-k items for a context), ``GET /healthz`` (the process answers), ``GET /readyz`` (a
+model is loaded), ``GET /metrics`` (Prometheus text) and the OpenAPI schema at ``/docs``.
+
+A bad request gets a 4xx naming what is wrong, never a 5xx: 422 for a body that does not
+validate (pydantic) or a feature the model lacks or a value of the wrong kind (the ``loc``
+names ``context`` or ``candidates[i]`` and the feature), 413 for a body over
+``max_body_bytes``, 401 without the bearer token when one is set, 404 for ``/retrieve`` on a
+model without an item index. Model work runs on one thread per process, off the event loop, so
+``/healthz`` answers while a request computes and a request that outlasts
+``request_timeout_seconds`` gets a 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Union
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+
+from terarec.data import RecordError
+from terarec.serve.model import ServedModel
+
+__all__ = ["ServeSettings", "app_from_environment", "create_app", "settings_environment"]
+
+SETTINGS_ENVIRONMENT = "TERAREC_SERVE_SETTINGS"
+
+Scalar = Union[StrictStr, StrictInt, StrictFloat, None]
+FeatureValue = Union[Scalar, list[Scalar]]
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How ``terarec serve`` answers.
+
+    Args:
+        model_dir (str): the model directory of ``terarec export``.
+        max_body_bytes (int, optional): larger request bodies get 413. Default: ``1048576``
+        max_candidates (int, optional): most candidates per ``/score`` request. Default: ``1000``
+        max_k (int, optional): largest ``k`` of ``/retrieve``. Default: ``1000``
+        token (str, optional): when set, ``/score`` and ``/retrieve`` need the header
+            ``Authorization: Bearer <token>``. Default: ``None``
+        request_timeout_seconds (float, optional): a request whose model work takes longer
+            gets 503. Default: ``10.0``
+    """
+
+    model_dir: str
+    max_body_bytes: int = 1 << 20
+    max_candidates: int = 1000
+    max_k: int = 1000
+    token: str | None = None
+    request_timeout_seconds: float = 10.0
+
+
+class ScoreRequest(BaseModel):
+    """``POST /score``: the context's features and each candidate's; a candidate's value of a
+    feature wins over the context's."""
+
+    model_config = ConfigDict(extra="forbid")
+    context: dict[str, FeatureValue] = Field(default_factory=dict)
+    candidates: list[dict[str, FeatureValue]] = Field(min_length=1)
+
+
+class ScoreResponse(BaseModel):
+    scores: list[float]
+    version: str
+
+
+class RetrieveRequest(BaseModel):
+    """``POST /retrieve``: the user's features (for a two-tower model: its ID, side features
+    and ``history``, a list of item IDs) and how many items to return."""
+
+    model_config = ConfigDict(extra="forbid")
+    context: dict[str, FeatureValue] = Field(default_factory=dict)
+    k: StrictInt = Field(default=100, ge=1)
+
+
+class RetrieveResponse(BaseModel):
+    items: list[str]
+    scores: list[float]
+    version: str
+
+
+def _error(status: int, loc: list[Any], message: str, kind: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": [{"loc": loc, "msg": message, "type": kind}]})
+
+
+class _BodyLimit:
+    """ASGI middleware: 413 for a request body over ``limit`` bytes, declared or streamed."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        too_large = _error(413, ["body"], f"the request body is over {self.limit} bytes", "body_too_large")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await too_large(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await too_large(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(settings: ServeSettings, model: ServedModel | None = None) -> FastAPI:
+    """The service over ``model`` (default: the model directory of ``settings``, opened now)."""
+    started = time.perf_counter()
+    served = model if model is not None else ServedModel(Path(settings.model_dir))
+    load_seconds = time.perf_counter() - started
+    registry = CollectorRegistry()
+    requests = Counter("terarec_requests", "Requests answered, by endpoint and status", ["endpoint", "status"], registry=registry)
+    latency = Histogram(
+        "terarec_request_seconds", "Request latency, by endpoint", ["endpoint"], registry=registry,
+        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+    )
+    version = Gauge("terarec_model_info", "The served model (value 1), by version", ["version", "task"], registry=registry)
+    version.labels(served.version, served.task).set(1)
+    Gauge("terarec_model_load_seconds", "Seconds taken to open the model directory", registry=registry).set(load_seconds)
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="terarec-serve")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        worker.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="terarec", version=served.version, lifespan=lifespan,
+                  summary="Scores candidates and retrieves items with a terarec model.")
+    app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
+    app.state.model, app.state.settings = served, settings
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Any) -> Response:
+        begun = time.perf_counter()
+        response = await call_next(request)
+        endpoint = request.url.path if request.url.path in ("/score", "/retrieve", "/healthz", "/readyz", "/metrics") else "other"
+        requests.labels(endpoint, str(response.status_code)).inc()
+        latency.labels(endpoint).observe(time.perf_counter() - begun)
+        return response
+
+    def authorised(request: Request) -> bool:
+        if settings.token is None:
+            return True
+        header = request.headers.get("authorization", "")
+        return hmac.compare_digest(header.encode(), f"Bearer {settings.token}".encode())
+
+    async def compute(function: Any, *args: Any) -> Any:
+        future = asyncio.get_running_loop().run_in_executor(worker, function, *args)
+        return await asyncio.wait_for(future, settings.request_timeout_seconds)
+
+    def record_error(err: RecordError, candidates: list[dict[str, Any]] | None) -> JSONResponse:
+        if candidates is not None and err.row is not None and err.feature in candidates[err.row]:
+            loc: list[Any] = ["body", "candidates", err.row, err.feature]
+        else:
+            loc = ["body", "context", err.feature]
+        return _error(422, loc, str(err), "feature_error")
+
+    unauthorised = {401: {"description": "missing or wrong bearer token"}}
+
+    @app.post("/score", response_model=ScoreResponse, responses={**unauthorised, 413: {}, 503: {}})
+    async def score(body: ScoreRequest, request: Request) -> Any:
+        if not authorised(request):
+            return _error(401, ["header", "authorization"], "a bearer token is required", "unauthorised")
+        if len(body.candidates) > settings.max_candidates:
+            return _error(422, ["body", "candidates"], f"at most {settings.max_candidates} candidates per request, got "
+                          f"{len(body.candidates)}", "too_many_candidates")
+        try:
+            scores = await compute(served.score, body.context, body.candidates)
+        except RecordError as err:
+            return record_error(err, body.candidates)
+        except asyncio.TimeoutError:
+            return _error(503, ["body"], f"scoring took over {settings.request_timeout_seconds} s", "timeout")
+        return ScoreResponse(scores=scores, version=served.version)
+
+    @app.post("/retrieve", response_model=RetrieveResponse, responses={**unauthorised, 404: {}, 413: {}, 503: {}})
+    async def retrieve(body: RetrieveRequest, request: Request) -> Any:
+        if not authorised(request):
+            return _error(401, ["header", "authorization"], "a bearer token is required", "unauthorised")
+        if served.index is None:
+            return _error(404, ["path"], f"this model ({served.task}) has no item index: /retrieve needs a two-tower "
+                          "model exported with its index", "no_index")
+        if body.k > settings.max_k:
+            return _error(422, ["body", "k"], f"k must be at most {settings.max_k}, got {body.k}", "k_too_large")
+        try:
+            found = await compute(served.retrieve, body.context, body.k)
+        except RecordError as err:
+            return record_error(err, None)
+        except asyncio.TimeoutError:
+            return _error(503, ["body"], f"retrieval took over {settings.request_timeout_seconds} s", "timeout")
+        return RetrieveResponse(items=found.items, scores=found.scores, version=served.version)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> dict[str, str]:
+        return {"status": "ready", "version": served.version, "task": served.task}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of the settings in ``$TERAREC_SERVE_SETTINGS`` (JSON), for uvicorn's workers."""
+    return create_app(ServeSettings(**json.loads(os.environ[SETTINGS_ENVIRONMENT])))
+
+
+def settings_environment(settings: ServeSettings) -> dict[str, str]:
+    """The environment :func:`app_from_environment` reads ``settings`` from."""
+    return {SETTINGS_ENVIRONMENT: json.dumps(asdict(settings))}

@@ -67,3 +67,18 @@ def test_bad_values_name_the_record_and_the_feature(record: dict, feature: str, 
     with pytest.raises(RecordError, match=message) as caught:
         records_to_data([{}, record], SCHEMA, DataConfig())
     assert caught.value.row == 1 and caught.value.feature == feature
+
+
+def test_the_fast_path_reads_what_the_value_by_value_path_reads() -> None:
+    uniform = [{"user": 5, "tags": "a", "price": 2}, {"user": 6, "tags": None, "price": 1.5}]
+    mixed = [{"user": 5, "tags": "a", "price": 2}, {"user": "6", "tags": None, "price": 1.5}]  # str beside int: one by one
+    one, other = records_to_data(uniform, SCHEMA, DataConfig()), records_to_data(mixed, SCHEMA, DataConfig())
+    assert one.sparse["user"].values.tolist() == other.sparse["user"].values.tolist() == [hash_string("5"), hash_string("6")]
+    assert one.dense.tolist() == other.dense.tolist()
+    floats = records_to_data([{"user": 1.0}, {"user": 2.5}], SCHEMA, DataConfig())
+    assert floats.sparse["user"].values.tolist() == [hash_string("1"), hash_string("2.5")]
+    with pytest.raises(RecordError, match="expected a finite number") as caught:
+        records_to_data([{"price": 1.0}, {"price": True}], SCHEMA, DataConfig())
+    assert caught.value.row == 1
+    with pytest.raises(RecordError, match="expected a categorical value"):
+        records_to_data([{"user": 1.0}, {"user": False}], SCHEMA, DataConfig())

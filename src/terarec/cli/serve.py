@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 
@@ -26,6 +27,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     serve_parser.add_argument("--max-candidates", type=int, default=1000, help="most candidates per /score request; default: 1000")
     serve_parser.add_argument("--max-k", type=int, default=1000, help="largest k of /retrieve; default: 1000")
     serve_parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413; default: 1 MiB")
+    serve_parser.add_argument("--watch", type=Path, metavar="RUN_DIR", help="swap in each newer checkpoint of this training run while serving (hot reload)")
+    serve_parser.add_argument("--watch-seconds", type=float, default=1.0, help="how often --watch looks for a new checkpoint; default: 1")
+    serve_parser.add_argument("--threads", type=int, default=1, help="torch and numba threads per worker; default: 1 (use --workers for more cores)")
     serve_parser.add_argument("--timeout", type=float, default=10.0, help="seconds of model work before a request gets 503; default: 10")
 
 
@@ -45,9 +49,9 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from terarec.serve import ServedModel, ServeSettings, create_app
-    from terarec.serve.app import settings_environment
+    from terarec.serve.app import configure_process, settings_environment
 
-    for name in ("workers", "max_candidates", "max_k", "max_body_bytes"):
+    for name in ("workers", "threads", "max_candidates", "max_k", "max_body_bytes"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0 < args.timeout:
@@ -58,7 +62,20 @@ def serve(args: argparse.Namespace) -> int:
         token = lines[0].strip() if lines else ""
         if not token:
             raise ConfigError(f"--token-file {args.token_file}: the first line is empty; it must hold the token")
-    settings = ServeSettings(str(args.model_dir), args.max_body_bytes, args.max_candidates, args.max_k, token, args.timeout)
+    if not 0 < args.watch_seconds:
+        raise ConfigError(f"--watch-seconds must be > 0, got {args.watch_seconds}")
+    if args.watch is not None and not args.watch.is_dir():
+        raise ConfigError(f"--watch {args.watch}: not a directory; give the --out directory of a training run")
+    settings = ServeSettings(
+        str(args.model_dir), args.max_body_bytes, args.max_candidates, args.max_k, token, args.timeout,
+        watch_run=None if args.watch is None else str(args.watch), watch_seconds=args.watch_seconds, threads=args.threads,
+    )
+    configure_process(settings)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s terarec serve: %(message)s"))
+    logger = logging.getLogger("terarec.serve")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     model = ServedModel(args.model_dir)  # fails here, before listening, on a missing or corrupt file
     where = f"unix:{args.uds}" if args.uds else f"http://{args.host}:{args.port}"
     print(f"serving {args.model_dir} (version {model.version}, {model.task}) on {where} "

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from terarec.data import _convert
 from terarec.data.config import DataConfig
@@ -57,7 +58,29 @@ def _text(value: object, row: int, feature: str) -> str:
     return str(value)
 
 
+def _scalar_column(values: list[object]) -> JaggedColumn | None:
+    """One ID per record when Arrow reads ``values`` as one plain type (strings, integers or
+    finite floats, nulls allowed): the common case, without a Python loop; else ``None``."""
+    if any(type(value) is bool for value in values):  # Arrow would read True as 1.0 beside floats
+        return None
+    try:
+        array = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return None
+    kind = array.type
+    if not (pa.types.is_string(kind) or pa.types.is_int64(kind) or pa.types.is_float64(kind) or pa.types.is_null(kind)):
+        return None
+    if pa.types.is_float64(kind) and pc.all(pc.is_finite(array.drop_null())).as_py() is False:
+        return None
+    return JaggedColumn(hash_strings(array), np.arange(len(values) + 1, dtype=np.int64))
+
+
 def _sparse_column(records: Sequence[Mapping[str, object]], name: str, empty: bool) -> JaggedColumn:
+    values = [record.get(name) for record in records]
+    if not empty or None not in values:
+        fast = _scalar_column(values)
+        if fast is not None:
+            return fast
     texts: list[str | None] = []
     lengths = np.empty(len(records), np.int64)
     for row, record in enumerate(records):
@@ -114,13 +137,22 @@ def records_to_data(
     n = len(records)
     raw = np.zeros((n, schema.num_dense), np.float64)
     for j, name in enumerate(schema.dense_features):
-        for row, record in enumerate(records):
-            value = record.get(name)
-            if value is None:
+        values = [record.get(name) for record in records]
+        column = None
+        if not any(type(value) is bool for value in values):
+            try:
+                column = pa.array(values)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                pass
+        if column is not None and (pa.types.is_int64(column.type) or pa.types.is_float64(column.type) or pa.types.is_null(column.type)):
+            numbers = pc.fill_null(column.cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+            if np.isfinite(numbers).all():
+                raw[:, j] = numbers
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        for row, value in enumerate(values):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value)):
                 raise RecordError(row, name, f"expected a finite number, got {value!r}")
-            raw[row, j] = value
+        raw[:, j] = [0.0 if value is None else value for value in values]
     dense = np.ascontiguousarray(_convert.apply_dense_transform(raw, config.dense_transform))
     empty = set(empty_when_missing)
     read = [name for name in known if name not in schema.dense_features]

@@ -10,7 +10,9 @@ names ``context`` or ``candidates[i]`` and the feature), 413 for a body over
 ``max_body_bytes``, 401 without the bearer token when one is set, 404 for ``/retrieve`` on a
 model without an item index. Model work runs on one thread per process, off the event loop, so
 ``/healthz`` answers while a request computes and a request that outlasts
-``request_timeout_seconds`` gets a 503.
+``request_timeout_seconds`` gets a 503. With ``watch_run``, newer checkpoints of a training run
+are swapped in while requests flow (:mod:`terarec.serve.reload`); ``/metrics`` counts the swaps
+and refusals and shows the served version and step.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +30,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Union
 
+import numba
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -34,10 +39,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Stric
 
 from terarec.data import RecordError
 from terarec.serve.model import ServedModel
+from terarec.serve.reload import CurrentModel, ModelReloader
 
-__all__ = ["ServeSettings", "app_from_environment", "create_app", "settings_environment"]
+__all__ = ["ServeSettings", "app_from_environment", "configure_process", "create_app", "settings_environment"]
 
 SETTINGS_ENVIRONMENT = "TERAREC_SERVE_SETTINGS"
+_log = logging.getLogger("terarec.serve")
 
 Scalar = Union[StrictStr, StrictInt, StrictFloat, None]
 FeatureValue = Union[Scalar, list[Scalar]]
@@ -56,6 +63,12 @@ class ServeSettings:
             ``Authorization: Bearer <token>``. Default: ``None``
         request_timeout_seconds (float, optional): a request whose model work takes longer
             gets 503. Default: ``10.0``
+        watch_run (str, optional): a training run whose newer checkpoints are swapped in as
+            they appear (:class:`~terarec.serve.reload.ModelReloader`). Default: ``None``
+        watch_seconds (float, optional): how often ``watch_run`` is looked at. Default: ``1.0``
+        threads (int, optional): numba threads of the model thread, and torch threads of each
+            ``terarec serve`` process (:func:`configure_process`); more cores are used by more
+            workers. Default: ``1``
     """
 
     model_dir: str
@@ -64,6 +77,9 @@ class ServeSettings:
     max_k: int = 1000
     token: str | None = None
     request_timeout_seconds: float = 10.0
+    watch_run: str | None = None
+    watch_seconds: float = 1.0
+    threads: int = 1
 
 
 class ScoreRequest(BaseModel):
@@ -134,6 +150,35 @@ class _TooLarge(Exception):
     pass
 
 
+_ENDPOINTS = frozenset(("/score", "/retrieve", "/healthz", "/readyz", "/metrics"))
+
+
+class _Measured:
+    """ASGI middleware: counts each answer by endpoint and status and observes its latency."""
+
+    def __init__(self, app: Any, requests: Counter, latency: Histogram) -> None:
+        self.app, self.requests, self.latency = app, requests, latency
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        begun, status = time.perf_counter(), 500
+        endpoint = scope["path"] if scope["path"] in _ENDPOINTS else "other"
+
+        async def sent(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sent)
+        finally:
+            self.requests.labels(endpoint, str(status)).inc()
+            self.latency.labels(endpoint).observe(time.perf_counter() - begun)
+
+
 def create_app(settings: ServeSettings, model: ServedModel | None = None) -> FastAPI:
     """The service over ``model`` (default: the model directory of ``settings``, opened now)."""
     started = time.perf_counter()
@@ -147,27 +192,49 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
     )
     version = Gauge("terarec_model_info", "The served model (value 1), by version", ["version", "task"], registry=registry)
     version.labels(served.version, served.task).set(1)
+    step = Gauge("terarec_model_step", "The training step of the served model", registry=registry)
+    step.set(served.step)
     Gauge("terarec_model_load_seconds", "Seconds taken to open the model directory", registry=registry).set(load_seconds)
-    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="terarec-serve")
+    reloads = Counter("terarec_reloads", "Checkpoints of the watched run swapped in, or refused", ["result"], registry=registry)
+    swap_seconds = Gauge("terarec_reload_seconds", "Seconds the last reload took (export, open, swap)", registry=registry)
+    # numba's thread count is per calling thread: the model thread sets its own.
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="terarec-serve",
+                                initializer=numba.set_num_threads, initargs=(_numba_threads(settings),))
+    current = CurrentModel(served)
+
+    def swapped(old: ServedModel, new: ServedModel, seconds: float) -> None:
+        version.remove(old.version, old.task)
+        version.labels(new.version, new.task).set(1)
+        step.set(new.step)
+        swap_seconds.set(seconds)
+        reloads.labels("ok").inc()
+        _log.info("swapped in %s (step %d) in %.2f s", new.version, new.step, seconds)
+
+    def refused(checkpoint: Path, err: Exception) -> None:
+        reloads.labels("failed").inc()
+        _log.error("refused %s: %s; still serving %s", checkpoint, err, current.model.version)
+
+    reloader = None
+    if settings.watch_run is not None:
+        reloader = ModelReloader(current, Path(settings.watch_run), Path(settings.model_dir).resolve().parent,
+                                 settings.watch_seconds, swapped, refused)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await asyncio.get_running_loop().run_in_executor(worker, current.model.warm_up)
+        if reloader is not None:
+            reloader.start()
         yield
+        if reloader is not None:
+            reloader.stop()
         worker.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="terarec", version=served.version, lifespan=lifespan,
                   summary="Scores candidates and retrieves items with a terarec model.")
     app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
-    app.state.model, app.state.settings = served, settings
+    app.state.current, app.state.settings = current, settings
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Any) -> Response:
-        begun = time.perf_counter()
-        response = await call_next(request)
-        endpoint = request.url.path if request.url.path in ("/score", "/retrieve", "/healthz", "/readyz", "/metrics") else "other"
-        requests.labels(endpoint, str(response.status_code)).inc()
-        latency.labels(endpoint).observe(time.perf_counter() - begun)
-        return response
+    app.add_middleware(_Measured, requests=requests, latency=latency)
 
     def authorised(request: Request) -> bool:
         if settings.token is None:
@@ -192,6 +259,7 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
     async def score(body: ScoreRequest, request: Request) -> Any:
         if not authorised(request):
             return _error(401, ["header", "authorization"], "a bearer token is required", "unauthorised")
+        served = current.model
         if len(body.candidates) > settings.max_candidates:
             return _error(422, ["body", "candidates"], f"at most {settings.max_candidates} candidates per request, got "
                           f"{len(body.candidates)}", "too_many_candidates")
@@ -207,6 +275,7 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
     async def retrieve(body: RetrieveRequest, request: Request) -> Any:
         if not authorised(request):
             return _error(401, ["header", "authorization"], "a bearer token is required", "unauthorised")
+        served = current.model
         if served.index is None:
             return _error(404, ["path"], f"this model ({served.task}) has no item index: /retrieve needs a two-tower "
                           "model exported with its index", "no_index")
@@ -225,8 +294,9 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
         return {"status": "ok"}
 
     @app.get("/readyz")
-    async def readyz() -> dict[str, str]:
-        return {"status": "ready", "version": served.version, "task": served.task}
+    async def readyz() -> dict[str, object]:
+        model = current.model
+        return {"status": "ready", "version": model.version, "task": model.task, "step": model.step}
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -235,9 +305,22 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
     return app
 
 
+def _numba_threads(settings: ServeSettings) -> int:
+    return max(1, min(settings.threads, numba.config.NUMBA_NUM_THREADS))
+
+
+def configure_process(settings: ServeSettings) -> None:
+    """Sets this process's torch threads to ``settings.threads`` (the model thread sets numba's):
+    a request is small, and threads of one worker would only contend with each other and with
+    the other workers."""
+    torch.set_num_threads(settings.threads)
+
+
 def app_from_environment() -> FastAPI:
     """The app of the settings in ``$TERAREC_SERVE_SETTINGS`` (JSON), for uvicorn's workers."""
-    return create_app(ServeSettings(**json.loads(os.environ[SETTINGS_ENVIRONMENT])))
+    settings = ServeSettings(**json.loads(os.environ[SETTINGS_ENVIRONMENT]))
+    configure_process(settings)
+    return create_app(settings)
 
 
 def settings_environment(settings: ServeSettings) -> dict[str, str]:

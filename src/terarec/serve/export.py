@@ -37,7 +37,7 @@ from terarec.serve.indexing import index_run
 from terarec.train.checkpoint import checkpoint_step, read_run_spec, resolve_checkpoint
 from terarec.train.evaluate import open_checkpoint
 
-__all__ = ["FORMAT_VERSION", "ExportReport", "export_run", "verify_model_dir"]
+__all__ = ["FORMAT_VERSION", "ExportReport", "export_run", "verify_model_dir", "write_manifest"]
 
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
@@ -74,10 +74,12 @@ def _task(config_model: ModelType, group_col: str | None) -> str:
     return "ranking" if group_col is not None else "click"
 
 
-def _seal(directory: Path) -> tuple[int, int]:
-    """Writes ``manifest.json`` over every file below ``directory``; fsyncs them all."""
+def write_manifest(directory: Path) -> tuple[int, int]:
+    """Writes ``manifest.json`` over every file below ``directory`` and fsyncs them all; the
+    files and bytes it holds. (For a tool that changes an exported directory, e.g. swaps its
+    index: the directory is then what the new manifest says.)"""
     files = {}
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p != directory / MANIFEST):
         fsync_path(path)
         files[path.relative_to(directory).as_posix()] = {"bytes": path.stat().st_size, "crc32": crc32_file(path)}
     manifest = directory / MANIFEST
@@ -129,7 +131,7 @@ def export_run(run: Path, out: Path) -> ExportReport:
             "deep_hash_tables": spec.get("deep_hash_tables", []),
         }
         (staging / MODEL_JSON).write_text(json.dumps(description, indent=2) + "\n")
-        files, size = _seal(staging)
+        files, size = write_manifest(staging)
         os.rename(staging, out)
         fsync_path(out.parent)
     except BaseException:

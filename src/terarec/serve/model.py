@@ -50,6 +50,7 @@ class ServedModel:
 
     Attributes:
         version (str): the model's version (``step-<N>-<export time>``).
+        step (int): the training step of the exported checkpoint.
         task (str): ``click`` (scores are click probabilities), ``ranking`` (scores order a
             query's candidates) or ``retrieval`` (scores are the two towers' logits).
         features (tuple[str, ...]): the features a request may carry.
@@ -63,6 +64,7 @@ class ServedModel:
         description = verify_model_dir(directory)
         self.directory = directory
         self.version = str(description["version"])
+        self.step = int(description["step"])
         self.task = str(description["task"])
         self.features = tuple(description["features"])
         self.empty_when_missing = tuple(description["empty_when_missing"])
@@ -85,7 +87,8 @@ class ServedModel:
         self.index = ItemIndex.load(directory / INDEX) if (directory / INDEX).is_dir() else None
         self.bf16 = self.config.train.dense_precision is DensePrecision.BF16
 
-    def _batch(self, records: Sequence[Mapping[str, object]]) -> Batch:
+    def batch(self, records: Sequence[Mapping[str, object]]) -> Batch:
+        """``records`` read as the model's input (see :func:`~terarec.data.records_to_data`)."""
         data = records_to_data(records, self.schema, self.config.data, self.empty_when_missing, source="request")
         sparse = {
             name: JaggedTensor(torch.from_numpy(column.values), torch.from_numpy(column.offsets),
@@ -95,7 +98,7 @@ class ServedModel:
         return Batch(torch.from_numpy(data.labels), torch.from_numpy(data.dense), sparse)
 
     def _run(self, records: Sequence[Mapping[str, object]], compute: str) -> torch.Tensor:
-        batch = self._batch(records)
+        batch = self.batch(records)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             pooled = self.tables.lookup(batch.sparse)
             if compute == "user":
@@ -116,6 +119,12 @@ class ServedModel:
         logits = self._run([{**context, **candidate} for candidate in candidates], "logits")
         scores = torch.sigmoid(logits) if self.task == "click" else logits
         return scores.tolist()
+
+    def warm_up(self) -> None:
+        """Answers one request of each kind, so the kernels are loaded before the first real one."""
+        self.score({}, [{}])
+        if self.index is not None:
+            self.retrieve({}, 1)
 
     def retrieve(self, context: Mapping[str, object], k: int) -> Retrieved:
         """The ``k`` items nearest to the context's user vector, from the item index.

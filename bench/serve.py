@@ -1,0 +1,288 @@
+"""Serving under load: ``terarec serve`` on loopback, driven by an open-loop async client.
+
+The script trains two small models on ``../shared/data`` (DCN-v2 on the Criteo sample, a
+two-tower model on MovieLens-100k), exports them, and gives the two-tower model an item index
+over synthetic unit vectors (1M x 64 by default) so ``/retrieve`` searches a catalogue of that
+size. It then starts ``terarec serve`` as a separate process and, for a fixed time per case,
+sends requests at a fixed rate (each at its scheduled time, whether or not earlier ones have
+returned, so a slow server shows up as latency, not as a lower offered rate):
+
+- ``/score`` with 100 candidates, at 1 and at 2 workers;
+- ``/retrieve`` with ``k = 100``, at 1 and at 2 workers;
+- ``/score`` while the served model follows a run and swaps in a new checkpoint (errors must be 0);
+
+and reports throughput, p50/p99/max latency and errors, the swap time from ``/metrics``, and each
+worker's resident and proportional set size (RSS counts the memory-mapped tables in every
+worker; PSS splits shared pages between them). The baseline is the same 100-candidate batch
+scored in this process: by :class:`~terarec.serve.ServedModel` (request records to scores, no
+HTTP), and by the bare network on tensors prepared once (lookup and forward only).
+
+The client runs on the same 2 cores as the server, so every figure includes its share.
+
+    python bench/serve.py --quick --json bench/results/serve_quick.json
+    python bench/serve.py --json bench/results/serve.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx2
+import numpy as np
+import psutil
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine_info, write_json  # noqa: E402
+
+from terarec.serve import ItemIndex, ServedModel, export_run  # noqa: E402
+from terarec.serve.export import INDEX, write_manifest  # noqa: E402
+from terarec.train import fit, load_config  # noqa: E402
+from terarec.train.checkpoint import latest_checkpoint  # noqa: E402
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+CRITEO = DATA / "criteo_kaggle_9k"
+ML = DATA / "movielens_100k"
+
+
+def _train(out: Path, overrides: dict[str, object]) -> None:
+    settings = {"train.num_threads": 2, "train.progress": False, "train.out": str(out), **overrides}
+    fit(load_config(overrides=list(settings.items())))
+
+
+def _criteo_run(out: Path, steps: int) -> None:
+    _train(out, {"data.path": str(CRITEO / "train.tsv"), "data.eval_path": str(CRITEO / "test.tsv"),
+                 "data.format": "criteo", "train.steps": steps, "train.checkpoint_every": 100,
+                 "train.batch_size": 128, "data.val_fraction": 0, "train.resume": (out / "checkpoints").is_dir()})
+
+
+def _candidates(count: int) -> list[dict[str, object]]:
+    rows = []
+    with open(CRITEO / "test.tsv") as handle:
+        for line in handle:
+            fields = line.rstrip("\n").split("\t")
+            record: dict[str, object] = {f"I{i}": (int(fields[i]) if fields[i] else None) for i in range(1, 14)}
+            record.update({f"C{i}": fields[13 + i] for i in range(1, 27)})
+            rows.append(record)
+            if len(rows) == count:
+                break
+    return rows
+
+
+def _big_index(model_dir: Path, num_items: int) -> None:
+    """Replaces the model's item index with ``num_items`` clustered unit vectors (the served
+    catalogue's size is what /retrieve's latency depends on) and re-seals the manifest."""
+    rng = np.random.default_rng(0)
+    dim = ServedModel(model_dir).index.dim  # type: ignore[union-attr]
+    centres = rng.standard_normal((256, dim)).astype(np.float32)
+    vectors = centres[rng.integers(0, 256, num_items)] + 0.5 * rng.standard_normal((num_items, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    shutil.rmtree(model_dir / INDEX)
+    ItemIndex.build(vectors, np.char.add("item", np.arange(num_items).astype(str))).save(model_dir / INDEX)
+    write_manifest(model_dir)
+
+
+class Server:
+    """``terarec serve`` in a process group of its own."""
+
+    def __init__(self, model_dir: Path, port: int, workers: int, watch: Path | None = None) -> None:
+        command = [sys.executable, "-m", "terarec", "serve", str(model_dir), "--port", str(port), "--workers", str(workers)]
+        if watch is not None:
+            command += ["--watch", str(watch), "--watch-seconds", "0.2"]
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = model_dir.parent / f"serve-{port}-{workers}.log"
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"terarec serve exited: {self.log.read_text()}")
+            try:
+                if httpx2.get(f"{self.url}/readyz", timeout=1).status_code == 200 and len(self.workers()) == workers:
+                    break
+            except httpx2.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("terarec serve did not answer within 300 s")
+            time.sleep(0.2)
+
+    def workers(self) -> list[psutil.Process]:
+        """The processes that answer: the server itself, or uvicorn's worker children."""
+        main = psutil.Process(self.process.pid)
+        spawned = [c for c in main.children(recursive=True) if "spawn_main" in " ".join(c.cmdline())]
+        return spawned or [main]
+
+    def memory(self) -> list[dict[str, float]]:
+        """Each worker's RSS and PSS in MiB."""
+        out = []
+        for worker in self.workers():
+            info = worker.memory_full_info()
+            out.append({"rss_mib": info.rss / 2**20, "pss_mib": getattr(info, "pss", float("nan")) / 2**20})
+        return out
+
+    def metrics(self) -> str:
+        return httpx2.get(f"{self.url}/metrics", timeout=10).text
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=60)
+
+
+async def _load(url: str, path: str, payload: dict[str, object], rate: float, seconds: float,
+                during: asyncio.Future | None = None) -> dict[str, object]:
+    """Sends ``payload`` to ``url + path`` at ``rate`` per second for ``seconds``; latency from
+    each request's scheduled start to its answer."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    errors = 0
+    limits = httpx2.Limits(max_connections=256, max_keepalive_connections=256)
+    body, headers = json.dumps(payload).encode(), {"content-type": "application/json"}  # encoded once: the client's CPU is the server's too
+    async with httpx2.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+        for _ in range(20):  # warm up connections
+            await client.post(path, content=body, headers=headers)
+
+        async def one(at: float) -> None:
+            nonlocal errors
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            try:
+                response = await client.post(path, content=body, headers=headers)
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                if response.status_code != 200:
+                    errors += 1
+            except httpx2.HTTPError:
+                errors += 1
+            latencies.append(time.perf_counter() - at)
+
+        begun = time.perf_counter()
+        count = int(rate * seconds)
+        await asyncio.gather(*(one(begun + i / rate) for i in range(count)))
+        elapsed = time.perf_counter() - begun
+    milliseconds = np.array(latencies) * 1e3
+    return {
+        "path": path, "offered_per_second": rate, "seconds": elapsed, "requests": count,
+        "answered_per_second": count / elapsed, "errors": errors, "statuses": statuses,
+        "p50_ms": float(np.percentile(milliseconds, 50)), "p99_ms": float(np.percentile(milliseconds, 99)),
+        "max_ms": float(milliseconds.max()),
+    }
+
+
+def _in_process(model_dir: Path, candidates: list[dict[str, object]], repeats: int) -> dict[str, float]:
+    """The same batch scored in this process: records to scores, and lookup + forward alone."""
+    torch.set_num_threads(1)
+    model = ServedModel(model_dir)
+    for _ in range(5):
+        model.score({}, candidates)
+    times = []
+    for _ in range(repeats):
+        begun = time.perf_counter()
+        model.score({}, candidates)
+        times.append(time.perf_counter() - begun)
+    batch = model.batch(candidates)  # the request already read: only the model's own work is left
+    forward = []
+    with torch.no_grad():
+        for _ in range(repeats):
+            begun = time.perf_counter()
+            model.network(batch.dense, model.tables.lookup(batch.sparse), batch.sparse)
+            forward.append(time.perf_counter() - begun)
+    return {"served_model_p50_ms": statistics.median(times) * 1e3, "served_model_p99_ms": float(np.percentile(times, 99)) * 1e3,
+            "network_p50_ms": statistics.median(forward) * 1e3, "network_p99_ms": float(np.percentile(forward, 99)) * 1e3}
+
+
+def _metric(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 s per case, a 100k-item index")
+    parser.add_argument("--seconds", type=float, default=None, help="seconds per case (default 15, 3 with --quick)")
+    parser.add_argument("--score-rate", type=float, default=100.0, help="/score requests per second")
+    parser.add_argument("--retrieve-rate", type=float, default=100.0, help="/retrieve requests per second")
+    parser.add_argument("--index-items", type=int, default=None, help="items of /retrieve's index (default 1M, 100k with --quick)")
+    parser.add_argument("--port", type=int, default=18080, help="loopback port of the server")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+    seconds = args.seconds or (3.0 if args.quick else 15.0)
+    num_items = args.index_items or (100_000 if args.quick else 1_000_000)
+    candidates = _candidates(100)
+    cases: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        _criteo_run(root / "criteo", 100)
+        export_run(root / "criteo", root / "criteo-model")
+        _train(root / "ml", {"data.path": str(ML / "ml-100k.inter"), "data.format": "interactions",
+                             "model.type": "two_tower", "train.steps": 200})
+        export_run(root / "ml", root / "ml-model")
+        _big_index(root / "ml-model", num_items)
+        baseline = _in_process(root / "criteo-model", candidates, 200)
+        print(f"in-process, 100 candidates: ServedModel.score p50 {baseline['served_model_p50_ms']:.2f} ms, "
+              f"lookup + network p50 {baseline['network_p50_ms']:.2f} ms", flush=True)
+        score = {"context": {}, "candidates": candidates}
+        retrieve = {"context": {"user_id": "196", "history": ["242", "302", "377", "51"]}, "k": 100}
+        for workers in (1, 2):
+            for model_dir, path, payload, rate in ((root / "criteo-model", "/score", score, args.score_rate),
+                                                   (root / "ml-model", "/retrieve", retrieve, args.retrieve_rate)):
+                server = Server(model_dir, args.port, workers)
+                try:
+                    result = asyncio.run(_load(server.url, path, payload, rate, seconds))
+                    result.update(workers=workers, memory=server.memory())
+                finally:
+                    server.stop()
+                cases.append(result)
+                print(_line(result), flush=True)
+        # A swap under load: the server follows the Criteo run, and a newer checkpoint (trained
+        # beforehand, so training does not share the cores) lands in the run a third of the way in.
+        shutil.copytree(root / "criteo", root / "criteo-next")
+        _criteo_run(root / "criteo-next", 200)
+        newer = latest_checkpoint(root / "criteo-next")
+        assert newer is not None
+        server = Server(root / "criteo-model", args.port, 1, watch=root / "criteo")
+        try:
+            duration = max(seconds, 10.0)
+            land = threading.Timer(duration / 3, os.rename, (newer, root / "criteo" / "checkpoints" / newer.name))
+            land.start()
+            result = asyncio.run(_load(server.url, "/score", score, args.score_rate, duration))
+            land.join()
+            deadline = time.monotonic() + 120
+            while _metric(server.metrics(), "terarec_model_step") < 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            text = server.metrics()
+            result.update(workers=1, case="hot swap", swapped_to_step=_metric(text, "terarec_model_step"),
+                          reload_seconds=_metric(text, "terarec_reload_seconds"),
+                          reloads_ok=_metric(text, 'terarec_reloads_total{result="ok"}'))
+        finally:
+            server.stop()
+        cases.append(result)
+        print(_line(result) + f"  swapped to step {result['swapped_to_step']:.0f} in {result['reload_seconds']:.2f} s", flush=True)
+        sizes = {name: sum(p.stat().st_size for p in (root / name / "tables").rglob("*") if p.is_file()) / 2**20
+                 for name in ("criteo-model", "ml-model")}
+        print(f"table files: Criteo model {sizes['criteo-model']:.0f} MiB, two-tower model {sizes['ml-model']:.0f} MiB")
+    write_json(args.json, {"machine": machine_info(), "quick": args.quick, "index_items": num_items,
+                           "table_mib": sizes, "in_process": baseline, "cases": cases})
+
+
+def _line(result: dict[str, object]) -> str:
+    memory = result.get("memory") or []
+    rss = "/".join(f"{m['rss_mib']:.0f}" for m in memory)  # type: ignore[index]
+    pss = "/".join(f"{m['pss_mib']:.0f}" for m in memory)  # type: ignore[index]
+    return (f"{result.get('case', result['path']):<10} workers {result['workers']}  {result['answered_per_second']:7.1f} req/s  "
+            f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  max {result['max_ms']:7.1f} ms  "
+            f"errors {result['errors']}" + (f"  RSS {rss} MiB  PSS {pss} MiB" if memory else ""))
+
+
+if __name__ == "__main__":
+    main()

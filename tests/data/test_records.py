@@ -82,3 +82,15 @@ def test_the_fast_path_reads_what_the_value_by_value_path_reads() -> None:
     assert caught.value.row == 1
     with pytest.raises(RecordError, match="expected a categorical value"):
         records_to_data([{"user": 1.0}, {"user": False}], SCHEMA, DataConfig())
+
+
+def test_a_crossed_feature_takes_one_value() -> None:
+    config = DataConfig(crosses=(("user", "tags"),))
+    assert records_to_data([{"user": 1, "tags": "a"}], SCHEMA_CROSSED, config).sparse["user_x_tags"].values.shape == (1,)
+    for value in ([], ["a", "b"]):
+        with pytest.raises(RecordError, match="crossed with others") as caught:
+            records_to_data([{"user": 1, "tags": "a"}, {"user": 2, "tags": value}], SCHEMA_CROSSED, config)
+        assert caught.value.row == 1 and caught.value.feature == "tags"
+
+
+SCHEMA_CROSSED = Schema("label", ("price", "count"), ("user", "tags", "user_x_tags"))

@@ -157,6 +157,12 @@ def records_to_data(
     empty = set(empty_when_missing)
     read = [name for name in known if name not in schema.dense_features]
     sparse = {name: _sparse_column(records, name, name in empty) for name in read}
+    for name in dict.fromkeys(f for features in config.crosses for f in features):
+        lengths = np.diff(sparse[name].offsets) if name in sparse else np.ones(0)
+        if (lengths != 1).any():
+            row = int(np.argmax(lengths != 1))
+            raise RecordError(row, name, f"feature {name!r} is crossed with others (data.crosses) and takes one value, "
+                                         f"got {int(lengths[row])}")
     read_schema = Schema(schema.label, schema.dense_features, tuple(read))
     data = ColumnarData(read_schema, np.zeros(n, np.float32), dense, sparse, source=source)
     return derive_features(data, config)

@@ -28,27 +28,23 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numba
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from terarec.data import RecordError
 from terarec.serve.model import ServedModel
 from terarec.serve.reload import CurrentModel, ModelReloader
+from terarec.serve.schemas import RetrieveResponse, ScoreResponse, request_models
 
 __all__ = ["ServeSettings", "app_from_environment", "configure_process", "create_app", "settings_environment"]
 
 SETTINGS_ENVIRONMENT = "TERAREC_SERVE_SETTINGS"
 _log = logging.getLogger("terarec.serve")
-
-Scalar = Union[StrictStr, StrictInt, StrictFloat, None]
-FeatureValue = Union[Scalar, list[Scalar]]
-
 
 @dataclass(frozen=True)
 class ServeSettings:
@@ -80,35 +76,6 @@ class ServeSettings:
     watch_run: str | None = None
     watch_seconds: float = 1.0
     threads: int = 1
-
-
-class ScoreRequest(BaseModel):
-    """``POST /score``: the context's features and each candidate's; a candidate's value of a
-    feature wins over the context's."""
-
-    model_config = ConfigDict(extra="forbid")
-    context: dict[str, FeatureValue] = Field(default_factory=dict)
-    candidates: list[dict[str, FeatureValue]] = Field(min_length=1)
-
-
-class ScoreResponse(BaseModel):
-    scores: list[float]
-    version: str
-
-
-class RetrieveRequest(BaseModel):
-    """``POST /retrieve``: the user's features (for a two-tower model: its ID, side features
-    and ``history``, a list of item IDs) and how many items to return."""
-
-    model_config = ConfigDict(extra="forbid")
-    context: dict[str, FeatureValue] = Field(default_factory=dict)
-    k: StrictInt = Field(default=100, ge=1)
-
-
-class RetrieveResponse(BaseModel):
-    items: list[str]
-    scores: list[float]
-    version: str
 
 
 def _error(status: int, loc: list[Any], message: str, kind: str) -> JSONResponse:
@@ -253,41 +220,49 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
             loc = ["body", "context", err.feature]
         return _error(422, loc, str(err), "feature_error")
 
-    unauthorised = {401: {"description": "missing or wrong bearer token"}}
+    crossed = tuple(dict.fromkeys(name for names in served.config.data.crosses for name in names))
+    bodies = request_models(served.features, served.schema.dense_features, crossed, settings.max_candidates, settings.max_k)
 
-    @app.post("/score", response_model=ScoreResponse, responses={**unauthorised, 413: {}, 503: {}})
-    async def score(body: ScoreRequest, request: Request) -> Any:
+    def plain(features: Any) -> dict[str, Any]:
+        return features.model_dump(by_alias=True, exclude_none=True)
+
+    async def score(body: Any, request: Request) -> Any:
         if not authorised(request):
             return _error(401, ["header", "authorization"], "a bearer token is required", "unauthorised")
         served = current.model
-        if len(body.candidates) > settings.max_candidates:
-            return _error(422, ["body", "candidates"], f"at most {settings.max_candidates} candidates per request, got "
-                          f"{len(body.candidates)}", "too_many_candidates")
+        candidates = [plain(candidate) for candidate in body.candidates]
         try:
-            scores = await compute(served.score, body.context, body.candidates)
+            scores = await compute(served.score, plain(body.context), candidates)
         except RecordError as err:
-            return record_error(err, body.candidates)
+            return record_error(err, candidates)
         except asyncio.TimeoutError:
             return _error(503, ["body"], f"scoring took over {settings.request_timeout_seconds} s", "timeout")
         return ScoreResponse(scores=scores, version=served.version)
 
-    @app.post("/retrieve", response_model=RetrieveResponse, responses={**unauthorised, 404: {}, 413: {}, 503: {}})
-    async def retrieve(body: RetrieveRequest, request: Request) -> Any:
+    async def retrieve(body: Any, request: Request) -> Any:
         if not authorised(request):
             return _error(401, ["header", "authorization"], "a bearer token is required", "unauthorised")
         served = current.model
         if served.index is None:
             return _error(404, ["path"], f"this model ({served.task}) has no item index: /retrieve needs a two-tower "
                           "model exported with its index", "no_index")
-        if body.k > settings.max_k:
-            return _error(422, ["body", "k"], f"k must be at most {settings.max_k}, got {body.k}", "k_too_large")
         try:
-            found = await compute(served.retrieve, body.context, body.k)
+            found = await compute(served.retrieve, plain(body.context), body.k)
         except RecordError as err:
             return record_error(err, None)
         except asyncio.TimeoutError:
             return _error(503, ["body"], f"retrieval took over {settings.request_timeout_seconds} s", "timeout")
         return RetrieveResponse(items=found.items, scores=found.scores, version=served.version)
+
+    # The bodies' classes are built from the model's features at run time: the handlers' annotations
+    # are set here, since the module's postponed annotations could not name them.
+    score.__annotations__.update(body=bodies.score, request=Request)
+    retrieve.__annotations__.update(body=bodies.retrieve, request=Request)
+    errors = {401: {"description": "missing or wrong bearer token"}, 413: {"description": "the body is too large"},
+              503: {"description": "the model took longer than the request timeout"}}
+    app.post("/score", response_model=ScoreResponse, responses=errors, summary="Score candidates for a context")(score)
+    app.post("/retrieve", response_model=RetrieveResponse, summary="Retrieve a two-tower model's nearest items",
+             responses={**errors, 404: {"description": "the model has no item index"}})(retrieve)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -298,7 +273,7 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
         model = current.model
         return {"status": "ready", "version": model.version, "task": model.task, "step": model.step}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (text exposition format)")
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -10,6 +10,7 @@ returned, so a slow server shows up as latency, not as a lower offered rate):
 - ``/score`` with 100 candidates, at 1 and at 2 workers;
 - ``/retrieve`` with ``k = 100``, at 1 and at 2 workers;
 - ``/score`` while the served model follows a run and swaps in a new checkpoint (errors must be 0);
+- a soak: ``/score`` for 10 minutes (20 s with ``--quick``), the worker's RSS sampled each second;
 
 and reports throughput, p50/p99/max latency and errors, the swap time from ``/metrics``, and each
 worker's resident and proportional set size (RSS counts the memory-mapped tables in every
@@ -201,6 +202,32 @@ def _in_process(model_dir: Path, candidates: list[dict[str, object]], repeats: i
             "network_p50_ms": statistics.median(forward) * 1e3, "network_p99_ms": float(np.percentile(forward, 99)) * 1e3}
 
 
+def _soak(model_dir: Path, port: int, payload: dict[str, object], rate: float, seconds: float) -> dict[str, object]:
+    """``/score`` at ``rate`` for ``seconds``, the worker's RSS sampled every second: memory must
+    not grow under steady load."""
+    server = Server(model_dir, port, 1)
+    samples: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        worker = server.workers()[0]
+        while not done.wait(1.0):
+            samples.append(worker.memory_info().rss / 2**20)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = asyncio.run(_load(server.url, "/score", payload, rate, seconds))
+    finally:
+        done.set()
+        sampler.join()
+        server.stop()
+    tenth = max(1, len(samples) // 10)
+    result.update(case="soak", workers=1, rss_samples_mib=samples,
+                  rss_first_mib=statistics.mean(samples[:tenth]), rss_last_mib=statistics.mean(samples[-tenth:]))
+    return result
+
+
 def _metric(text: str, name: str) -> float:
     match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else float("nan")
@@ -214,6 +241,8 @@ def main() -> None:
     parser.add_argument("--retrieve-rate", type=float, default=100.0, help="/retrieve requests per second")
     parser.add_argument("--index-items", type=int, default=None, help="items of /retrieve's index (default 1M, 100k with --quick)")
     parser.add_argument("--port", type=int, default=18080, help="loopback port of the server")
+    parser.add_argument("--soak-seconds", type=float, default=None,
+                        help="a last /score case this long, the server's RSS sampled each second (default 600, 20 with --quick; 0 skips it)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     seconds = args.seconds or (3.0 if args.quick else 15.0)
@@ -268,6 +297,12 @@ def main() -> None:
             server.stop()
         cases.append(result)
         print(_line(result) + f"  swapped to step {result['swapped_to_step']:.0f} in {result['reload_seconds']:.2f} s", flush=True)
+        soak = args.soak_seconds if args.soak_seconds is not None else (20.0 if args.quick else 600.0)
+        if soak > 0:
+            result = _soak(root / "criteo-model", args.port, score, args.score_rate, soak)
+            cases.append(result)
+            print(_line(result) + f"  RSS {result['rss_first_mib']:.0f} -> {result['rss_last_mib']:.0f} MiB "
+                  f"(first and last tenth of the run)", flush=True)
         sizes = {name: sum(p.stat().st_size for p in (root / name / "tables").rglob("*") if p.is_file()) / 2**20
                  for name in ("criteo-model", "ml-model")}
         print(f"table files: Criteo model {sizes['criteo-model']:.0f} MiB, two-tower model {sizes['ml-model']:.0f} MiB")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["copy_sparse", "crc32_file", "fsync_path", "load_checked_array"]
+from terarec.errors import DataError
+
+__all__ = ["copy_sparse", "crc32_file", "fsync_path", "load_checked_array", "verify_files"]
 
 _CHUNK = 1 << 22
 
@@ -72,3 +75,21 @@ def load_checked_array(path: Path, expected: np.ndarray) -> np.ndarray:
             f"{path}: expected a {expected.dtype} array of shape {expected.shape}, got {array.dtype} of shape {array.shape}"
         )
     return array
+
+
+def verify_files(directory: Path, entries: Mapping[str, Mapping[str, int]], kind: str) -> None:
+    """Checks the files a manifest lists (``name`` → its ``bytes`` and ``crc32``) below
+    ``directory``; ``kind`` (``"checkpoint"``, ``"model directory"``) names their holder in errors.
+
+    Raises:
+        DataError: naming the first file that is missing, of another size, or corrupt.
+    """
+    for name, expected in entries.items():
+        path = directory / name
+        if not path.is_file():
+            raise DataError(f"{path}: missing from {kind}")
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise DataError(f"{path}: {kind} file is {size} bytes, the manifest says {expected['bytes']}")
+        if crc32_file(path) != expected["crc32"]:
+            raise DataError(f"{path}: {kind} file is corrupt (CRC-32 mismatch)")

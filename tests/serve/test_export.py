@@ -91,7 +91,7 @@ def test_a_damaged_model_directory_is_refused_naming_the_file(criteo_model: tupl
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(DataError, match=rf"{weights.name}: CRC-32 mismatch"):
+    with pytest.raises(DataError, match=rf"{weights.name}: model directory file is corrupt \(CRC-32 mismatch\)"):
         ServedModel(flipped)
     missing = shutil.copytree(source, tmp_path / "missing")
     (missing / "network.safetensors").unlink()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import safetensors.torch
 
-from terarec._files import crc32_file, fsync_path
+from terarec._files import crc32_file, fsync_path, verify_files
 from terarec.data import HISTORY_FEATURE, read_features
 from terarec.embedding import export_tables
 from terarec.errors import DataError
@@ -160,15 +160,7 @@ def verify_model_dir(directory: Path) -> dict[str, object]:
     extra = sorted(present - set(files))
     if extra:
         raise DataError(f"{directory / extra[0]}: not in the manifest; the model directory was changed after export")
-    for name, entry in sorted(files.items()):
-        path = directory / name
-        if not path.is_file():
-            raise DataError(f"{path}: missing from the model directory")
-        size = path.stat().st_size
-        if size != entry["bytes"]:
-            raise DataError(f"{path}: {size} bytes, the manifest says {entry['bytes']}: truncated or replaced")
-        if crc32_file(path) != entry["crc32"]:
-            raise DataError(f"{path}: CRC-32 mismatch: the file is corrupt")
+    verify_files(directory, dict(sorted(files.items())), "model directory")
     description = json.loads((directory / MODEL_JSON).read_text())
     if description.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{directory / MODEL_JSON}: format version {description.get('format_version')!r}, expected {FORMAT_VERSION}")

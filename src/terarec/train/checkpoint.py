@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from terarec._files import crc32_file, fsync_path
+from terarec._files import crc32_file, fsync_path, verify_files
 from terarec.embedding import EmbeddingCollection
 from terarec.errors import DataError
 from terarec.train.distributed import World
@@ -248,15 +248,7 @@ def _verify(directory: Path) -> None:
         manifest = json.loads((directory / MANIFEST).read_text())["files"]
     except (OSError, ValueError, KeyError) as error:
         raise DataError(f"{directory / MANIFEST}: unreadable checkpoint manifest ({error})") from None
-    for name, expected in manifest.items():
-        path = directory / name
-        if not path.is_file():
-            raise DataError(f"{path}: missing from checkpoint")
-        size = path.stat().st_size
-        if size != expected["bytes"]:
-            raise DataError(f"{path}: checkpoint file is {size} bytes, the manifest says {expected['bytes']}")
-        if crc32_file(path) != expected["crc32"]:
-            raise DataError(f"{path}: checkpoint file is corrupt (CRC-32 mismatch)")
+    verify_files(directory, manifest, "checkpoint")
 
 
 def read_run_spec(path: Path) -> dict[str, object]:

@@ -241,6 +241,8 @@ def main() -> None:
     parser.add_argument("--retrieve-rate", type=float, default=100.0, help="/retrieve requests per second")
     parser.add_argument("--index-items", type=int, default=None, help="items of /retrieve's index (default 1M, 100k with --quick)")
     parser.add_argument("--port", type=int, default=18080, help="loopback port of the server")
+    parser.add_argument("--cases", default="score,retrieve,swap,soak", help="which cases to run (comma-separated)")
+    parser.add_argument("--soak-rate", type=float, default=50.0, help="/score requests per second of the soak (below capacity)")
     parser.add_argument("--soak-seconds", type=float, default=None,
                         help="a last /score case this long, the server's RSS sampled each second (default 600, 20 with --quick; 0 skips it)")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -248,6 +250,7 @@ def main() -> None:
     seconds = args.seconds or (3.0 if args.quick else 15.0)
     num_items = args.index_items or (100_000 if args.quick else 1_000_000)
     candidates = _candidates(100)
+    chosen = set(args.cases.split(","))
     cases: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
@@ -265,6 +268,8 @@ def main() -> None:
         for workers in (1, 2):
             for model_dir, path, payload, rate in ((root / "criteo-model", "/score", score, args.score_rate),
                                                    (root / "ml-model", "/retrieve", retrieve, args.retrieve_rate)):
+                if path.strip("/") not in chosen:
+                    continue
                 server = Server(model_dir, args.port, workers)
                 try:
                     result = asyncio.run(_load(server.url, path, payload, rate, seconds))
@@ -273,33 +278,11 @@ def main() -> None:
                     server.stop()
                 cases.append(result)
                 print(_line(result), flush=True)
-        # A swap under load: the server follows the Criteo run, and a newer checkpoint (trained
-        # beforehand, so training does not share the cores) lands in the run a third of the way in.
-        shutil.copytree(root / "criteo", root / "criteo-next")
-        _criteo_run(root / "criteo-next", 200)
-        newer = latest_checkpoint(root / "criteo-next")
-        assert newer is not None
-        server = Server(root / "criteo-model", args.port, 1, watch=root / "criteo")
-        try:
-            duration = max(seconds, 10.0)
-            land = threading.Timer(duration / 3, os.rename, (newer, root / "criteo" / "checkpoints" / newer.name))
-            land.start()
-            result = asyncio.run(_load(server.url, "/score", score, args.score_rate, duration))
-            land.join()
-            deadline = time.monotonic() + 120
-            while _metric(server.metrics(), "terarec_model_step") < 200 and time.monotonic() < deadline:
-                time.sleep(0.2)
-            text = server.metrics()
-            result.update(workers=1, case="hot swap", swapped_to_step=_metric(text, "terarec_model_step"),
-                          reload_seconds=_metric(text, "terarec_reload_seconds"),
-                          reloads_ok=_metric(text, 'terarec_reloads_total{result="ok"}'))
-        finally:
-            server.stop()
-        cases.append(result)
-        print(_line(result) + f"  swapped to step {result['swapped_to_step']:.0f} in {result['reload_seconds']:.2f} s", flush=True)
+        if "swap" in chosen:
+            cases.append(_swap(root, args.port, score, args.score_rate, seconds))
         soak = args.soak_seconds if args.soak_seconds is not None else (20.0 if args.quick else 600.0)
-        if soak > 0:
-            result = _soak(root / "criteo-model", args.port, score, args.score_rate, soak)
+        if "soak" in chosen and soak > 0:
+            result = _soak(root / "criteo-model", args.port, score, args.soak_rate, soak)
             cases.append(result)
             print(_line(result) + f"  RSS {result['rss_first_mib']:.0f} -> {result['rss_last_mib']:.0f} MiB "
                   f"(first and last tenth of the run)", flush=True)
@@ -308,6 +291,33 @@ def main() -> None:
         print(f"table files: Criteo model {sizes['criteo-model']:.0f} MiB, two-tower model {sizes['ml-model']:.0f} MiB")
     write_json(args.json, {"machine": machine_info(), "quick": args.quick, "index_items": num_items,
                            "table_mib": sizes, "in_process": baseline, "cases": cases})
+
+
+def _swap(root: Path, port: int, score: dict[str, object], rate: float, seconds: float) -> dict[str, object]:
+    """``/score`` while the server follows the Criteo run and a newer checkpoint (trained
+    beforehand, so training does not share the cores) lands in the run a third of the way in."""
+    shutil.copytree(root / "criteo", root / "criteo-next")
+    _criteo_run(root / "criteo-next", 200)
+    newer = latest_checkpoint(root / "criteo-next")
+    assert newer is not None
+    server = Server(root / "criteo-model", port, 1, watch=root / "criteo")
+    try:
+        duration = max(seconds, 10.0)
+        land = threading.Timer(duration / 3, os.rename, (newer, root / "criteo" / "checkpoints" / newer.name))
+        land.start()
+        result = asyncio.run(_load(server.url, "/score", score, rate, duration))
+        land.join()
+        deadline = time.monotonic() + 120
+        while _metric(server.metrics(), "terarec_model_step") < 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        text = server.metrics()
+        result.update(workers=1, case="hot swap", swapped_to_step=_metric(text, "terarec_model_step"),
+                      reload_seconds=_metric(text, "terarec_reload_seconds"),
+                      reloads_ok=_metric(text, 'terarec_reloads_total{result="ok"}'))
+    finally:
+        server.stop()
+    print(_line(result) + f"  swapped to step {result['swapped_to_step']:.0f} in {result['reload_seconds']:.2f} s", flush=True)
+    return result
 
 
 def _line(result: dict[str, object]) -> str:

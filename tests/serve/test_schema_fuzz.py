@@ -3,7 +3,6 @@ never get a server error, and every answer matches the documented responses."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import schemathesis

@@ -127,7 +127,7 @@ def _wait_until_healthy(client: httpx2.Client, process: subprocess.Popen, second
     raise AssertionError("terarec serve did not become healthy in time")
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_terarec_serve_answers_over_a_socket(criteo_model: tuple[Path, Path], tmp_path: Path, workers: int) -> None:
     socket = tmp_path / "serve.sock"
     process = _serve(criteo_model[1], socket, "--workers", str(workers))

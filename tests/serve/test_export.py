@@ -34,7 +34,8 @@ def test_served_scores_equal_eval_scores(criteo_model: tuple[Path, Path]) -> Non
     assert not any("state" in p.name for p in model_dir.rglob("*"))  # no optimizer state
 
 
-@pytest.mark.parametrize("kind", ["dynamic", "tiered", "bf16", "deep_hash"])
+@pytest.mark.parametrize("kind", ["dynamic", "bf16", pytest.param("tiered", marks=pytest.mark.slow),
+                                  pytest.param("deep_hash", marks=pytest.mark.slow)])
 def test_every_table_kind_exports_and_scores_as_eval(tmp_path: Path, kind: str) -> None:
     overrides = {
         "dynamic": {"embedding.dynamic.min_count": 2},

@@ -81,7 +81,7 @@ def test_the_checkpoint_ranks_as_training_did_and_indexes(trained: Path, tmp_pat
     assert saved["report"]["recall@100"] == report["recall@100"]
 
 
-@pytest.mark.parametrize("negatives", [0, 64], ids=["in_batch", "uniform_negatives"])
+@pytest.mark.parametrize("negatives", [0, pytest.param(64, marks=pytest.mark.slow)], ids=["in_batch", "uniform_negatives"])
 def test_two_tower_training_is_deterministic_and_resumes_exactly(tmp_path: Path, negatives: int) -> None:
     settings = {"train__steps": 40, "data__val_fraction": 0, "model__two_tower__uniform_negatives": negatives}
     straight = fit(_config(tmp_path / "a", **settings))

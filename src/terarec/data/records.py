@@ -58,9 +58,10 @@ def _text(value: object, row: int, feature: str) -> str:
     return str(value)
 
 
-def _scalar_column(values: list[object]) -> JaggedColumn | None:
-    """One ID per record when Arrow reads ``values`` as one plain type (strings, integers or
-    finite floats, nulls allowed): the common case, without a Python loop; else ``None``."""
+def _arrow_column(values: list[object], text: bool) -> pa.Array | None:
+    """``values`` as one Arrow array of integers, finite floats or (with ``text``) strings,
+    nulls allowed: the common case, converted without a Python loop; else ``None``, and the
+    caller reads them one by one."""
     if any(type(value) is bool for value in values):  # Arrow would read True as 1.0 beside floats
         return None
     try:
@@ -68,23 +69,22 @@ def _scalar_column(values: list[object]) -> JaggedColumn | None:
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         return None
     kind = array.type
-    if not (pa.types.is_string(kind) or pa.types.is_int64(kind) or pa.types.is_float64(kind) or pa.types.is_null(kind)):
+    if not (pa.types.is_int64(kind) or pa.types.is_float64(kind) or pa.types.is_null(kind) or (text and pa.types.is_string(kind))):
         return None
     if pa.types.is_float64(kind) and pc.all(pc.is_finite(array.drop_null())).as_py() is False:
         return None
-    return JaggedColumn(hash_strings(array), np.arange(len(values) + 1, dtype=np.int64))
+    return array
 
 
 def _sparse_column(records: Sequence[Mapping[str, object]], name: str, empty: bool) -> JaggedColumn:
     values = [record.get(name) for record in records]
     if not empty or None not in values:
-        fast = _scalar_column(values)
-        if fast is not None:
-            return fast
+        array = _arrow_column(values, text=True)
+        if array is not None:
+            return JaggedColumn(hash_strings(array), np.arange(len(values) + 1, dtype=np.int64))
     texts: list[str | None] = []
     lengths = np.empty(len(records), np.int64)
-    for row, record in enumerate(records):
-        value = record.get(name)
+    for row, value in enumerate(values):
         if value is None:
             lengths[row] = 0 if empty else 1
             if not empty:
@@ -138,17 +138,10 @@ def records_to_data(
     raw = np.zeros((n, schema.num_dense), np.float64)
     for j, name in enumerate(schema.dense_features):
         values = [record.get(name) for record in records]
-        column = None
-        if not any(type(value) is bool for value in values):
-            try:
-                column = pa.array(values)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-                pass
-        if column is not None and (pa.types.is_int64(column.type) or pa.types.is_float64(column.type) or pa.types.is_null(column.type)):
-            numbers = pc.fill_null(column.cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False)
-            if np.isfinite(numbers).all():
-                raw[:, j] = numbers
-                continue
+        column = _arrow_column(values, text=False)
+        if column is not None:
+            raw[:, j] = pc.fill_null(column.cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+            continue
         for row, value in enumerate(values):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value)):
                 raise RecordError(row, name, f"expected a finite number, got {value!r}")

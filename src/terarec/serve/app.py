@@ -199,7 +199,6 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
     app = FastAPI(title="terarec", version=served.version, lifespan=lifespan,
                   summary="Scores candidates and retrieves items with a terarec model.")
     app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
-    app.state.current, app.state.settings = current, settings
     app.add_middleware(_Measured, requests=requests, latency=latency)
 
     def authorised(request: Request) -> bool:

@@ -20,13 +20,12 @@ import safetensors.torch
 import torch
 
 from terarec._dataclass_codec import from_mapping
-from terarec.data import Batch, Schema, records_to_data
+from terarec.data import Batch, BatchLoader, Schema, records_to_data
 from terarec.embedding import DeepHashTableConfig, EmbeddingTableConfig, FrozenCollection
 from terarec.errors import DataError
 from terarec.models import TwoTower
 from terarec.serve.export import INDEX, NETWORK, TABLES, verify_model_dir
 from terarec.serve.item_index import ItemIndex
-from terarec.sparse import JaggedTensor
 from terarec.train.builders import build_network
 from terarec.train.config import Config, DensePrecision
 
@@ -90,12 +89,8 @@ class ServedModel:
     def batch(self, records: Sequence[Mapping[str, object]]) -> Batch:
         """``records`` read as the model's input (see :func:`~terarec.data.records_to_data`)."""
         data = records_to_data(records, self.schema, self.config.data, self.empty_when_missing, source="request")
-        sparse = {
-            name: JaggedTensor(torch.from_numpy(column.values), torch.from_numpy(column.offsets),
-                               None if column.weights is None else torch.from_numpy(column.weights))
-            for name, column in data.sparse.items()
-        }
-        return Batch(torch.from_numpy(data.labels), torch.from_numpy(data.dense), sparse)
+        rows = np.arange(data.num_rows, dtype=np.int64)
+        return BatchLoader(data, max(data.num_rows, 1), shuffle=False, prefetch=0).make_batch(rows)
 
     def _run(self, records: Sequence[Mapping[str, object]], compute: str) -> torch.Tensor:
         batch = self.batch(records)

@@ -89,12 +89,11 @@ class RetrievalTask(Task):
         order = np.argsort(item_ids)
         self._sorted_ids = item_ids[order]
         self._share = retrieval.item_counts[order] / retrieval.item_counts.sum()
-        self._log_q = np.log(self._share).astype(np.float32)
 
     def batch_loader(self, data: ColumnarData, batch_size: int, **options: Any) -> BatchLoader:
         """Batches of training events, followed by ``uniform_negatives`` catalogue items when set."""
         if not self.settings.uniform_negatives:
-            return BatchLoader(data, batch_size, **options)
+            return super().batch_loader(data, batch_size, **options)
         return NegativeSamplingLoader(
             data, batch_size, negatives=self.retrieval.catalogue, num_negatives=self.settings.uniform_negatives, **options
         )
@@ -116,7 +115,7 @@ class RetrievalTask(Task):
         """
         positions = self._positions(item_ids)
         if not sampled:
-            return torch.from_numpy(self._log_q[positions])
+            return torch.from_numpy(np.log(self._share[positions]).astype(np.float32))
         expected = events * self._share[positions] + sampled / len(self._sorted_ids)
         return torch.from_numpy(np.log(expected).astype(np.float32))
 

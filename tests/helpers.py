@@ -97,3 +97,27 @@ def trained_numbers(checkpoint: Path, scratch: Path) -> dict[str, np.ndarray]:
     for name, table in collection.tables.items():
         out[f"{name}/weights"], out[f"{name}/state"] = np.array(table.weights), np.array(table.state)
     return out
+
+
+CRITEO_ROWS = (CRITEO / "train.tsv").read_text().splitlines(keepends=True)
+
+# A stream run small enough for a unit test: DCN-v2 with narrow layers on the Criteo sample's files.
+STREAM = {
+    "data.format": "criteo",
+    "train.batch_size": 128,
+    "train.num_threads": 2,
+    "train.progress": False,
+    "train.stream.idle_seconds": 0.3,
+    "train.stream.poll_seconds": 0.05,
+    "embedding.embedding_dim": 8,
+    "model.dcnv2.mlp": "[32]",
+    "model.dcnv2.low_rank": 8,
+}
+
+
+def arrive(directory: Path, name: str, lines: list[str]) -> Path:
+    """Writes a file as a producer should: under a hidden name, then renamed in."""
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = directory / f".{name}"
+    partial.write_text("".join(lines))
+    return partial.rename(directory / name)

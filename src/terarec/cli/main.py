@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from terarec import __version__
 from terarec.cli import index as _index
@@ -23,6 +24,9 @@ from terarec.cli import serve as _serve
 from terarec.cli import plan as _plan
 from terarec.cli.overrides import flag_overrides
 from terarec.errors import TerarecError
+
+if TYPE_CHECKING:
+    from terarec.train import TrainResult
 
 __all__ = ["main"]
 
@@ -57,6 +61,9 @@ _TRAIN_SHORTCUTS = {
     "steps": "train.steps",
     "batch_size": "train.batch_size",
     "checkpoint_every": "train.checkpoint_every",
+    "checkpoint_seconds": "train.checkpoint_seconds",
+    "stream": "train.stream.path",
+    "idle_seconds": "train.stream.idle_seconds",
     "threads": "train.num_threads",
     "mode": "sharding.mode",
     "comm_precision": "sharding.comm_precision",
@@ -104,6 +111,10 @@ def _parser() -> argparse.ArgumentParser:
     length.add_argument("--steps", type=int, help="train for this many steps instead (train.steps)")
     train.add_argument("--batch-size", type=int, help="examples per step (train.batch_size); default: from the row count")
     train.add_argument("--checkpoint-every", type=int, metavar="N", help="checkpoint every N steps (train.checkpoint_every)")
+    train.add_argument("--checkpoint-seconds", type=float, metavar="S", help="also checkpoint every S seconds (train.checkpoint_seconds)")
+    streaming = train.add_argument_group("continuous training (instead of --data)")
+    streaming.add_argument("--stream", metavar="DIR", help="train on data files as they arrive in DIR, in name order, each once; resumes by itself (train.stream.path)")
+    streaming.add_argument("--idle-seconds", type=float, metavar="S", help="stop once no file has arrived for S seconds (train.stream.idle_seconds); default: run until SIGTERM/SIGINT")
     train.add_argument("--threads", type=int, help="torch and numba threads (train.num_threads); default: all cores")
     train.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --out")
     train.add_argument(
@@ -195,7 +206,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.nproc_per_node is not None and "WORLD_SIZE" not in os.environ:
         return _launch(args.nproc_per_node, args.argv)
     primary = _is_primary_rank()
-    source = config.data.path or "synthetic Criteo-shaped data"
+    source = config.data.path or (f"the files arriving in {config.train.stream.path}" if config.train.stream.path else "synthetic Criteo-shaped data")
     ranks = f" on {os.environ['WORLD_SIZE']} ranks" if "WORLD_SIZE" in os.environ else ""
     if primary:
         print(f"terarec {__version__}: training {config.model.type.value} on {source}{ranks} -> {config.train.out}", flush=True)
@@ -204,6 +215,8 @@ def _train(args: argparse.Namespace) -> int:
     if not primary:
         return 0
     metrics = result.metrics
+    if "stream" in metrics:
+        return _stream_summary(result, time.perf_counter() - started)
     if "ground_truth_auc" in metrics:
         print(f"ground-truth model (the ceiling): AUC {metrics['ground_truth_auc']:.4f}")
     if metrics["skipped_rows"]:
@@ -230,6 +243,21 @@ def _train(args: argparse.Namespace) -> int:
             f"embedding traffic {metrics['comm_bytes_per_step'] / 1e6:,.2f} MB per step (predicted "
             f"{metrics['predicted_comm_bytes_per_step'] / 1e6:,.2f})"
         )
+    print(f"wrote {result.run_dir / 'metrics.json'} and {result.checkpoint}")
+    return 0
+
+
+def _stream_summary(result: TrainResult, seconds: float) -> int:
+    """What a stream run trained, printed when it stops."""
+    metrics = result.metrics
+    stream = metrics["stream"]
+    if "auc" in metrics:
+        print(f"eval: {_metrics_line(metrics)}")
+    print(
+        f"stream: {stream['files_trained']:,} file(s) trained, the last {stream['last_file']}"
+        f"{'; ' + stream['file_in_progress'] + ' in progress' if stream['file_in_progress'] else ''}; "
+        f"{metrics['train_examples']:,} examples in {metrics['steps']:,} steps; total {seconds:.1f}s"
+    )
     print(f"wrote {result.run_dir / 'metrics.json'} and {result.checkpoint}")
     return 0
 

@@ -27,6 +27,7 @@ from terarec.data.interactions import InteractionLog, SideFeatures, read_interac
 from terarec.data.retrieval import HISTORY_FEATURE, QuerySet, RetrievalData, build_retrieval_data
 from terarec.data.readers import CRITEO_COLUMNS, iter_blocks, read_files, resolve_schema
 from terarec.data.sources import DataSplits, load_dataset, load_splits, prepare_path, resolve_path
+from terarec.data.stream import StreamDirectory, StreamListing, read_stream_file
 from terarec.data.stats import DatasetStats, StatsAccumulator, compute_stats, estimate_distinct
 from terarec.data.synthetic import SyntheticDataset, generate_synthetic
 from terarec.data.types import (
@@ -67,6 +68,8 @@ __all__ = [
     "SideFeatures",
     "SplitMethod",
     "StatsAccumulator",
+    "StreamDirectory",
+    "StreamListing",
     "SyntheticConfig",
     "SyntheticDataset",
     "build_retrieval_data",
@@ -91,6 +94,7 @@ __all__ = [
     "read_interactions",
     "read_prepared_stats",
     "read_side_features",
+    "read_stream_file",
     "resolve_path",
     "resolve_schema",
     "take_rows",

@@ -24,12 +24,23 @@ from terarec.data.synthetic import generate_synthetic
 from terarec.data.types import ColumnarData, DataFormat
 from terarec.errors import ConfigError, DataError
 
-__all__ = ["DataSplits", "load_dataset", "load_splits", "prepare_path", "resolve_path"]
+__all__ = ["DataSplits", "infer_format", "load_dataset", "load_splits", "prepare_path", "resolve_path"]
 
 _SUFFIX_FORMATS = {".parquet": DataFormat.PARQUET, ".csv": DataFormat.CSV,
                    ".tsv": DataFormat.CRITEO, ".txt": DataFormat.CRITEO,
                    ".libfm": DataFormat.LIBFM, ".libsvm": DataFormat.LIBFM,
                    ".inter": DataFormat.INTERACTIONS}
+
+
+def infer_format(path: Path) -> DataFormat | None:
+    """The format a data file's suffix names, or ``None`` for a suffix of no data format.
+
+    Example::
+
+        >>> infer_format(Path("day_0.tsv")), infer_format(Path("notes.md"))
+        (<DataFormat.CRITEO: 'criteo'>, None)
+    """
+    return _SUFFIX_FORMATS.get(Path(path).suffix.lower())
 
 
 @dataclass(frozen=True)
@@ -107,7 +118,7 @@ def resolve_path(path: str, fmt: DataFormat | None = None) -> tuple[list[Path], 
     elif any(prepared):
         raise ConfigError(f"data.path {path!r} mixes prepared directories and raw files")
     else:
-        kinds = {_SUFFIX_FORMATS.get(p.suffix.lower()) for p in paths}
+        kinds = {infer_format(p) for p in paths}
         inferred = kinds.pop() if len(kinds) == 1 else None
     if fmt is None:
         if inferred is None:

@@ -62,6 +62,12 @@ class TrainerState:
         stale_validations (int, optional): validations since the best one. Default: ``0``
         validations (tuple[dict[str, float], ...], optional): every validation so far: its
             ``step`` and metrics. Default: ``()``
+        stream_files (tuple[str, ...], optional): streaming (``train.stream``): the files trained
+            to their end, in order; ``epoch`` then counts them. Default: ``()``
+        stream_file (str, optional): streaming: the file in progress, of which ``batch_in_epoch``
+            batches are trained. Default: ``None``
+        stream_file_rows (int, optional): streaming: that file's rows, which tell it unchanged
+            on resume. Default: ``0``
     """
 
     step: int = 0
@@ -72,6 +78,9 @@ class TrainerState:
     best_value: float | None = None
     stale_validations: int = 0
     validations: tuple[dict[str, float], ...] = ()
+    stream_files: tuple[str, ...] = ()
+    stream_file: str | None = None
+    stream_file_rows: int = 0
 
 
 def _write_json(path: Path, payload: Mapping[str, object]) -> None:
@@ -286,4 +295,5 @@ def load_checkpoint(
         torch.set_rng_state(torch.load(directory / "rng.pt", weights_only=True)["torch"])
     raw = json.loads((directory / "trainer.json").read_text())
     raw["validations"] = tuple(raw.get("validations", ()))
+    raw["stream_files"] = tuple(raw.get("stream_files", ()))
     return TrainerState(**raw)

@@ -41,6 +41,7 @@ __all__ = [
     "LRDecay",
     "RankingConfig",
     "RankingLoss",
+    "StreamConfig",
     "StoppingMetric",
     "TableKind",
     "TableSpec",
@@ -300,6 +301,46 @@ class EmbeddingConfig:
 
 
 @dataclass(frozen=True)
+class StreamConfig:
+    """``train.stream``: continuous training on data files as they arrive in a directory.
+
+    Each file is trained once, in name order (see :mod:`terarec.train.stream`); a writer
+    adds a file by writing it under a hidden or ``.tmp`` name and renaming it in.
+
+    Args:
+        path (str, optional): the directory to follow; ``None`` trains on ``data.path`` as
+            usual. Default: ``None``
+        poll_seconds (float, optional): how often to look for a new file. Default: ``1.0``
+        idle_seconds (float, optional): stop, after a final checkpoint, once no new file has
+            arrived for this long; ``None`` follows the directory until SIGTERM or SIGINT.
+            Default: ``None``
+
+    Example::
+
+        >>> StreamConfig(path="incoming/", idle_seconds=600).poll_seconds
+        1.0
+        >>> StreamConfig(poll_seconds=0)
+        Traceback (most recent call last):
+        ...
+        terarec.errors.ConfigError: train.stream.poll_seconds must be a number > 0, got 0
+    """
+
+    path: str | None = None
+    poll_seconds: float = 1.0
+    idle_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.path is not None and (not isinstance(self.path, str) or not self.path.strip()):
+            raise ConfigError(f"train.stream.path must be a non-empty string or null, got {self.path!r}")
+        for name in ("poll_seconds", "idle_seconds"):
+            value = getattr(self, name)
+            if value is None and name == "idle_seconds":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"train.stream.{name} must be a number > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """The training loop's settings.
 
@@ -337,6 +378,8 @@ class TrainConfig:
             Default: ``16384``
         checkpoint_every (int, optional): steps between checkpoints; ``0`` writes only the final one.
             Default: ``0``
+        checkpoint_seconds (float, optional): also checkpoint once this many seconds have passed
+            since the last checkpoint; ``0`` never by time. Default: ``0.0``
         keep_checkpoints (int, optional): newest checkpoints kept. Default: ``2``
         resume (bool, optional): continue from the newest checkpoint in ``out``. Default: ``False``
         log_every (int, optional): steps between progress/TensorBoard updates. Default: ``20``
@@ -346,6 +389,8 @@ class TrainConfig:
             available now. Default: ``None``
         tables_dir (str, optional): local-disk directory for tiered tables' files; ``None``
             means ``OUT/tables``. Default: ``None``
+        stream (StreamConfig, optional): continuous training on arriving files; see
+            :class:`StreamConfig`.
     """
 
     out: str = "runs/train"
@@ -367,6 +412,7 @@ class TrainConfig:
     dense_precision: DensePrecision = DensePrecision.FP32
     eval_batch_size: int = 16384
     checkpoint_every: int = 0
+    checkpoint_seconds: float = 0.0
     keep_checkpoints: int = 2
     resume: bool = False
     log_every: int = 20
@@ -374,6 +420,7 @@ class TrainConfig:
     num_threads: int | None = None
     memory_budget_bytes: int | None = None
     tables_dir: str | None = None
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
     def __post_init__(self) -> None:
         positive = {"eval_batch_size": self.eval_batch_size}
@@ -393,6 +440,11 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1 when set, got {value}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"train.checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        seconds = self.checkpoint_seconds
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+            raise ConfigError(f"train.checkpoint_seconds must be a number >= 0, got {seconds!r}")
+        if not isinstance(self.stream, StreamConfig):
+            raise ConfigError(f"train.stream must be a StreamConfig, got {type(self.stream).__name__}")
         if not self.dense_learning_rate > 0:
             raise ConfigError(f"train.dense_learning_rate must be > 0, got {self.dense_learning_rate}")
 

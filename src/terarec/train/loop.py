@@ -7,26 +7,16 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-import numba
 import torch
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from terarec._background import iterate_in_background
-from terarec._dataclass_codec import to_mapping
-from terarec.data import Batch, BatchLoader, DataSplits
-from terarec.embedding import (
-    DeepHashTableConfig,
-    EmbeddingCollection,
-    EmbeddingTableConfig,
-    PooledEmbeddings,
-)
+from terarec.data import Batch, BatchLoader
+from terarec.embedding import EmbeddingCollection
 from terarec.errors import ConfigError
 from terarec.models import model_class
-from terarec.sharding import TrainingMode
 from terarec.train.builders import (
     build_deep_hash_tables,
     build_dense_optimizer,
@@ -43,78 +33,28 @@ from terarec.train.checkpoint import (
     mark_best,
     save_checkpoint,
 )
-from terarec.train.config import Config, DensePrecision, StoppingMetric, TrainConfig
+from terarec.train.config import Config, StoppingMetric, TrainConfig
 from terarec.train.distributed import World, broadcast_buffers, join_world, leave_world, sum_over_ranks
 from terarec.train.ingest import load_rank_splits
 from terarec.train.metrics import auc
-from terarec.train.network import DenseNetwork
-from terarec.train.placement import Placement, build_collection, saved_placement
+from terarec.train.placement import build_collection, saved_placement
 from terarec.train.reporting import StepReporter
-from terarec.train.schedule import resolve_auto, set_learning_rate
-from terarec.train.task_selection import build_task, configure_for_data
-from terarec.train.tasks import Task
-from terarec.train.validation import record_validation, should_stop
-from terarec.train.updates import (
-    EmbeddingUpdates,
-    HybridUpdates,
-    SyncUpdates,
-    check_hybrid_tables,
+from terarec.train.schedule import resolve_auto
+from terarec.train.steps import (
+    TrainResult,
+    TrainingStep,
+    advance,
+    build_updates,
+    check_cache_sizes,
+    configure_threads,
+    prepare_in_background,
+    run_spec,
 )
+from terarec.train.stream import fit_stream
+from terarec.train.task_selection import build_task, configure_for_data
+from terarec.train.validation import record_validation, should_stop
 
-__all__ = ["TrainResult", "check_cache_sizes", "configure_threads", "fit"]
-
-PREPARE_AHEAD = 1  # batches whose IDs are mapped and de-duplicated ahead of training
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What :func:`fit` measured; the same content is written to ``OUT/metrics.json``."""
-
-    metrics: dict[str, object]
-    run_dir: Path
-    checkpoint: Path
-
-
-def configure_threads(num_threads: int | None) -> int:
-    """Sets torch's and numba's thread counts (both default to every core) and returns the count."""
-    count = num_threads or os.cpu_count() or 1
-    torch.set_num_threads(count)
-    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
-    return count
-
-
-def forward_backward(
-    task: Task,
-    network: DenseNetwork,
-    trainable: nn.Module,
-    batch: Batch,
-    pooled: PooledEmbeddings,
-    bf16: bool,
-    embedding_l2: float,
-) -> torch.Tensor:
-    """The task's loss of one batch, with gradients left on the dense parameters and on ``pooled.values``.
-
-    ``trainable`` is ``network`` itself, or its DistributedDataParallel wrapper.
-    """
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        loss = task.loss(network, trainable, batch, pooled.values).float()
-    if embedding_l2 > 0:
-        loss = loss + embedding_l2 * pooled.values.square().sum() / pooled.values.shape[0]
-    loss.backward()
-    return loss.detach()
-
-
-def advance(state: TrainerState, batch_size: int, batches_per_epoch: int) -> TrainerState:
-    """The state after one more step; the only place the step counter changes."""
-    next_batch = state.batch_in_epoch + 1
-    rolls_over = next_batch >= batches_per_epoch
-    return replace(
-        state,
-        step=state.step + 1,
-        epoch=state.epoch + 1 if rolls_over else state.epoch,
-        batch_in_epoch=0 if rolls_over else next_batch,
-        examples_seen=state.examples_seen + batch_size,
-    )
+__all__ = ["TrainResult", "fit"]
 
 
 def _batches_from(loader: BatchLoader, state: TrainerState, count: int) -> Iterator[Batch]:
@@ -136,50 +76,8 @@ def _segment_end(step: int, total_steps: int, *intervals: int) -> int:
     return min([total_steps, *ends])
 
 
-def _run_spec(
-    config: Config,
-    splits: DataSplits,
-    tables: list[EmbeddingTableConfig],
-    deep_hash_tables: list[DeepHashTableConfig],
-    world: World,
-    placement: Placement,
-) -> dict[str, object]:
-    return {
-        "config": config.to_dict(),
-        "schema": splits.train.schema.to_dict(),
-        "tables": [to_mapping(table) for table in tables],
-        "deep_hash_tables": [to_mapping(table) for table in deep_hash_tables],
-        "world_size": world.size,
-        "placement": placement,
-    }
-
-
-def check_cache_sizes(tables: list[EmbeddingTableConfig], batch_size: int) -> None:
-    """Refuses a tiered table whose cache cannot hold two batches' rows (the pipeline keeps the
-    previous batch resident), counting one distinct row per bag in the worst case."""
-    for table in tables:
-        if table.tiered is None:
-            continue
-        cache_rows = table.tiered.cache_bytes // table.row_bytes
-        needed = min(table.num_embeddings, 2 * batch_size * len(table.feature_names))
-        if cache_rows < needed:
-            raise ConfigError(
-                f"table {table.name!r}: cache_bytes={table.tiered.cache_bytes} holds {cache_rows} rows of "
-                f"{table.row_bytes} bytes, but two batches of {batch_size} examples over "
-                f"{len(table.feature_names)} feature(s) may need {needed} rows; set embedding.tiered.cache_bytes "
-                f">= {needed * table.row_bytes} (or lower train.batch_size / train.eval_batch_size)"
-            )
-
-
 def _comm_bytes(collection: object) -> int:
     return getattr(collection, "comm_bytes", 0)
-
-
-def _updates(config: Config, collection: object, tables: list[EmbeddingTableConfig]) -> EmbeddingUpdates:
-    if config.sharding.mode is TrainingMode.HYBRID:
-        check_hybrid_tables(tables)
-        return HybridUpdates(collection, config.sharding.staleness)  # type: ignore[arg-type]
-    return SyncUpdates(collection)  # type: ignore[arg-type]
 
 
 def fit(config: Config) -> TrainResult:
@@ -195,9 +93,14 @@ def fit(config: Config) -> TrainResult:
     under DistributedDataParallel, and rank 0 reports
     and writes ``metrics.json``. ``sharding.mode=hybrid`` applies embedding updates
     asynchronously (Persia), with at most ``sharding.staleness`` steps of delay.
+
+    With ``train.stream.path`` set, trains on data files as they arrive there instead
+    (:func:`~terarec.train.stream.fit_stream`).
     """
     world = join_world(config.sharding.timeout_seconds)
     try:
+        if config.train.stream.path is not None:
+            return fit_stream(config, world)
         return _fit(config, world)
     finally:
         leave_world(world)
@@ -237,7 +140,7 @@ def _fit(config: Config, world: World) -> TrainResult:
     has_buffers = any(buffer.is_floating_point() for buffer in network.buffers())
     trainable = DistributedDataParallel(network, broadcast_buffers=has_buffers) if world.size > 1 else network
     optimizer = build_dense_optimizer(settings, list(network.parameters()))
-    run_spec = _run_spec(config, splits, table_configs, deep_hash_tables, world, placement)
+    spec = run_spec(config, splits.train.schema, table_configs, deep_hash_tables, world, placement)
     state = TrainerState()
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, network, collection, optimizer, restore_rng=True)  # type: ignore[arg-type]
@@ -259,7 +162,6 @@ def _fit(config: Config, world: World) -> TrainResult:
         )
     total_steps = settings.steps or epochs * loader.num_batches
     validate_every = (settings.eval_every or loader.num_batches) if splits.val is not None else 0
-    bf16 = settings.dense_precision is DensePrecision.BF16
     if world.is_primary:
         run_dir.mkdir(parents=True, exist_ok=True)
         if checkpoint is None and (discarded := discard_checkpoints(run_dir)):
@@ -268,7 +170,8 @@ def _fit(config: Config, world: World) -> TrainResult:
         if splits.retrieval is not None:
             print(_data_report_line(splits.retrieval.report), flush=True)
     world.barrier()
-    updates = _updates(config, collection, table_configs)
+    updates = build_updates(config, collection, table_configs)
+    train_step = TrainingStep(config, task, network, trainable, optimizer, collection, updates, world)
     started = time.perf_counter()
     start_examples, start_step, start_comm = state.examples_seen, state.step, _comm_bytes(collection)
     progress = settings.progress and world.is_primary
@@ -283,24 +186,12 @@ def _fit(config: Config, world: World) -> TrainResult:
         # validation: the checkpoint then holds no trace of a batch it has not trained on.
         while state.step < total_steps and not should_stop(state, settings):
             stop = _segment_end(state.step, total_steps, settings.checkpoint_every, validate_every)
-            prepared_batches = iterate_in_background(
-                ((b, collection.prepare(b.sparse)) for b in _batches_from(loader, state, stop - state.step)),
-                depth=PREPARE_AHEAD,
-                name="terarec-prepare",
-            )
+            prepared_batches = prepare_in_background(collection, _batches_from(loader, state, stop - state.step))
             with contextlib.closing(prepared_batches) as batches:
                 for batch, prepared in batches:
-                    set_learning_rate(optimizer, settings, state.step, total_steps)
-                    updates.before_lookup()
-                    pooled = collection.lookup(prepared)  # type: ignore[arg-type]
-                    updates.after_lookup()
-                    loss = forward_backward(task, network, trainable, batch, pooled, bf16, settings.embedding_l2)
-                    updates.apply(prepared, pooled.values.grad)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    examples = prepared.global_batch_size - task.sampled_rows * world.size
-                    state = advance(state, examples, loader.num_batches)
-                    if reporter.log_step(state.step, float(loss), examples):
+                    output = train_step(batch, prepared, state.step, total_steps)
+                    state = advance(state, output.examples, loader.num_batches)
+                    if reporter.log_step(state.step, float(output.loss), output.examples):
                         reporter.log_metrics("tables", collection.counters(), state.step)
             updates.drain()
             improved = False
@@ -312,7 +203,7 @@ def _fit(config: Config, world: World) -> TrainResult:
                 state, improved = record_validation(state, validation, settings, stopping_metric)
             if improved or (settings.checkpoint_every and state.step % settings.checkpoint_every == 0):
                 saved = save_checkpoint(
-                    run_dir, state, network, optimizer, collection, run_spec, settings.keep_checkpoints, world
+                    run_dir, state, network, optimizer, collection, spec, settings.keep_checkpoints, world
                 )
                 if improved and world.is_primary:
                     mark_best(saved)
@@ -320,7 +211,7 @@ def _fit(config: Config, world: World) -> TrainResult:
         comm_bytes = sum_over_ranks(world, _comm_bytes(collection) - start_comm)
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None or checkpoint_step(checkpoint) != state.step:
-            checkpoint = save_checkpoint(run_dir, state, network, optimizer, collection, run_spec, settings.keep_checkpoints, world)
+            checkpoint = save_checkpoint(run_dir, state, network, optimizer, collection, spec, settings.keep_checkpoints, world)
         best = best_checkpoint(run_dir) if state.best_step is not None else None
         if best is not None and settings.early_stopping.restore_best and state.best_step != state.step:
             load_checkpoint(best, network, collection)

@@ -287,13 +287,14 @@ def saved_placement(checkpoint: Path | None, world_size: int) -> Placement | Non
 def build_collection(
     config: Config,
     tables: list[EmbeddingTableConfig],
-    data: ColumnarData,
+    data: ColumnarData | None,
     world: World,
     tables_dir: Path,
     placement: Placement | None = None,
 ) -> tuple[EmbeddingCollection | ShardedEmbeddingCollection, Plan | None, Placement]:
     """The run's tables: all in this process, or spread over the ranks as ``placement`` says
-    (else as the planner places them), with the plan's predictions and the placement used.
+    (else as the planner places them from the training ``data``'s workload), with the plan's
+    predictions and the placement used. One process needs no ``data``.
 
     Raises:
         PlanError: when this rank's share does not fit its RAM or disk.
@@ -304,6 +305,7 @@ def build_collection(
         check_memory(estimates, settings.memory_budget_bytes)
         check_disk(estimates, tables_dir)
         return EmbeddingCollection(tables, seed=settings.seed, directory=tables_dir), None, {}
+    assert data is not None, "placing tables over several ranks needs the training data's workload"
     plan = plan_tables(config, tables, data, world.size, world.local_size, tables_dir)
     if placement is None:
         placement = {p.name: {"sharding": p.sharding_type.value, "ranks": list(p.ranks)} for p in plan.placements}

@@ -28,7 +28,7 @@ class StepReporter:
 
     Args:
         run_dir (Path): TensorBoard events go to ``run_dir / "tensorboard"``.
-        total_steps (int): length of the progress bar.
+        total_steps (int, optional): length of the progress bar; ``None`` when unknown (a stream).
         initial_step (int): where a resumed run starts.
         log_every (int): steps between reports.
         progress (bool): draw the progress bar.
@@ -41,7 +41,7 @@ class StepReporter:
     """
 
     def __init__(
-        self, run_dir: Path, total_steps: int, initial_step: int, log_every: int, progress: bool, events: bool = True
+        self, run_dir: Path, total_steps: int | None, initial_step: int, log_every: int, progress: bool, events: bool = True
     ) -> None:
         self.log_every = log_every
         self.bar = tqdm(total=total_steps, initial=initial_step, disable=not progress, unit="step", dynamic_ncols=True)

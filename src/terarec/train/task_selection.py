@@ -78,4 +78,4 @@ def build_task(config: Config, splits: DataSplits, world: World) -> Task:
         if world.size > 1:
             raise ConfigError("learning to rank (data.group_col) trains on one process; drop --nproc-per-node")
         return RankingTask(splits, config.train.ranking, config.train.eval_batch_size, bf16)
-    return ClickTask(splits, config.train.eval_batch_size, bf16)
+    return ClickTask(splits.val, splits.eval, config.train.eval_batch_size, bf16)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from terarec.data import Batch, BatchLoader, ColumnarData, DataSplits
+from terarec.data import Batch, BatchLoader, ColumnarData
 from terarec.embedding import EmbeddingCollection
 from terarec.train.config import StoppingMetric
 from terarec.train.distributed import World
@@ -49,6 +49,14 @@ class Task(abc.ABC):
         """The loss of a batch, from ``trainable`` (``network`` or its DistributedDataParallel
         wrapper, which every forward must go through) and the tables' ``pooled`` output."""
 
+    def scored_loss(
+        self, network: DenseNetwork, trainable: nn.Module, batch: Batch, pooled: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`loss`, and the scores of the batch's examples the loss came from (logits, one
+        per example) where the task has them, else ``None``: a progressive validation scores
+        each example before training on it."""
+        return self.loss(network, trainable, batch, pooled), None
+
     @abc.abstractmethod
     def evaluate(
         self, network: DenseNetwork, collection: EmbeddingCollection, split: str, world: World
@@ -60,23 +68,30 @@ class ClickTask(Task):
     """Click prediction: binary cross-entropy on the labels; AUC, log loss, NE and calibration.
 
     Args:
-        splits (DataSplits): the run's data.
+        val (ColumnarData, optional): the validation split, or ``None``.
+        eval (ColumnarData, optional): the evaluation split, or ``None`` (a stream without one).
         batch_size (int): examples per evaluation batch.
         bf16 (bool): evaluate under bfloat16 autocast.
     """
 
     metric = StoppingMetric.AUC
 
-    def __init__(self, splits: DataSplits, batch_size: int, bf16: bool) -> None:
-        self.splits, self.batch_size, self.bf16 = splits, batch_size, bf16
+    def __init__(self, val: ColumnarData | None, eval: ColumnarData | None, batch_size: int, bf16: bool) -> None:
+        self.splits = {"val": val, "eval": eval}
+        self.batch_size, self.bf16 = batch_size, bf16
 
     def loss(self, network: DenseNetwork, trainable: nn.Module, batch: Batch, pooled: torch.Tensor) -> torch.Tensor:
-        logits = trainable(batch.dense, pooled, batch.sparse)
-        return network.loss(logits.float(), batch.labels)
+        return self.scored_loss(network, trainable, batch, pooled)[0]
+
+    def scored_loss(
+        self, network: DenseNetwork, trainable: nn.Module, batch: Batch, pooled: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = trainable(batch.dense, pooled, batch.sparse).float()
+        return network.loss(logits, batch.labels), logits.detach()
 
     def evaluate(
         self, network: DenseNetwork, collection: EmbeddingCollection, split: str, world: World
     ) -> dict[str, float]:
-        data: ColumnarData | None = self.splits.val if split == "val" else self.splits.eval
+        data = self.splits[split]
         assert data is not None
         return evaluate(network, collection, data, self.batch_size, self.bf16, world).to_dict()

@@ -10,6 +10,9 @@ returned, so a slow server shows up as latency, not as a lower offered rate):
 - ``/score`` with 100 candidates, at 1 and at 2 workers;
 - ``/retrieve`` with ``k = 100``, at 1 and at 2 workers;
 - ``/score`` while the served model follows a run and swaps in a new checkpoint (errors must be 0);
+- the continuous loop (``stream``): ``terarec train --stream`` on Criteo files that arrive every
+  few seconds, the server following its run, ``/score`` meanwhile; per file, the seconds from its
+  arrival to the server answering with the model trained on it (freshness);
 - a soak: ``/score`` for 10 minutes (20 s with ``--quick``), the worker's RSS sampled each second;
 
 and reports throughput, p50/p99/max latency and errors, the swap time from ``/metrics``, and each
@@ -241,7 +244,10 @@ def main() -> None:
     parser.add_argument("--retrieve-rate", type=float, default=100.0, help="/retrieve requests per second")
     parser.add_argument("--index-items", type=int, default=None, help="items of /retrieve's index (default 1M, 100k with --quick)")
     parser.add_argument("--port", type=int, default=18080, help="loopback port of the server")
-    parser.add_argument("--cases", default="score,retrieve,swap,soak", help="which cases to run (comma-separated)")
+    parser.add_argument("--cases", default="score,retrieve,swap,stream,soak", help="which cases to run (comma-separated)")
+    parser.add_argument("--stream-files", type=int, default=None, help="files arriving in the stream case (default 6, 3 with --quick)")
+    parser.add_argument("--stream-every", type=float, default=5.0, help="seconds between the stream case's files")
+    parser.add_argument("--stream-rate", type=float, default=20.0, help="/score requests per second of the stream case (the trainer shares the cores)")
     parser.add_argument("--soak-rate", type=float, default=50.0, help="/score requests per second of the soak (below capacity)")
     parser.add_argument("--soak-seconds", type=float, default=None,
                         help="a last /score case this long, the server's RSS sampled each second (default 600, 20 with --quick; 0 skips it)")
@@ -280,6 +286,9 @@ def main() -> None:
                 print(_line(result), flush=True)
         if "swap" in chosen:
             cases.append(_swap(root, args.port, score, args.score_rate, seconds))
+        if "stream" in chosen:
+            files = args.stream_files or (3 if args.quick else 6)
+            cases.append(_stream(root, args.port, score, args.stream_rate, files, args.stream_every))
         soak = args.soak_seconds if args.soak_seconds is not None else (20.0 if args.quick else 600.0)
         if "soak" in chosen and soak > 0:
             result = _soak(root / "criteo-model", args.port, score, args.soak_rate, soak)
@@ -317,6 +326,73 @@ def _swap(root: Path, port: int, score: dict[str, object], rate: float, seconds:
     finally:
         server.stop()
     print(_line(result) + f"  swapped to step {result['swapped_to_step']:.0f} in {result['reload_seconds']:.2f} s", flush=True)
+    return result
+
+
+STREAM_BATCH = 128
+
+
+def _stream(root: Path, port: int, score: dict[str, object], rate: float, files: int, every: float) -> dict[str, object]:
+    """The continuous loop: files of the Criteo sample arrive every ``every`` seconds in a directory
+    that ``terarec train --stream`` follows, the server follows the trainer's run, and ``/score``
+    runs at ``rate`` throughout. Freshness: from a file's rename into the directory to the first
+    ``/readyz`` (polled every 50 ms) that shows the step trained on it."""
+    rows = (CRITEO / "train.tsv").read_text().splitlines(keepends=True)
+    size = len(rows) // (files + 1)
+    steps_per_file = -(-size // STREAM_BATCH)
+    incoming, run = root / "stream-in", root / "stream-run"
+    incoming.mkdir()
+
+    def arrive(index: int) -> float:
+        partial = incoming / f".part-{index:03d}.tsv"
+        partial.write_text("".join(rows[index * size : (index + 1) * size]))
+        partial.rename(incoming / f"part-{index:03d}.tsv")
+        return time.perf_counter()
+
+    arrive(0)
+    command = [sys.executable, "-m", "terarec", "train", "--stream", str(incoming), "--format", "criteo", "--out", str(run),
+               "--batch-size", str(STREAM_BATCH), "--threads", "1", "--no-progress", "--set", "train.stream.poll_seconds=0.1"]
+    with open(root / "stream-train.log", "w") as log:
+        trainer = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while latest_checkpoint(run) is None:
+            if trainer.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the streaming trainer made no checkpoint: {(root / 'stream-train.log').read_text()}")
+            time.sleep(0.1)
+        export_run(run, root / "stream-model")
+        server = Server(root / "stream-model", port, 1, watch=run)
+        freshness: list[float] = []
+
+        def feed() -> None:
+            for index in range(1, files + 1):
+                time.sleep(every)
+                arrived = arrive(index)
+                wanted = (index + 1) * steps_per_file
+                while httpx2.get(f"{server.url}/readyz", timeout=10).json()["step"] < wanted:
+                    if time.perf_counter() - arrived > 120:
+                        raise RuntimeError(f"file {index} not served within 120 s")
+                    time.sleep(0.05)
+                freshness.append(time.perf_counter() - arrived)
+
+        feeder = threading.Thread(target=feed)
+        try:
+            feeder.start()
+            result = asyncio.run(_load(server.url, "/score", score, rate, files * every + 5.0))
+            feeder.join()
+            text = server.metrics()
+        finally:
+            server.stop()
+    finally:
+        os.killpg(trainer.pid, signal.SIGTERM)
+        trainer.wait(timeout=120)
+    if len(freshness) != files:
+        raise RuntimeError(f"only {len(freshness)} of {files} files were served")
+    result.update(workers=1, case="stream", files=files, file_rows=size, steps_per_file=steps_per_file,
+                  every_seconds=every, freshness_seconds=freshness,
+                  reloads_ok=_metric(text, 'terarec_reloads_total{result="ok"}'), trainer_exit=trainer.returncode)
+    print(_line(result) + f"  freshness {min(freshness):.2f}-{max(freshness):.2f} s "
+          f"(median {statistics.median(freshness):.2f} s) over {files} files", flush=True)
     return result
 
 

@@ -37,7 +37,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from terarec.data import RecordError
-from terarec.serve.model import ServedModel
+from terarec.serve.model import ServedModel, freeze_long_lived_objects
 from terarec.serve.reload import CurrentModel, ModelReloader
 from terarec.serve.schemas import RetrieveResponse, ScoreResponse, request_models
 
@@ -189,6 +189,7 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await asyncio.get_running_loop().run_in_executor(worker, current.model.warm_up)
+        freeze_long_lived_objects()
         if reloader is not None:
             reloader.start()
         yield

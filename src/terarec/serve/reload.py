@@ -1,8 +1,8 @@
 """Hot reload: a served model follows a training run, checkpoint after checkpoint.
 
 :class:`ModelReloader` polls a run's ``checkpoints/`` for a complete checkpoint newer than the
-served model's step, exports it (:func:`~terarec.serve.export_run`) into a scratch directory of
-its own, opens it (every file CRC-checked) and swaps it in by replacing one reference: a request
+served model's step, exports it (``terarec export``, in a process of its own) into a scratch
+directory of its own, opens it (every file CRC-checked) and swaps it in by replacing one reference: a request
 takes the reference once, so it is answered wholly by the old model or wholly by the new one,
 and requests keep flowing while the next model loads. A checkpoint that fails to export or open
 (corrupt, truncated, removed while read) is counted and skipped; the served model stays.
@@ -10,18 +10,40 @@ and requests keep flowing while the next model loads. A checkpoint that fails to
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from terarec.serve.export import export_run
-from terarec.serve.model import ServedModel
+from terarec.errors import DataError
+from terarec.serve.model import ServedModel, freeze_long_lived_objects
 from terarec.train.checkpoint import checkpoint_step, latest_checkpoint
 
 __all__ = ["CurrentModel", "ModelReloader"]
+
+
+EXPORT_TIMEOUT_SECONDS = 3600
+EXPORT_NICENESS = 10
+
+
+def _export_apart(checkpoint: Path, target: Path) -> None:
+    """``terarec export`` of ``checkpoint`` in a process of its own, on one thread at a lower
+    priority: rebuilding the tables and writing the model directory then takes none of the
+    serving process's interpreter time, and requests come first for the cores."""
+    command = [sys.executable, "-m", "terarec", "export", str(checkpoint), "--out", str(target)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_SECONDS, env=environment,
+        preexec_fn=lambda: os.nice(EXPORT_NICENESS),
+    )
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise DataError(f"{checkpoint}: export failed: {lines[-1] if lines else f'exit code {done.returncode}'}")
 
 
 class CurrentModel:
@@ -74,7 +96,7 @@ class ModelReloader:
         try:
             if target.exists():
                 shutil.rmtree(target)
-            export_run(checkpoint, target)
+            _export_apart(checkpoint, target)
             loaded = ServedModel(target)
             loaded.warm_up()
         except Exception as err:  # any failure leaves the served model in place, and is reported
@@ -87,6 +109,7 @@ class ModelReloader:
         if old.directory.parent == self._scratch:
             # Requests still on the old model keep reading it: its mapped files outlive their names.
             shutil.rmtree(old.directory, ignore_errors=True)
+        freeze_long_lived_objects()
         if self.on_reload is not None:
             self.on_reload(old, loaded, time.perf_counter() - begun)
         return True

@@ -1,49 +1,27 @@
 """Hot reload: a served model follows a training run, checkpoint after checkpoint.
 
 :class:`ModelReloader` polls a run's ``checkpoints/`` for a complete checkpoint newer than the
-served model's step, exports it (``terarec export``, in a process of its own) into a scratch
-directory of its own, opens it (every file CRC-checked) and swaps it in by replacing one reference: a request
-takes the reference once, so it is answered wholly by the old model or wholly by the new one,
-and requests keep flowing while the next model loads. A checkpoint that fails to export or open
+served model's step, exports it (in a helper process, :class:`~terarec.serve.exporter.ExportProcess`)
+into a scratch directory of its own, opens it (every file CRC-checked) and swaps it in by
+replacing one reference: a request takes the reference once, so it is answered wholly by the old
+model or wholly by the new one, and requests keep flowing while the next model loads. A checkpoint that fails to export or open
 (corrupt, truncated, removed while read) is counted and skipped; the served model stays.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from terarec.errors import DataError
+from terarec.serve.exporter import ExportProcess
 from terarec.serve.model import ServedModel, freeze_long_lived_objects
 from terarec.train.checkpoint import checkpoint_step, latest_checkpoint
 
 __all__ = ["CurrentModel", "ModelReloader"]
-
-
-EXPORT_TIMEOUT_SECONDS = 3600
-EXPORT_NICENESS = 10
-
-
-def _export_apart(checkpoint: Path, target: Path) -> None:
-    """``terarec export`` of ``checkpoint`` in a process of its own, on one thread at a lower
-    priority: rebuilding the tables and writing the model directory then takes none of the
-    serving process's interpreter time, and requests come first for the cores."""
-    command = [sys.executable, "-m", "terarec", "export", str(checkpoint), "--out", str(target)]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_SECONDS, env=environment,
-        preexec_fn=lambda: os.nice(EXPORT_NICENESS),
-    )
-    if done.returncode != 0:
-        lines = (done.stderr or done.stdout).strip().splitlines()
-        raise DataError(f"{checkpoint}: export failed: {lines[-1] if lines else f'exit code {done.returncode}'}")
 
 
 class CurrentModel:
@@ -81,6 +59,7 @@ class ModelReloader:
         self.current, self.run_dir, self.poll_seconds = current, Path(run_dir), poll_seconds
         self.on_reload, self.on_failure = on_reload, on_failure
         self._scratch = Path(tempfile.mkdtemp(prefix=".terarec-serve-", dir=scratch_parent))
+        self._exporter = ExportProcess()
         self._failed: set[Path] = set()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -96,7 +75,7 @@ class ModelReloader:
         try:
             if target.exists():
                 shutil.rmtree(target)
-            _export_apart(checkpoint, target)
+            self._exporter.export(checkpoint, target)
             loaded = ServedModel(target)
             loaded.warm_up()
         except Exception as err:  # any failure leaves the served model in place, and is reported
@@ -129,4 +108,5 @@ class ModelReloader:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join()
+        self._exporter.close()
         shutil.rmtree(self._scratch, ignore_errors=True)

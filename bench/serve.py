@@ -9,6 +9,9 @@ returned, so a slow server shows up as latency, not as a lower offered rate):
 
 - ``/score`` with 100 candidates, at 1 and at 2 workers;
 - ``/retrieve`` with ``k = 100``, at 1 and at 2 workers;
+- ``/score`` over a model trained with tiered tables, served through RAM caches of 10% of its
+  table files (``--cache-bytes``), requests cycling through the Criteo sample's rows, at 1 and
+  2 workers, with the caches' hit rate;
 - ``/score`` while the served model follows a run and swaps in a new checkpoint (errors must be 0);
 - the continuous loop (``stream``): ``terarec train --stream`` on Criteo files that arrive every
   few seconds, the server following its run, ``/score`` meanwhile; per file, the seconds from its
@@ -73,9 +76,9 @@ def _criteo_run(out: Path, steps: int) -> None:
                  "train.batch_size": 128, "data.val_fraction": 0, "train.resume": (out / "checkpoints").is_dir()})
 
 
-def _candidates(count: int) -> list[dict[str, object]]:
+def _candidates(count: int, path: Path = CRITEO / "test.tsv") -> list[dict[str, object]]:
     rows = []
-    with open(CRITEO / "test.tsv") as handle:
+    with open(path) as handle:
         for line in handle:
             fields = line.rstrip("\n").split("\t")
             record: dict[str, object] = {f"I{i}": (int(fields[i]) if fields[i] else None) for i in range(1, 14)}
@@ -102,8 +105,8 @@ def _big_index(model_dir: Path, num_items: int) -> None:
 class Server:
     """``terarec serve`` in a process group of its own."""
 
-    def __init__(self, model_dir: Path, port: int, workers: int, watch: Path | None = None) -> None:
-        command = [sys.executable, "-m", "terarec", "serve", str(model_dir), "--port", str(port), "--workers", str(workers)]
+    def __init__(self, model_dir: Path, port: int, workers: int, watch: Path | None = None, extra: tuple[str, ...] = ()) -> None:
+        command = [sys.executable, "-m", "terarec", "serve", str(model_dir), "--port", str(port), "--workers", str(workers), *extra]
         if watch is not None:
             command += ["--watch", str(watch), "--watch-seconds", "0.2"]
         self.url = f"http://127.0.0.1:{port}"
@@ -145,20 +148,22 @@ class Server:
         self.process.wait(timeout=60)
 
 
-async def _load(url: str, path: str, payload: dict[str, object], rate: float, seconds: float,
-                during: asyncio.Future | None = None) -> dict[str, object]:
-    """Sends ``payload`` to ``url + path`` at ``rate`` per second for ``seconds``; latency from
-    each request's scheduled start to its answer."""
+async def _load(url: str, path: str, payload: dict[str, object] | list[dict[str, object]], rate: float,
+                seconds: float) -> dict[str, object]:
+    """Sends ``payload`` (or each of a list of them in turn) to ``url + path`` at ``rate`` per
+    second for ``seconds``; latency from each request's scheduled start to its answer."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     errors = 0
     limits = httpx2.Limits(max_connections=256, max_keepalive_connections=256)
-    body, headers = json.dumps(payload).encode(), {"content-type": "application/json"}  # encoded once: the client's CPU is the server's too
+    payloads = payload if isinstance(payload, list) else [payload]
+    bodies = [json.dumps(one).encode() for one in payloads]  # encoded once: the client's CPU is the server's too
+    body, headers = bodies[0], {"content-type": "application/json"}
     async with httpx2.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
         for _ in range(20):  # warm up connections
             await client.post(path, content=body, headers=headers)
 
-        async def one(at: float) -> None:
+        async def one(at: float, body: bytes) -> None:
             nonlocal errors
             await asyncio.sleep(max(0.0, at - time.perf_counter()))
             try:
@@ -172,7 +177,7 @@ async def _load(url: str, path: str, payload: dict[str, object], rate: float, se
 
         begun = time.perf_counter()
         count = int(rate * seconds)
-        await asyncio.gather(*(one(begun + i / rate) for i in range(count)))
+        await asyncio.gather(*(one(begun + i / rate, bodies[i % len(bodies)]) for i in range(count)))
         elapsed = time.perf_counter() - begun
     milliseconds = np.array(latencies) * 1e3
     return {
@@ -244,7 +249,8 @@ def main() -> None:
     parser.add_argument("--retrieve-rate", type=float, default=100.0, help="/retrieve requests per second")
     parser.add_argument("--index-items", type=int, default=None, help="items of /retrieve's index (default 1M, 100k with --quick)")
     parser.add_argument("--port", type=int, default=18080, help="loopback port of the server")
-    parser.add_argument("--cases", default="score,retrieve,swap,stream,soak", help="which cases to run (comma-separated)")
+    parser.add_argument("--cases", default="score,retrieve,tiered,swap,stream,soak", help="which cases to run (comma-separated)")
+    parser.add_argument("--cache-fraction", type=float, default=0.1, help="the tiered case's cache, a fraction of its table files")
     parser.add_argument("--stream-files", type=int, default=None, help="files arriving in the stream case (default 6, 3 with --quick)")
     parser.add_argument("--stream-every", type=float, default=5.0, help="seconds between the stream case's files")
     parser.add_argument("--stream-rate", type=float, default=20.0, help="/score requests per second of the stream case (the trainer shares the cores)")
@@ -284,6 +290,8 @@ def main() -> None:
                     server.stop()
                 cases.append(result)
                 print(_line(result), flush=True)
+        if "tiered" in chosen:
+            cases.extend(_tiered(root, args.port, args.score_rate, seconds, args.cache_fraction))
         if "swap" in chosen:
             cases.append(_swap(root, args.port, score, args.score_rate, seconds))
         if "stream" in chosen:
@@ -327,6 +335,46 @@ def _swap(root: Path, port: int, score: dict[str, object], rate: float, seconds:
         server.stop()
     print(_line(result) + f"  swapped to step {result['swapped_to_step']:.0f} in {result['reload_seconds']:.2f} s", flush=True)
     return result
+
+
+def _tiered(root: Path, port: int, rate: float, seconds: float, fraction: float) -> list[dict[str, object]]:
+    """``/score`` over DCN-v2 trained with tiered tables, served through caches of ``fraction``
+    of its table files; each request holds the next 100 rows of the Criteo sample (train, then
+    test), so requests do not repeat for 76 in a row."""
+    _train(root / "tiered", {"data.path": str(CRITEO / "train.tsv"), "data.eval_path": str(CRITEO / "test.tsv"),
+                             "data.format": "criteo", "train.steps": 100, "train.batch_size": 128, "data.val_fraction": 0,
+                             "embedding.tiered.cache_bytes": 1 << 20, "train.eval_batch_size": 1024})
+    export_run(root / "tiered", root / "tiered-model")
+    table_bytes = sum(p.stat().st_size for p in (root / "tiered-model" / "tables").rglob("weights.npy"))
+    cache = int(table_bytes * fraction)
+    pool = _candidates(7200, CRITEO / "train.tsv") + _candidates(400)
+    payloads = [{"context": {}, "candidates": pool[i : i + 100]} for i in range(0, len(pool) - 99, 100)]
+    results = []
+    for workers in (1, 2):
+        server = Server(root / "tiered-model", port, workers, extra=("--cache-bytes", str(cache)))
+        try:
+            result = asyncio.run(_load(server.url, "/score", payloads, rate, seconds))
+            # With 2 workers, /metrics is one worker's (whichever answers), so only 1 worker's counts.
+            hit_rate = _hit_rate(server.metrics()) if workers == 1 else None
+            result.update(workers=workers, memory=server.memory(), case="tiered", cache_bytes=cache,
+                          table_bytes=table_bytes, hit_rate=hit_rate)
+        finally:
+            server.stop()
+        rate_text = f", hit rate {hit_rate:.3f}" if hit_rate is not None else ""
+        print(_line(result) + f"  cache {cache / 2**20:.1f} of {table_bytes / 2**20:.0f} MiB per worker{rate_text}", flush=True)
+        results.append(result)
+    return results
+
+
+def _hit_rate(text: str) -> float:
+    """All tables' cache hits over their lookups, from ``/metrics``."""
+    totals = {"hits": 0.0, "misses": 0.0}
+    for line in text.splitlines():
+        for kind in totals:
+            if line.startswith(f"terarec_table_cache_{kind}_total{{"):
+                totals[kind] += float(line.rsplit(" ", 1)[1])
+    looked_up = totals["hits"] + totals["misses"]
+    return totals["hits"] / looked_up if looked_up else float("nan")
 
 
 STREAM_BATCH = 128

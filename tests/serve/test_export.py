@@ -9,20 +9,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 from terarec.data import RecordError
 from terarec.errors import DataError
-from terarec.serve import ServedModel, export_run
+from terarec.serve import ServedModel, ServeSettings, create_app, export_run
 from terarec.train.evaluate import predict_checkpoint
 from tests.serve.conftest import CRITEO_EVAL, CRITEO_RUN, criteo_records, train_and_export
 
 
-def _assert_scores_match_eval(run: Path, model_dir: Path, rows: int = 300) -> None:
+def _assert_scores_match_eval(run: Path, model_dir: Path, rows: int = 300, cache_bytes: int | None = None) -> ServedModel:
     _, expected, _ = predict_checkpoint(run)
-    served = ServedModel(model_dir)
+    served = ServedModel(model_dir, cache_bytes)
     records = criteo_records(CRITEO_EVAL, rows)
     scores = np.array(served.score({}, records))
     np.testing.assert_allclose(scores, expected[:rows], rtol=0, atol=2e-6)
+    return served
 
 
 def test_served_scores_equal_eval_scores(criteo_model: tuple[Path, Path]) -> None:
@@ -44,7 +46,27 @@ def test_every_table_kind_exports_and_scores_as_eval(tmp_path: Path, kind: str) 
         "deep_hash": {"embedding.kind": "dhe", "embedding.deep_hash.num_hashes": 64, "embedding.deep_hash.hidden_dims": "32"},
     }[kind]
     run, model_dir = train_and_export(tmp_path, kind, {**CRITEO_RUN, **overrides})
-    _assert_scores_match_eval(run, model_dir, rows=200)
+    served = _assert_scores_match_eval(run, model_dir, rows=200)
+    if kind == "tiered":  # rows read through caches of the trained size, then through tiny ones
+        counters = served.tables.counters()
+        assert set(counters) == {f"C{i}/{c}" for i in range(1, 27) for c in ("cache_hits", "cache_misses")}
+        assert sum(counters.values()) > 0
+        budget = 100_000
+        tiny = _assert_scores_match_eval(run, model_dir, rows=200, cache_bytes=budget)
+        caches = [table.cache for table in tiny.tables.tables.values() if table.cache is not None]
+        assert len(caches) == 26 and sum(cache.nbytes for cache in caches) <= budget + 26 * caches[0][0].nbytes
+        records = criteo_records(CRITEO_EVAL, 200)
+        for model in (served, tiny):  # the same 200 records again, 20 per request
+            for start in range(0, 200, 20):
+                model.score({}, records[start : start + 20])
+        big, small = served.tables.counters(), tiny.tables.counters()
+        assert sum(small.values()) == sum(big.values())  # the same rows looked up, through one cache or the other
+        hits = {name: sum(v for k, v in c.items() if k.endswith("hits")) for name, c in (("big", big), ("small", small))}
+        assert hits["big"] > hits["small"] > 0
+        with TestClient(create_app(ServeSettings(str(model_dir)))) as client:
+            assert client.post("/score", json={"candidates": criteo_records(CRITEO_EVAL, 20)}).status_code == 200
+            metrics = client.get("/metrics").text
+        assert 'terarec_table_cache_hit_rate{table="C1"}' in metrics and 'terarec_table_cache_misses_total{table="C26"}' in metrics
 
 
 def test_context_and_candidates_merge_and_scores_keep_candidate_order(criteo_model: tuple[Path, Path]) -> None:

@@ -29,6 +29,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     serve_parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413; default: 1 MiB")
     serve_parser.add_argument("--watch", type=Path, metavar="RUN_DIR", help="swap in each newer checkpoint of this training run while serving (hot reload)")
     serve_parser.add_argument("--watch-seconds", type=float, default=1.0, help="how often --watch looks for a new checkpoint; default: 1")
+    serve_parser.add_argument("--cache-bytes", type=int, metavar="N", help="RAM per worker for the rows of tables trained tiered (read from their files through a cache); default: the caches they trained with")
     serve_parser.add_argument("--threads", type=int, default=1, help="torch and numba threads per worker; default: 1 (use --workers for more cores)")
     serve_parser.add_argument("--timeout", type=float, default=10.0, help="seconds of model work before a request gets 503; default: 10")
 
@@ -54,6 +55,8 @@ def serve(args: argparse.Namespace) -> int:
     for name in ("workers", "threads", "max_candidates", "max_k", "max_body_bytes"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.cache_bytes is not None and args.cache_bytes < 1:
+        raise ConfigError(f"--cache-bytes must be >= 1, got {args.cache_bytes}")
     if not 0 < args.timeout:
         raise ConfigError(f"--timeout must be > 0, got {args.timeout}")
     token = None
@@ -69,6 +72,7 @@ def serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(
         str(args.model_dir), args.max_body_bytes, args.max_candidates, args.max_k, token, args.timeout,
         watch_run=None if args.watch is None else str(args.watch), watch_seconds=args.watch_seconds, threads=args.threads,
+        cache_bytes=args.cache_bytes,
     )
     configure_process(settings)
     handler = logging.StreamHandler()
@@ -76,7 +80,7 @@ def serve(args: argparse.Namespace) -> int:
     logger = logging.getLogger("terarec.serve")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    model = ServedModel(args.model_dir)  # fails here, before listening, on a missing or corrupt file
+    model = ServedModel(args.model_dir, args.cache_bytes)  # fails here, before listening, on a missing or corrupt file
     where = f"unix:{args.uds}" if args.uds else f"http://{args.host}:{args.port}"
     print(f"serving {args.model_dir} (version {model.version}, {model.task}) on {where} "
           f"with {args.workers} worker(s); OpenAPI at /docs", flush=True)

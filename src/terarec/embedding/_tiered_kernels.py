@@ -23,9 +23,11 @@ import errno
 
 import numba
 import numpy as np
-from numba import types
 
-from terarec.embedding import _bf16, _hashing, _init_kernels
+from terarec.embedding import _bf16, _hashing, _init_kernels, _libc
+from terarec.embedding._libc import errno_value as _errno
+from terarec.embedding._libc import pread as _pread
+from terarec.embedding._libc import pwrite as _pwrite
 from terarec.embedding._kernel_cache import stamp_with_sources
 
 __all__ = [
@@ -47,19 +49,6 @@ __all__ = [
 OK, CACHE_FULL, WRITE_FAILED, READ_FAILED = 0, 1, 2, 3
 _MAX_USES = 3  # GCLOCK's saturating use count
 _SHORT_WRITE = errno.ENOSPC  # a write that wrote less than asked: the disk filled up
-
-# libc's functions, linked by symbol name, so the compiled kernels can be cached on disk
-# (ctypes function pointers would force a recompile in every process). The buffer argument
-# is the address NumPy's ``.ctypes.data`` gives, passed as an integer.
-_pread = types.ExternalFunction("pread", types.intp(types.int32, types.uintp, types.uintp, types.int64))
-_pwrite = types.ExternalFunction("pwrite", types.intp(types.int32, types.uintp, types.uintp, types.int64))
-_errno_location = types.ExternalFunction("__errno_location", types.CPointer(types.int32)())
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _errno():
-    return numba.carray(_errno_location(), (1,))[0]
-
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _test_bit(bits, i):
@@ -304,4 +293,4 @@ def gather_slots(row_slot, rows, out):
         out[i] = row_slot[rows[i]] if rows[i] >= 0 else -1
 
 
-stamp_with_sources(globals(), _hashing, _init_kernels, _bf16)
+stamp_with_sources(globals(), _hashing, _init_kernels, _bf16, _libc)

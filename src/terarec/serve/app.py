@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +35,8 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from terarec.data import RecordError
 from terarec.serve.model import ServedModel, freeze_long_lived_objects
@@ -65,6 +67,9 @@ class ServeSettings:
         threads (int, optional): numba threads of the model thread, and torch threads of each
             ``terarec serve`` process (:func:`configure_process`); more cores are used by more
             workers. Default: ``1``
+        cache_bytes (int, optional): RAM for the rows of tables trained tiered, per worker (see
+            :class:`~terarec.serve.ServedModel`); ``None``: the caches they trained with.
+            Default: ``None``
     """
 
     model_dir: str
@@ -76,6 +81,7 @@ class ServeSettings:
     watch_run: str | None = None
     watch_seconds: float = 1.0
     threads: int = 1
+    cache_bytes: int | None = None
 
 
 def _error(status: int, loc: list[Any], message: str, kind: str) -> JSONResponse:
@@ -146,10 +152,33 @@ class _Measured:
             self.latency.labels(endpoint).observe(time.perf_counter() - begun)
 
 
+class _TableCacheCollector(Collector):
+    """The served model's table caches, read at each scrape: rows found in the cache and read
+    from disk since the model was opened, and their hit rate, by table."""
+
+    def __init__(self, current: CurrentModel) -> None:
+        self.current = current
+
+    def collect(self) -> Iterator[Metric]:
+        counters = self.current.model.tables.counters()
+        hits = CounterMetricFamily("terarec_table_cache_hits", "Rows a lookup found in the table's RAM cache", labels=["table"])
+        misses = CounterMetricFamily("terarec_table_cache_misses", "Rows a lookup read from the table's file", labels=["table"])
+        rate = GaugeMetricFamily("terarec_table_cache_hit_rate", "Cache hits over all rows looked up, since the model was opened", labels=["table"])
+        for key in counters:
+            table, counter = key.rsplit("/", 1)
+            if counter != "cache_hits":
+                continue
+            found, read = counters[key], counters[f"{table}/cache_misses"]
+            hits.add_metric([table], found)
+            misses.add_metric([table], read)
+            rate.add_metric([table], found / (found + read) if found + read else 0.0)
+        yield from (hits, misses, rate)
+
+
 def create_app(settings: ServeSettings, model: ServedModel | None = None) -> FastAPI:
     """The service over ``model`` (default: the model directory of ``settings``, opened now)."""
     started = time.perf_counter()
-    served = model if model is not None else ServedModel(Path(settings.model_dir))
+    served = model if model is not None else ServedModel(Path(settings.model_dir), settings.cache_bytes)
     load_seconds = time.perf_counter() - started
     registry = CollectorRegistry()
     requests = Counter("terarec_requests", "Requests answered, by endpoint and status", ["endpoint", "status"], registry=registry)
@@ -164,10 +193,11 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
     Gauge("terarec_model_load_seconds", "Seconds taken to open the model directory", registry=registry).set(load_seconds)
     reloads = Counter("terarec_reloads", "Checkpoints of the watched run swapped in, or refused", ["result"], registry=registry)
     swap_seconds = Gauge("terarec_reload_seconds", "Seconds the last reload took (export, open, swap)", registry=registry)
+    current = CurrentModel(served)
+    registry.register(_TableCacheCollector(current))
     # numba's thread count is per calling thread: the model thread sets its own.
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="terarec-serve",
                                 initializer=numba.set_num_threads, initargs=(_numba_threads(settings),))
-    current = CurrentModel(served)
 
     def swapped(old: ServedModel, new: ServedModel, seconds: float) -> None:
         version.remove(old.version, old.task)
@@ -184,7 +214,7 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
     reloader = None
     if settings.watch_run is not None:
         reloader = ModelReloader(current, Path(settings.watch_run), Path(settings.model_dir).resolve().parent,
-                                 settings.watch_seconds, swapped, refused)
+                                 settings.watch_seconds, swapped, refused, cache_bytes=settings.cache_bytes)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -30,7 +30,7 @@ from terarec.serve.item_index import ItemIndex
 from terarec.train.builders import build_network
 from terarec.train.config import Config, DensePrecision
 
-__all__ = ["Retrieved", "ServedModel", "freeze_long_lived_objects"]
+__all__ = ["Retrieved", "ServedModel", "freeze_long_lived_objects", "tiered_caches"]
 
 
 def freeze_long_lived_objects() -> None:
@@ -55,11 +55,38 @@ class Retrieved:
     scores: list[float]
 
 
+def tiered_caches(tables: Sequence[EmbeddingTableConfig], cache_bytes: int | None) -> dict[str, int]:
+    """Each tiered table's cache: its share of ``cache_bytes`` by the size of its weights (at least
+    one row), or (with ``None``) the cache it trained with.
+
+    Example::
+
+        >>> from terarec.embedding import TieredConfig
+        >>> small = EmbeddingTableConfig("a", 1000, 8, ("a",), tiered=TieredConfig(cache_bytes=4096))
+        >>> big = EmbeddingTableConfig("b", 3000, 8, ("b",), tiered=TieredConfig(cache_bytes=8192))
+        >>> tiered_caches([small, big, EmbeddingTableConfig("c", 10, 8, ("c",))], None)
+        {'a': 4096, 'b': 8192}
+        >>> tiered_caches([small, big], 1 << 20)
+        {'a': 262144, 'b': 786432}
+    """
+    tiered = [table for table in tables if table.tiered is not None]
+    if cache_bytes is None:
+        return {table.name: int(table.tiered.cache_bytes) for table in tiered}  # type: ignore[union-attr]
+    row_bytes = {table.name: table.embedding_dim * table.weights_dtype.itemsize for table in tiered}
+    sizes = {table.name: table.num_embeddings * row_bytes[table.name] for table in tiered}
+    total = sum(sizes.values())
+    return {name: max(row_bytes[name], cache_bytes * size // total) for name, size in sizes.items()}
+
+
 class ServedModel:
     """A model directory of ``terarec export``, ready to answer requests.
 
     Args:
         directory (Path): the model directory.
+        cache_bytes (int, optional): RAM for the rows of the tables trained tiered (on disk),
+            shared among them in proportion to their size: each reads its rows through a cache of
+            its share instead of mapping its file. ``None`` gives each the cache it trained with
+            (``tiered.cache_bytes``). Tables trained in RAM are memory-mapped. Default: ``None``
 
     Attributes:
         version (str): the model's version (``step-<N>-<export time>``).
@@ -69,10 +96,11 @@ class ServedModel:
         features (tuple[str, ...]): the features a request may carry.
 
     Raises:
-        DataError: naming the file, when the directory is incomplete or corrupt.
+        DataError: naming the file, when the directory is incomplete or corrupt, or the cache
+            cannot hold a row of a tiered table.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, cache_bytes: int | None = None) -> None:
         directory = Path(directory)
         description = verify_model_dir(directory)
         self.directory = directory
@@ -94,7 +122,7 @@ class ServedModel:
             raise DataError(f"{directory / NETWORK}: does not fit the model of model.json ({err})") from err
         self.network.eval()
         try:
-            self.tables = FrozenCollection(tables, directory / TABLES, seed)
+            self.tables = FrozenCollection(tables, directory / TABLES, seed, tiered_caches(tables, cache_bytes))
         except ValueError as err:
             raise DataError(str(err)) from err
         self.index = ItemIndex.load(directory / INDEX) if (directory / INDEX).is_dir() else None

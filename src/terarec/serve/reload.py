@@ -45,6 +45,8 @@ class ModelReloader:
             Default: ``None``
         on_failure (Callable[[Path, Exception], None], optional): called with the checkpoint
             and the error when a reload fails. Default: ``None``
+        cache_bytes (int, optional): the new models' table caches (:class:`ServedModel`).
+            Default: ``None``
     """
 
     def __init__(
@@ -55,9 +57,10 @@ class ModelReloader:
         poll_seconds: float = 1.0,
         on_reload: Callable[[ServedModel, ServedModel, float], None] | None = None,
         on_failure: Callable[[Path, Exception], None] | None = None,
+        cache_bytes: int | None = None,
     ) -> None:
         self.current, self.run_dir, self.poll_seconds = current, Path(run_dir), poll_seconds
-        self.on_reload, self.on_failure = on_reload, on_failure
+        self.on_reload, self.on_failure, self.cache_bytes = on_reload, on_failure, cache_bytes
         self._scratch = Path(tempfile.mkdtemp(prefix=".terarec-serve-", dir=scratch_parent))
         self._exporter = ExportProcess()
         self._failed: set[Path] = set()
@@ -76,7 +79,7 @@ class ModelReloader:
             if target.exists():
                 shutil.rmtree(target)
             self._exporter.export(checkpoint, target)
-            loaded = ServedModel(target)
+            loaded = ServedModel(target, self.cache_bytes)
             loaded.warm_up()
         except Exception as err:  # any failure leaves the served model in place, and is reported
             self._failed.add(checkpoint)

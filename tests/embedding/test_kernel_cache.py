@@ -59,7 +59,14 @@ def test_unstamped_kernel_runs_the_stale_helper(tmp_path: Path) -> None:
 
 
 def test_terarec_kernels_are_stamped() -> None:
-    from terarec.embedding import _dynamic_kernels, _fused_kernels, _init_kernels, _pooling_kernels, _tiered_kernels
+    from terarec.embedding import (
+        _dynamic_kernels,
+        _frozen_kernels,
+        _fused_kernels,
+        _init_kernels,
+        _pooling_kernels,
+        _tiered_kernels,
+    )
 
     def names(*modules: str) -> list[str]:
         return [f"terarec.embedding.{module}" for module in modules]
@@ -69,7 +76,8 @@ def test_terarec_kernels_are_stamped() -> None:
         _fused_kernels.prepare_group: names(
             "_pooling_kernels", "_update_kernels", "_hashing", "_prefetch", "_compile_flags", "_dedupe_kernels", "_bf16"
         ),
-        _tiered_kernels.plan_batch: names("_hashing", "_init_kernels", "_bf16"),
+        _tiered_kernels.plan_batch: names("_hashing", "_init_kernels", "_bf16", "_libc"),
+        _frozen_kernels.fetch_rows: names("_libc"),
         _init_kernels.init_rows_at: names("_hashing", "_bf16"),
         _dynamic_kernels.assign_rows: names("_hashing", "_bf16"),
     }

@@ -58,8 +58,9 @@ def test_each_file_is_trained_once_in_name_order_and_a_restart_takes_only_new_fi
 
     (incoming / "b-0003.tsv.part").rename(incoming / "b-0003.tsv")
     arrive(incoming, "b-0000.tsv", CRITEO_ROWS[6000:6500])  # late: sorts before files already trained
-    second = stream(run, incoming)
+    second = stream(run, incoming, **{"data.eval_path": str(CRITEO / "test.tsv")})
     assert [f["name"] for f in second.metrics["stream"]["files"]] == ["b-0003.tsv"]  # type: ignore[index]
+    assert second.metrics["examples"] == 391 and second.metrics["auc"] > 0.65  # the final model on the evaluation file
     assert second.metrics["steps"] == 33 and second.metrics["train_examples"] == 4100
     assert second.metrics["stream"]["late_files"] == ["b-0000.tsv"]  # type: ignore[index]
     assert second.metrics["stream"]["files_trained"] == 3  # type: ignore[index]

@@ -24,21 +24,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
 import torch
 
 from terarec.data import Batch, ColumnarData, DataFormat, DatasetStats, Schema, StreamDirectory, compute_stats
-from terarec.data import read_stream_file
+from terarec.data import load_dataset, read_stream_file
 from terarec.embedding import EmbeddingCollection
 from terarec.errors import ConfigError, DataError
 from terarec.models import ModelType, model_class
@@ -56,6 +54,7 @@ from terarec.train.distributed import World
 from terarec.train.metrics import compute_metrics
 from terarec.train.placement import build_collection
 from terarec.train.reporting import StepReporter
+from terarec.train.signals import StopRequest
 from terarec.train.schedule import auto_batch_size
 from terarec.train.steps import (
     TrainingStep,
@@ -69,7 +68,7 @@ from terarec.train.steps import (
 )
 from terarec.train.tasks import ClickTask
 
-__all__ = ["FileResult", "StopRequest", "fit_stream"]
+__all__ = ["FileResult", "fit_stream"]
 
 
 @dataclass(frozen=True)
@@ -86,45 +85,6 @@ class FileResult:
     scored: int
     auc: float
     logloss: float
-
-
-class StopRequest:
-    """A request to stop after the batch in flight, set by SIGTERM or SIGINT while installed as a
-    context manager (the main thread only; a second signal acts as it would without it), or by
-    :meth:`set`."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._previous: dict[int, Any] = {}
-
-    @property
-    def requested(self) -> bool:
-        return self._event.is_set()
-
-    def set(self) -> None:
-        self._event.set()
-
-    def wait(self, seconds: float) -> bool:
-        """Sleeps up to ``seconds``, less when a stop is requested; returns whether one was."""
-        return self._event.wait(seconds)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self._restore()
-        self.set()
-
-    def _restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._restore()
 
 
 def _check_settings(config: Config, world: World) -> None:
@@ -160,20 +120,7 @@ class _StreamRun:
         self.ignored: list[str] = []
         self.state = TrainerState()
         checkpoint = latest_checkpoint(self.run_dir)
-        if checkpoint is not None:
-            spec = read_run_spec(checkpoint)
-            origin = spec.get("stream")
-            if not isinstance(origin, dict):
-                raise ConfigError(f"{self.run_dir} holds checkpoints of a run that did not stream; give train.out a new directory")
-            schema = Schema.from_dict(spec["schema"])  # type: ignore[arg-type]
-            stats = DatasetStats.from_dict(origin["first_file_stats"])
-            first_file = str(origin["first_file"])
-        else:
-            first = self._wait_for_file(None, on_caught_up=None)
-            if first is None:
-                raise DataError(f"{stream.path}: no data file arrived (train.stream.idle_seconds={stream.idle_seconds})")
-            data = self._read(first, None)
-            schema, stats, first_file = data.schema, compute_stats(data), first.name
+        schema, stats, first_file = self._origin(checkpoint)
         settings = replace(config.train, batch_size=config.train.batch_size or auto_batch_size(stats.num_rows))
         self.config = config = replace(config, train=settings)
         self.settings, self.schema = settings, schema
@@ -198,13 +145,30 @@ class _StreamRun:
         )
         eval_data = None
         if config.data.eval_path is not None:
-            eval_path = Path(config.data.eval_path)
-            eval_data = read_stream_file(eval_path, self._format(eval_path), config.data, schema)
+            eval_data = load_dataset(config.data.eval_path, config.data)
+            if eval_data.schema != schema:
+                raise DataError(f"data.eval_path {config.data.eval_path}: its columns differ from the stream's: "
+                                f"dense {list(eval_data.schema.dense_features)}, sparse {list(eval_data.schema.sparse_features)}")
         bf16 = settings.dense_precision is DensePrecision.BF16
         self.task = ClickTask(None, eval_data, settings.eval_batch_size, bf16)
         self.updates = build_updates(config, self.collection, tables)
         self.train_step = TrainingStep(config, self.task, self.network, self.network, self.optimizer, self.collection, self.updates, world)
         self.last_save = time.monotonic()
+
+    def _origin(self, checkpoint: Path | None) -> tuple[Schema, DatasetStats, str]:
+        """The stream's schema, its first file's statistics (which size the tables) and that
+        file's name: from the newest checkpoint, else from the first file to arrive."""
+        if checkpoint is not None:
+            spec = read_run_spec(checkpoint)
+            origin = spec.get("stream")
+            if not isinstance(origin, dict):
+                raise ConfigError(f"{self.run_dir} holds checkpoints of a run that did not stream; give train.out a new directory")
+            return Schema.from_dict(spec["schema"]), DatasetStats.from_dict(origin["first_file_stats"]), str(origin["first_file"])  # type: ignore[arg-type]
+        first = self._wait_for_file(None, on_caught_up=None)
+        if first is None:
+            raise DataError(f"{self.stream.path}: no data file arrived (train.stream.idle_seconds={self.stream.idle_seconds})")
+        data = self._read(first, None)
+        return data.schema, compute_stats(data), first.name
 
     # --- files -------------------------------------------------------------------------------
 

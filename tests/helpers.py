@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,3 +122,13 @@ def arrive(directory: Path, name: str, lines: list[str]) -> Path:
     partial = directory / f".{name}"
     partial.write_text("".join(lines))
     return partial.rename(directory / name)
+
+
+def stream_command(run: Path, incoming: Path, *flags: str) -> list[str]:
+    """``terarec train --stream`` of :data:`STREAM`'s run as a command, without an idle timeout
+    (it runs until stopped) and polling every 50 ms."""
+    command = [sys.executable, "-m", "terarec", "train", "--stream", str(incoming), "--out", str(run), "--no-progress"]
+    for key, value in STREAM.items():
+        if not key.startswith("train.stream"):
+            command += ["--set", f"{key}={value}"]
+    return [*command, "--set", "train.stream.poll_seconds=0.05", *flags]

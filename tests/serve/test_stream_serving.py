@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from fastapi.testclient import TestClient
 from terarec.serve import ServeSettings, create_app, export_run
 from terarec.train.checkpoint import checkpoint_step, latest_checkpoint
 from tests.serve.conftest import CRITEO_EVAL, criteo_records
-from tests.helpers import CRITEO_ROWS, STREAM, arrive
+from tests.helpers import CRITEO_ROWS, arrive, stream_command
 
 FILE_ROWS = 1500
 STEPS_PER_FILE = 12  # 1500 rows in batches of 128
@@ -34,11 +33,7 @@ def _wait_for(condition, what: str, process: subprocess.Popen[bytes], seconds: f
 def test_files_arrive_the_trainer_trains_the_server_follows_and_no_request_fails(tmp_path: Path) -> None:
     incoming, run, model_dir = tmp_path / "in", tmp_path / "run", tmp_path / "model"
     arrive(incoming, "part-000.tsv", CRITEO_ROWS[:FILE_ROWS])
-    command = [sys.executable, "-m", "terarec", "train", "--stream", str(incoming), "--out", str(run), "--no-progress"]
-    for key, value in STREAM.items():
-        if not key.startswith("train.stream"):
-            command += ["--set", f"{key}={value}"]
-    trainer = subprocess.Popen([*command, "--set", "train.stream.poll_seconds=0.05"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    trainer = subprocess.Popen(stream_command(run, incoming), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         def step_checkpointed(step: int) -> bool:
             latest = latest_checkpoint(run)

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from terarec.errors import ConfigError, DataError
 from terarec.train import TrainResult, fit, load_config
 from terarec.train.checkpoint import checkpoint_step, latest_checkpoint
-from tests.helpers import CRITEO, CRITEO_ROWS, STREAM, arrive, assert_bit_identical, checkpoint_weights
+from tests.helpers import CRITEO, CRITEO_ROWS, STREAM, arrive, assert_bit_identical, checkpoint_weights, stream_command
 
 # Dynamic tables admit IDs while a batch is prepared, ahead of training: the checkpoints a stream
 # takes at arbitrary points must still hold no trace of a batch not yet trained.
@@ -153,14 +152,6 @@ def test_no_file_arriving_is_an_error_not_an_empty_model(tmp_path: Path) -> None
         stream(tmp_path / "run", tmp_path / "in")
 
 
-def _command(run: Path, incoming: Path, *flags: str) -> list[str]:
-    command = [sys.executable, "-m", "terarec", "train", "--stream", str(incoming), "--out", str(run), "--no-progress"]
-    for key, value in STREAM.items():
-        if not key.startswith("train.stream"):
-            command += ["--set", f"{key}={value}"]
-    return [*command, "--set", "train.stream.poll_seconds=0.05", *flags]
-
-
 def _wait_for_checkpoint(run: Path, process: subprocess.Popen[bytes], at_least: int) -> None:
     deadline = time.monotonic() + 120
     while (latest := latest_checkpoint(run)) is None or checkpoint_step(latest) < at_least:
@@ -173,7 +164,7 @@ def _wait_for_checkpoint(run: Path, process: subprocess.Popen[bytes], at_least: 
 def test_sigterm_stops_after_a_final_checkpoint(tmp_path: Path) -> None:
     incoming, run = tmp_path / "in", tmp_path / "run"
     _parts(incoming, [1000])
-    process = subprocess.Popen(_command(run, incoming), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(stream_command(run, incoming), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for_checkpoint(run, process, 8)  # caught up: checkpointed, waiting for more files
         process.send_signal(signal.SIGTERM)
@@ -192,7 +183,7 @@ def test_kill_9_mid_stream_then_restart_matches_uninterrupted(tmp_path: Path) ->
     straight = stream(tmp_path / "straight", tmp_path / "straight-in")
     incoming, run = tmp_path / "in", tmp_path / "run"
     _parts(incoming, sizes)
-    process = subprocess.Popen(_command(run, incoming, "--checkpoint-every", "5"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(stream_command(run, incoming, "--checkpoint-every", "5"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _wait_for_checkpoint(run, process, 10)
         os.kill(process.pid, signal.SIGKILL)

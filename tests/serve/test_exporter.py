@@ -16,6 +16,7 @@ from terarec.serve.exporter import ExportProcess
 from terarec.train.checkpoint import latest_checkpoint
 
 
+@pytest.mark.slow
 def test_exports_reports_failures_and_survives_its_helper(criteo_model: tuple[Path, Path], tmp_path: Path) -> None:
     run, _ = criteo_model
     checkpoint = latest_checkpoint(run)

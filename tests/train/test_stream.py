@@ -67,7 +67,7 @@ def test_each_file_is_trained_once_in_name_order_and_a_restart_takes_only_new_fi
     assert saved["stream_files"] == ["b-0001.tsv", "b-0002.tsv", "b-0003.tsv"] and saved["stream_file"] is None
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", ["fixed", pytest.param("dynamic", marks=pytest.mark.slow)])
 def test_a_stream_trained_in_pieces_matches_one_trained_without_stopping(tmp_path: Path, variant: str) -> None:
     extra = VARIANTS[variant]
     straight_in, pieces_in = tmp_path / "straight-in", tmp_path / "pieces-in"

@@ -120,6 +120,7 @@ def _terarec(spec: dict[str, object], rows: int, workdir: Path) -> dict[str, obj
         OptimizerType,
         TieredConfig,
     )
+    from terarec.embedding.tiered import PHASES
     from terarec.sparse import JaggedTensor
 
     offsets = torch.arange(spec["batch_size"] + 1, dtype=torch.int64)
@@ -152,8 +153,16 @@ def _terarec(spec: dict[str, object], rows: int, workdir: Path) -> dict[str, obj
         sparse = {n: JaggedTensor(torch.from_numpy(ids), offsets) for n, ids in zip(names, batch["ids"])}
         return batch, collection.prepare(sparse)
 
-    def train(items) -> None:
-        for batch, prepared in items:
+    def train(items) -> float:
+        """Trains on ``items``; returns the seconds the training thread waited for them."""
+        waited, iterator = 0.0, iter(items)
+        while True:
+            began = time.perf_counter()
+            try:
+                batch, prepared = next(iterator)
+            except StopIteration:
+                return waited
+            waited += time.perf_counter() - began
             pooled = collection.lookup(prepared)
             loss = loss_fn(_logits(model, batch["dense"], pooled.values), batch["labels"])
             loss.backward()
@@ -173,7 +182,7 @@ def _terarec(spec: dict[str, object], rows: int, workdir: Path) -> dict[str, obj
     before = collection.counters()
     started = time.perf_counter()
     with contextlib.closing(iterate_in_background(map(prepare, _batches(spec, rows, warmup, total)), 1)) as items:
-        train(items)
+        waited = train(items)
     seconds = time.perf_counter() - started
     after = collection.counters()
     result = {
@@ -182,10 +191,83 @@ def _terarec(spec: dict[str, object], rows: int, workdir: Path) -> dict[str, obj
         "memory_budget_bytes": sum(c.memory_estimate().ram_bytes for c in configs),
         "baseline_rss_bytes": baseline_rss,
     }
+    result["wait_ms_per_step"] = waited / spec["steps"] * 1e3
     if tiered:
         result.update(_disk_figures(before, after, configs, seconds))
+        result["phase_ms_per_step"] = {
+            phase: sum(after[f"{c.name}/{phase}_seconds"] - before[f"{c.name}/{phase}_seconds"] for c in configs) / spec["steps"] * 1e3
+            for phase in PHASES
+        }
         result["warmup_steps"] = warmup
+        result["device"] = _device_rates(collection.tables[configs[0].name]._storage.path, workdir, spec["probe_seconds"])
+        record_bytes = configs[0].row_bytes
+        result["engine_reads_per_s"] = result["disk_read_mb_s"] * 1e6 / record_bytes
+        result["engine_writes_per_s"] = result["disk_write_mb_s"] * 1e6 / record_bytes
     return result
+
+
+_PROBE_BLOCK = 512  # bytes per random I/O of the device probe: one sector, like a 512-byte row
+_PROBE_THREADS = (1, 8, 32)
+
+
+def _device_rates(data_file: Path, workdir: Path, seconds: float) -> dict[str, dict[int, float]]:
+    """The disk's own random-I/O rates, measured now as fio would: ``O_DIRECT`` reads of
+    512-byte blocks at random offsets of ``data_file`` (a tiered table's file), and ``O_DIRECT``
+    writes of 512-byte blocks at random offsets of a scratch file of the same size, each from 1,
+    8 and 32 threads for ``seconds``. Falls back to buffered I/O where ``O_DIRECT`` is refused
+    (tmpfs), after dropping the file from the page cache."""
+    import mmap
+    import os
+    import threading
+
+    size = data_file.stat().st_size
+    blocks = size // _PROBE_BLOCK
+
+    def rate(path: Path, write: bool, threads: int) -> float:
+        flags = (os.O_RDWR if write else os.O_RDONLY) | getattr(os, "O_DIRECT", 0)
+        try:
+            fd = os.open(path, flags)
+        except OSError:
+            fd = os.open(path, os.O_RDWR if write else os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        done = [0] * threads
+        stop = threading.Event()
+
+        def worker(index: int) -> None:
+            buffer = mmap.mmap(-1, _PROBE_BLOCK)  # page-aligned, as O_DIRECT needs
+            rng = np.random.default_rng(index)
+            offsets = rng.integers(0, blocks, 1 << 16) * _PROBE_BLOCK
+            k = 0
+            while not stop.is_set():
+                offset = int(offsets[k & 0xFFFF])
+                if write:
+                    os.pwritev(fd, [buffer], offset)
+                else:
+                    os.preadv(fd, [buffer], offset)
+                k += 1
+            done[index] = k
+
+        workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+        began = time.perf_counter()
+        for thread in workers:
+            thread.start()
+        time.sleep(seconds)
+        stop.set()
+        for thread in workers:
+            thread.join()
+        elapsed = time.perf_counter() - began
+        os.close(fd)
+        return sum(done) / elapsed
+
+    scratch = workdir / "device-probe.bin"
+    with open(scratch, "wb") as handle:
+        handle.truncate(size)
+    try:
+        reads = {threads: rate(data_file, False, threads) for threads in _PROBE_THREADS}
+        writes = {threads: rate(scratch, True, threads) for threads in _PROBE_THREADS}
+    finally:
+        scratch.unlink()
+    return {"random_reads_per_s": reads, "random_writes_per_s": writes}
 
 
 def _caches_full(collection) -> bool:
@@ -255,6 +337,10 @@ def run_child(spec: dict[str, object]) -> dict[str, object]:
     return {**result, "peak_rss_bytes": peak_rss_bytes()}
 
 
+def _rates(by_threads: dict[int, float]) -> str:
+    return "/".join(f"{rate / 1e3:.1f}k" for rate in by_threads.values())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small tables and few steps (under 3 minutes)")
@@ -272,6 +358,7 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(CASES), help=f"of {', '.join(CASES + OPTIONAL_CASES)}")
     parser.add_argument("--distributions", default=",".join(DISTRIBUTIONS))
     parser.add_argument("--workdir", default=".", help="directory on the disk to test (tables are written here)")
+    parser.add_argument("--probe-seconds", type=float, default=3.0, help="seconds per thread count of the disk's own random-I/O probe")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -295,6 +382,7 @@ def main() -> None:
                 "batch_size": args.batch_size, "ram_rows": args.ram_rows, "tiered_rows": args.tiered_rows,
                 "cache_fraction": args.cache_fraction, "steps": args.steps, "warmup": args.warmup,
                 "threads": args.threads, "workdir": str(Path(args.workdir).resolve()), "max_warmup": args.max_warmup,
+                "probe_seconds": args.probe_seconds,
             }  # fmt: skip
             print(f"running {case} / {distribution} ...", flush=True)
             outcome = run_in_child(__file__, spec)
@@ -316,6 +404,16 @@ def main() -> None:
     for row in results:
         if "error" in row:
             print(f"{row['case']}/{row['distribution']}: {row['error']}")
+        if "phase_ms_per_step" in row:
+            phases = ", ".join(f"{name} {ms:.1f}" for name, ms in row["phase_ms_per_step"].items())
+            device = row["device"]
+            best_read, best_write = max(device["random_reads_per_s"].values()), max(device["random_writes_per_s"].values())
+            print(f"{row['case']}/{row['distribution']}: ms per step: {phases} (prepare thread); training thread waited "
+                  f"{row['wait_ms_per_step']:.1f}. Engine {row['engine_reads_per_s']:,.0f} reads/s and "
+                  f"{row['engine_writes_per_s']:,.0f} writes/s; the disk alone {_rates(device['random_reads_per_s'])} reads/s "
+                  f"and {_rates(device['random_writes_per_s'])} writes/s (1/8/32 threads): the engine uses "
+                  f"{row['engine_reads_per_s'] / best_read:.0%} of its best read rate and "
+                  f"{row['engine_writes_per_s'] / best_write:.0%} of its best write rate")
     write_json(args.json, {"machine": machine_info(), "args": vars(args) | {"json": str(args.json)}, "results": results})
 
 

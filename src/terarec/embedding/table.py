@@ -251,7 +251,8 @@ class RowTable(EmbeddingTable):
         self._storage.flush()
 
     def counters(self) -> dict[str, float]:
-        """Cumulative counters worth logging: a tiered table's cache hit rate and disk traffic."""
+        """Cumulative counters worth logging: a tiered table's cache hit rate, disk traffic and the
+        seconds of each phase of making batches resident."""
         if not isinstance(self._storage, TieredRowStorage):
             return {}
         stats = self._storage.stats()
@@ -261,6 +262,7 @@ class RowTable(EmbeddingTable):
             "cache_misses": float(stats.misses),
             "disk_read_bytes": float(stats.rows_read * stats.record_bytes),
             "disk_written_bytes": float(stats.rows_written * stats.record_bytes),
+            **{f"{phase}_seconds": seconds for phase, seconds in stats.phase_seconds.items()},
         }
 
     def save_row_map(self, directory: Path) -> None:

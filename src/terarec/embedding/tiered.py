@@ -19,7 +19,8 @@ import os
 import shutil
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,10 @@ from terarec.embedding.storage import (
 )
 from terarec.errors import ConfigError
 
-__all__ = ["TieredRowStorage", "TieredStats"]
+__all__ = ["PHASES", "TieredRowStorage", "TieredStats"]
+
+PHASES = ("plan", "write_back", "commit", "load")
+"""The phases of making a batch's rows resident, in order, as :class:`TieredStats` times them."""
 
 _FORMAT_VERSION = 1
 _MANIFEST = "tiered.json"
@@ -73,6 +77,9 @@ class TieredStats:
         rows_read (int): rows read from the file.
         rows_written (int): rows written back to the file.
         record_bytes (int): bytes per row on disk.
+        phase_seconds (dict[str, float], optional): seconds spent in each phase of making batches
+            resident (``plan``, ``write_back``, ``commit``, ``load``; see
+            :mod:`~terarec.embedding._tiered_kernels`). Default: zeros
     """
 
     hits: int
@@ -80,6 +87,7 @@ class TieredStats:
     rows_read: int
     rows_written: int
     record_bytes: int
+    phase_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
 
     @property
     def hit_rate(self) -> float:
@@ -166,6 +174,7 @@ class TieredRowStorage(RowStorage):
         self._init_args = (seed64, *init_arguments(init, num_embeddings), stored_initial_state)
         self._record = np.empty(record_values, dtype=dtype.numpy_dtype)
         self._report = np.zeros(6, dtype=np.int64)
+        self._phase_seconds = np.zeros(len(PHASES), dtype=np.float64)
         self._on_disk = np.zeros((num_embeddings + 7) // 8, dtype=np.uint8)
         self._changed = np.zeros_like(self._on_disk)
         self._row_slot = np.empty(num_embeddings, dtype=np.int32)
@@ -219,7 +228,8 @@ class TieredRowStorage(RowStorage):
 
     def stats(self) -> TieredStats:
         hits, misses, read, written = (int(x) for x in self._report[:4])
-        return TieredStats(hits, misses, read, written, self._record_bytes)
+        phases = {name: float(seconds) for name, seconds in zip(PHASES, self._phase_seconds)}
+        return TieredStats(hits, misses, read, written, self._record_bytes, phases)
 
     def _raise_for(self, status: int, what: str) -> None:
         row, error = int(self._report[4]), int(self._report[5])
@@ -247,6 +257,7 @@ class TieredRowStorage(RowStorage):
         slots = np.empty(count, dtype=np.int64)
         miss_index = np.empty(count, dtype=np.int64)
         victims = np.empty(count, dtype=np.int64)
+        clock = time.perf_counter()
         status, misses = _k.plan_batch(
             self._row_slot, self._slot_row, self._slot_stamp, self._referenced, self._free_slots, self._cursor,
             unique_rows, is_new, self._tick, slots, miss_index, victims, self._report,
@@ -260,6 +271,7 @@ class TieredRowStorage(RowStorage):
                 f"batch are in use; set cache_bytes to at least {needed * self._record_bytes} "
                 f"({needed} rows x {self._record_bytes} bytes)"
             )
+        clock = self._lap(0, clock)
         write = (self._write_fd, self.weights, self.state, self._dirty, slots, miss_index, victims)
         try:
             self._in_parallel(_k.write_victims, write, misses, "writing rows back")
@@ -268,13 +280,21 @@ class TieredRowStorage(RowStorage):
             planned = victims[:misses] >= 0
             self._row_slot[victims[:misses][planned]] = slots[miss_index[:misses][planned]]
             raise
+        clock = self._lap(1, clock)
         _k.commit_batch(
             self._row_slot, self._slot_row, self._dirty, self._on_disk, self._changed, unique_rows, slots,
             miss_index, victims, misses, training,
         )  # fmt: skip
+        clock = self._lap(2, clock)
         load = (self._fd, self.weights, self.state, self._on_disk, unique_rows, slots, miss_index, is_new, new_keys)
         self._in_parallel(_k.load_misses, load, misses, "loading a batch", tail=self._init_args)
+        self._lap(3, clock)
         return slots
+
+    def _lap(self, phase: int, since: float) -> float:
+        now = time.perf_counter()
+        self._phase_seconds[phase] += now - since
+        return now
 
     def _in_parallel(self, kernel, head: tuple, count: int, what: str, tail: tuple = ()) -> None:
         """Runs ``kernel(*head, start, stop, *tail, report)`` over ``[0, count)`` split across

@@ -24,6 +24,7 @@ from terarec.embedding import (
     TieredRowStorage,
     check_disk,
 )
+from terarec.embedding.tiered import PHASES
 from terarec.errors import PlanError
 
 ROWS, DIM, BATCH, BAG = 5000, 8, 64, 3
@@ -131,6 +132,20 @@ def test_eval_mode_writes_nothing_back(tmp_path: Path) -> None:
         table.lookup(values, offsets)
     stats = table._storage.stats()
     assert stats.rows_written == 0 and stats.misses > table._storage.cache_rows  # clean victims are dropped
+
+
+def test_each_residency_phase_is_timed_and_reported_with_the_counters(tmp_path: Path) -> None:
+    table = FixedTable(_tiered(_config(OptimizerType.SGD), cache_rows=2 * BATCH * 2 * BAG), directory=tmp_path)
+    assert set(table._storage.stats().phase_seconds.values()) == {0.0}
+    _train(table, _batches(30, seed=4))  # enough batches to evict and write dirty rows back
+    stats = table._storage.stats()
+    assert tuple(stats.phase_seconds) == PHASES and stats.rows_written > 0
+    assert all(seconds > 0 for seconds in stats.phase_seconds.values())
+    counters = table.counters()
+    assert {f"{phase}_seconds": counters[f"{phase}_seconds"] for phase in PHASES} == {
+        f"{phase}_seconds": seconds for phase, seconds in stats.phase_seconds.items()
+    }
+    assert FixedTable(_config(OptimizerType.SGD)).counters() == {}  # a RAM table has no phases
 
 
 def test_incremental_checkpoints_resume_exactly(tmp_path: Path) -> None:

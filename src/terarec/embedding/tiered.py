@@ -174,7 +174,7 @@ class TieredRowStorage(RowStorage):
         self._init_args = (seed64, *init_arguments(init, num_embeddings), stored_initial_state)
         self._record = np.empty(record_values, dtype=dtype.numpy_dtype)
         self._report = np.zeros(6, dtype=np.int64)
-        self._phase_seconds = np.zeros(len(PHASES), dtype=np.float64)
+        self._phase_seconds = [0.0] * len(PHASES)
         self._on_disk = np.zeros((num_embeddings + 7) // 8, dtype=np.uint8)
         self._changed = np.zeros_like(self._on_disk)
         self._row_slot = np.empty(num_embeddings, dtype=np.int32)

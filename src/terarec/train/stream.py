@@ -302,7 +302,8 @@ class _StreamRun:
         scored = int(sum(part.size for part in labels))
         metrics = {"auc": float("nan"), "logloss": float("nan")}
         if scored:
-            probabilities = 1.0 / (1.0 + np.exp(-np.concatenate(scores).astype(np.float64)))
+            logits = np.concatenate(scores).astype(np.float64)
+            probabilities = 0.5 * (1.0 + np.tanh(0.5 * logits))  # the sigmoid, without overflow
             metrics = compute_metrics(np.concatenate(labels), probabilities).to_dict()
         result = FileResult(
             path.name, data.num_rows, data.skipped_rows, steps, seconds, scored, float(metrics["auc"]), float(metrics["logloss"])

@@ -284,17 +284,21 @@ class _StreamRun:
             self.updates.drain()
             finished = self.state.epoch != file_epoch
             if finished:
-                self.state = replace(self.state, stream_files=(*self.state.stream_files, path.name), stream_file=None, stream_file_rows=0)
+                self.state = self._finished(path.name, self.state.epoch)
             if (every and self.state.step % every == 0) or self._due_by_time() or (finished and not every and not self.settings.checkpoint_seconds):
                 self.checkpoint_if_changed()
             if self.stop.requested or (cap and self.state.step >= cap):
                 break
         if loader.num_batches == 0:  # an empty file: trained to its end by taking note of it
-            self.state = replace(self.state, epoch=file_epoch + 1, stream_files=(*self.state.stream_files, path.name), stream_file=None, stream_file_rows=0)
+            self.state = self._finished(path.name, file_epoch + 1)
         if self.state.epoch == file_epoch:
             return False
         self._record_file(path, data, self.state.step - start_step, time.perf_counter() - started, scores, labels)
         return True
+
+    def _finished(self, name: str, epoch: int) -> TrainerState:
+        """The state once file ``name`` is trained to its end, ``epoch`` files in."""
+        return replace(self.state, epoch=epoch, stream_files=(*self.state.stream_files, name), stream_file=None, stream_file_rows=0)
 
     def _record_file(
         self, path: Path, data: ColumnarData, steps: int, seconds: float, scores: list[np.ndarray], labels: list[np.ndarray]
@@ -337,14 +341,10 @@ class _StreamRun:
                     path = found
                 if self.train_file(path, reporter):
                     reporter.log_metrics("stream", {k: v for k, v in self.files[-1].items() if k in ("auc", "logloss")}, self.state.step)
-            self.checkpoint_if_changed()
+            self.checkpoint_if_changed()  # a fresh run has no checkpoint yet, so this writes one
             train_seconds = time.perf_counter() - started
             checkpoint = latest_checkpoint(self.run_dir)
-            if checkpoint is None:
-                checkpoint = save_checkpoint(
-                    self.run_dir, self.state, self.network, self.optimizer, self.collection, self.spec,  # type: ignore[arg-type]
-                    self.settings.keep_checkpoints, self.world,
-                )
+            assert checkpoint is not None
             evaluation: dict[str, float] = {}
             if self.task.splits["eval"] is not None:
                 evaluation = self.task.evaluate(self.network, self.collection, "eval", self.world)
